@@ -1,0 +1,28 @@
+"""livedata: mirror small, often-read ZooKeeper nodes into local files on every host.
+
+The public names are imported lazily so that an application which only reads
+files (``FileWatcher``) never pays for importing kazoo or gevent.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from livedata.file_watcher import FileWatcher, WatchedFileNotAvailableError
+    from livedata.zookeeper import zookeeper_client_from_config
+
+__all__ = ["FileWatcher", "WatchedFileNotAvailableError", "zookeeper_client_from_config"]
+
+_LAZY = {
+    "FileWatcher": "livedata.file_watcher",
+    "WatchedFileNotAvailableError": "livedata.file_watcher",
+    "zookeeper_client_from_config": "livedata.zookeeper",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'livedata' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

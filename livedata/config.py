@@ -1,0 +1,308 @@
+"""Reading ``[live-data]`` INI files and turning their flat dotted keys into typed values.
+
+The file format is the one fleets already deploy (baseplate-style): a single
+``[live-data]`` section whose keys are dotted paths such as ``zookeeper.hosts``
+or ``nodes.a.dest``.  A *spec* is a plain nested dict that mirrors those paths
+and maps each leaf to a parser; :func:`parse_config` walks the spec, so every
+program states its configuration declaratively in one place and every error
+names the file and the exact key.
+
+This module is deliberately stdlib-only: it must be importable by tools that
+never talk to ZooKeeper.
+"""
+from __future__ import annotations
+
+import configparser
+import grp
+import os
+import pwd
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, TypeVar
+
+SECTION = "live-data"
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """A configuration problem a user can fix: it names the file, the key and what is wrong."""
+
+    def __init__(self, source: str, key: str, problem: str) -> None:
+        self.source = source
+        self.key = key
+        self.problem = problem
+        where = f"{source}: {key}" if key else source
+        super().__init__(f"{where}: {problem}")
+
+
+class RawConfig(dict[str, str]):
+    """The flat ``key -> value`` strings of one section, remembering which file they came from."""
+
+    def __init__(self, values: Mapping[str, str], source: str = "<config>") -> None:
+        super().__init__(values)
+        self.source = source
+
+
+def source_of(config: Mapping[str, str]) -> str:
+    """Name the origin of a config for error messages; plain dicts from applications have none."""
+    return getattr(config, "source", "<config>")
+
+
+# --- reading the file -----------------------------------------------------------------------------
+
+_ENV_REFERENCE = re.compile(
+    r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)\}|(?P<named>[A-Za-z_][A-Za-z0-9_]*)|(?P<dollar>\$))"
+)
+
+
+class _EnvironmentInterpolation(configparser.Interpolation):
+    """``$VAR`` and ``${VAR}`` from the environment; ``$$`` is a literal dollar.
+
+    ``%`` is left alone (unlike the stdlib default), because values such as
+    passwords or URL-encoded paths contain it.  An unset variable is an error
+    rather than an empty string: silently mirroring a node into ``/`` because
+    ``$DATA_DIR`` was unset is exactly the kind of surprise a config must not hold.
+    """
+
+    def before_get(self, parser: Any, section: str, option: str, value: str, defaults: Any) -> str:
+        def substitute(match: re.Match[str]) -> str:
+            if match.group("dollar"):
+                return "$"
+            name = match.group("braced") or match.group("named")
+            if name not in os.environ:
+                raise _UnsetVariable(option, name)
+            return os.environ[name]
+
+        return _ENV_REFERENCE.sub(substitute, value)
+
+
+class _UnsetVariable(Exception):
+    def __init__(self, option: str, name: str) -> None:
+        self.option = option
+        self.name = name
+
+
+def read_config(path: str, section: str = SECTION) -> RawConfig:
+    """Read one section of an INI file, keys exactly as written, environment references expanded.
+
+    Every way the file can be unusable (missing, unreadable, not UTF-8, not
+    INI, no such section, a duplicate key, an unset variable) becomes one
+    :class:`ConfigError`.
+    """
+    parser = configparser.ConfigParser(interpolation=_EnvironmentInterpolation(), strict=True)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    try:
+        with open(path, encoding="utf-8") as f:
+            parser.read_file(f, source=path)
+    except OSError as e:
+        raise ConfigError(path, "", f"cannot read config file: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, "", f"not a UTF-8 text file (byte {e.start})") from None
+    except configparser.DuplicateOptionError as e:
+        raise ConfigError(path, e.option, f"key appears twice (line {e.lineno})") from None
+    except configparser.DuplicateSectionError as e:
+        raise ConfigError(path, f"[{e.section}]", f"section appears twice (line {e.lineno})") from None
+    except configparser.MissingSectionHeaderError as e:
+        raise ConfigError(path, "", f"line {e.lineno}: expected a [{section}] section header first") from None
+    except configparser.ParsingError as e:
+        line = e.errors[0][0] if e.errors else "?"
+        raise ConfigError(path, "", f"line {line}: not a 'key = value' line") from None
+    except configparser.Error as e:
+        raise ConfigError(path, "", f"not a valid INI file: {e.message}") from None
+    if not parser.has_section(section):
+        raise ConfigError(path, f"[{section}]", "section is missing")
+    try:
+        values = {key: parser.get(section, key) for key in parser.options(section)}
+    except _UnsetVariable as e:
+        raise ConfigError(path, e.option, f"environment variable ${e.name} is not set") from None
+    return RawConfig(values, source=path)
+
+
+# --- value parsers ------------------------------------------------------------------------------
+# Each parser takes the raw string and returns a typed value or raises ValueError
+# with a message that reads well after "<file>: <key>: ".
+
+Parser = Callable[[str], Any]
+
+
+def string(text: str) -> str:
+    """Any non-empty string."""
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text.strip()
+
+
+def integer(text: str) -> int:
+    try:
+        return int(text.strip(), 10)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an integer") from None
+
+
+def boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "yes", "on", "1"):
+        return True
+    if value in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(f"{text!r} is not a boolean (use true or false)")
+
+
+def file_mode(text: str) -> int:
+    """Octal permission bits: ``0400``, ``400`` and ``0o400`` all mean the same."""
+    digits = text.strip().lower()
+    digits = digits[2:] if digits.startswith("0o") else digits
+    if not digits or not re.fullmatch(r"[0-7]{1,4}", digits):
+        raise ValueError(f"{text.strip()!r} is not an octal file mode")
+    return int(digits, 8)
+
+
+_TIME_UNITS = {
+    "ms": 0.001, "millisecond": 0.001, "milliseconds": 0.001,
+    "s": 1.0, "sec": 1.0, "second": 1.0, "seconds": 1.0,
+    "m": 60.0, "min": 60.0, "minute": 60.0, "minutes": 60.0,
+    "h": 3600.0, "hour": 3600.0, "hours": 3600.0,
+    "d": 86400.0, "day": 86400.0, "days": 86400.0,
+}  # fmt: skip
+_TIMESPAN = re.compile(r"(?P<count>\d+(?:\.\d+)?)\s*(?P<unit>[a-z]+)")
+
+
+def timespan(text: str) -> float:
+    """A duration in seconds from ``5 seconds``, ``300 milliseconds``, ``1.5 seconds``, ``2 minutes``."""
+    match = _TIMESPAN.fullmatch(text.strip().lower())
+    if not match or match.group("unit") not in _TIME_UNITS:
+        raise ValueError(f"{text.strip()!r} is not a time span (like '5 seconds' or '300 milliseconds')")
+    return float(match.group("count")) * _TIME_UNITS[match.group("unit")]
+
+
+def comma_list(item: Parser) -> Parser:
+    """A comma-separated list whose items each go through ``item``; blanks are dropped."""
+
+    def parse(text: str) -> list[Any]:
+        return [item(part) for part in text.split(",") if part.strip()]
+
+    return parse
+
+
+def absolute_path(text: str) -> str:
+    path = text.strip()
+    if not path.startswith("/"):
+        raise ValueError(f"{path!r} is not an absolute path")
+    return os.path.normpath(path)
+
+
+def znode_path(text: str) -> str:
+    path = text.strip()
+    if not path.startswith("/"):
+        raise ValueError(f"{path!r} is not an absolute ZooKeeper path")
+    if path != "/" and (path.endswith("/") or "//" in path):
+        raise ValueError(f"{path!r} is not a valid ZooKeeper path")
+    return path
+
+
+def unix_user(text: str) -> int:
+    """A user name or numeric uid, resolved now so a typo fails at start, not at the first write."""
+    name = text.strip()
+    if name.isdigit():
+        return int(name)
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        raise ValueError(f"{name!r} is not a known user") from None
+
+
+def unix_group(text: str) -> int:
+    name = text.strip()
+    if name.isdigit():
+        return int(name)
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ValueError(f"{name!r} is not a known group") from None
+
+
+# --- the declarative spec ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Optional(Generic[T]):
+    """A key that may be absent (or blank), in which case ``default`` is used as is."""
+
+    parser: Callable[[str], T]
+    default: Any = None
+
+
+@dataclass(frozen=True)
+class DictOf:
+    """``prefix.<name>.<field>`` groups, e.g. ``nodes.a.source`` / ``nodes.a.dest``: one sub-spec per name."""
+
+    spec: Spec
+
+
+Spec = Mapping[str, Any]
+"""Nested dict mirroring the dotted keys; leaves are parsers, :class:`Optional` or :class:`DictOf`."""
+
+
+class ConfigNamespace(dict[str, Any]):
+    """Parsed values, reachable both as ``ns["zookeeper"]["hosts"]`` and ``ns.zookeeper.hosts``."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def parse_config(config: Mapping[str, str], spec: Spec) -> ConfigNamespace:
+    """Parse the keys named by ``spec``; keys the spec does not name are ignored (other tools may share the file)."""
+    return _parse_level(config, spec, prefix="", source=source_of(config))
+
+
+def _parse_level(config: Mapping[str, str], spec: Spec, prefix: str, source: str) -> ConfigNamespace:
+    result = ConfigNamespace()
+    for name, rule in spec.items():
+        key = prefix + name
+        if isinstance(rule, DictOf):
+            result[name] = _parse_dict_of(config, rule.spec, key + ".", source)
+        elif isinstance(rule, Mapping):
+            result[name] = _parse_level(config, rule, key + ".", source)
+        else:
+            result[name] = _parse_value(config, key, rule, source)
+    return result
+
+
+def _parse_dict_of(config: Mapping[str, str], spec: Spec, prefix: str, source: str) -> dict[str, ConfigNamespace]:
+    names = sorted({key[len(prefix):].split(".", 1)[0] for key in config if key.startswith(prefix)})
+    for name in names:
+        if not name:
+            raise ConfigError(source, prefix, "a name is missing after the dot")
+        if not any(key.startswith(f"{prefix}{name}.") for key in config):
+            raise ConfigError(source, prefix + name, f"expected keys like {prefix}{name}.<field>")
+    return {name: _parse_level(config, spec, f"{prefix}{name}.", source) for name in names}
+
+
+def _parse_value(config: Mapping[str, str], key: str, rule: Any, source: str) -> Any:
+    raw = config.get(key)
+    if isinstance(rule, Optional):
+        if raw is None or not raw.strip():
+            return rule.default
+        rule = rule.parser
+    elif raw is None:
+        raise ConfigError(source, key, "required key is missing")
+    try:
+        return rule(raw)
+    except ValueError as e:
+        raise ConfigError(source, key, str(e)) from None
+
+
+def unknown_keys(config: Mapping[str, str], prefix: str, fields: Mapping[str, Any]) -> list[str]:
+    """Keys under ``prefix.<name>.`` whose field the spec does not know: likely typos worth rejecting."""
+    unknown = []
+    for key in config:
+        if key.startswith(prefix):
+            parts = key[len(prefix):].split(".", 1)
+            if len(parts) == 2 and parts[1] not in fields:
+                unknown.append(key)
+    return sorted(unknown)

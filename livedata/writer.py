@@ -1,0 +1,362 @@
+"""The writer: push a file's contents into an existing znode, showing what changes and never racing blind.
+
+It is built for CI jobs and humans alike, so it errs on the side of refusing:
+the node must already exist (its ACLs are a deliberate act, not a side
+effect of a push), the write is a compare-and-set against the version the
+diff was computed from (so the diff shown is exactly the change made), and
+inputs that are almost certainly mistakes (broken JSON, an empty file over
+real data, more bytes than ZooKeeper accepts) are stopped before anything is
+sent.  Every expected failure is one line on stderr, so a CI log says what
+went wrong without a traceback to dig through.
+
+``main`` is the command-line face and gevent-patches the process; the other
+functions are plain and take a started client, so tests (and other tools)
+can drive each step against a real server.
+"""
+from __future__ import annotations
+
+import difflib
+import io
+import json
+import logging
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, TextIO
+
+# Only exception classes: importing them opens no socket and starts no thread, so it is safe before gevent patches.
+from kazoo.exceptions import (
+    BadVersionError,
+    ConnectionClosedError,
+    ConnectionLoss,
+    KazooException,
+    NoAuthError,
+    NoNodeError,
+    SessionExpiredError,
+)
+
+from livedata.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ArgumentParser, CommandError, fail, setup_logging
+from livedata.config import ConfigError, ConfigNamespace, RawConfig, read_config, source_of, znode_path
+
+if TYPE_CHECKING:
+    import argparse
+
+    from kazoo.client import KazooClient
+
+PROG = "livedata.writer"
+STDIN = "-"
+STDIN_LABEL = "<stdin>"
+
+# Connecting may take one full pass over the hosts (kazoo gives each host its share of the session timeout)
+# plus a reconnect backoff; twice the session timeout covers that without hanging a CI job on a dead ensemble.
+CONNECT_TIMEOUT_FACTOR = 2.0
+
+NO_CHANGES = "No changes detected. Not writing."
+WROTE = "Wrote data to ZooKeeper."
+DRY_RUN = "Dry run: not writing."
+
+log = logging.getLogger("livedata.writer")  # not __name__, which is "__main__" under python -m
+
+
+class WriterError(CommandError):
+    """An expected reason for the writer to stop without writing; its message is the whole report."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, EXIT_FAILURE)
+
+
+class SourceUnreadableError(WriterError):
+    def __init__(self, source: str, reason: object) -> None:
+        super().__init__(f"cannot read {source}: {reason}; nothing written")
+
+
+class InvalidJSONError(WriterError):
+    """The source is named ``*.json`` but would break every reader that parses it."""
+
+    def __init__(self, label: str, problem: str) -> None:
+        super().__init__(f"{label} is not valid JSON: {problem}; nothing written (--no-validate skips this check)")
+
+
+class TooLargeError(WriterError):
+    def __init__(self, label: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"{label} is {size} bytes but a node holds at most {limit} bytes (zookeeper.max_node_size); "
+            "nothing written"
+        )
+
+
+class EmptyInputError(WriterError):
+    """An empty source is far more often a failed build step than a wish to erase the node."""
+
+    def __init__(self, label: str, path: str, current_size: int) -> None:
+        super().__init__(
+            f"{label} is empty and would erase the {current_size} bytes in {path}; nothing written "
+            "(pass --allow-empty if that is what you want)"
+        )
+
+
+class NodeMissingError(WriterError):
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            f"{path} does not exist in ZooKeeper and the writer never creates nodes: "
+            "create it first, with the ACLs it should have, then run again"
+        )
+
+
+class NotAllowedError(WriterError):
+    def __init__(self, action: str, path: str) -> None:
+        super().__init__(
+            f"ZooKeeper does not allow us to {action} {path}: check zookeeper.credentials and the node's ACL; "
+            "nothing written"
+        )
+
+
+class NodeChangedError(WriterError):
+    """Someone wrote the node after we read it: our diff no longer describes what we would do."""
+
+    def __init__(self, path: str, expected_version: int) -> None:
+        super().__init__(
+            f"{path} changed underneath us (it is no longer at version {expected_version}, the one we read); "
+            "nothing written: run again to review the new difference"
+        )
+
+
+class ConnectionFailedError(WriterError):
+    """No usable session: the writer gives up rather than wait, since a CI job needs an answer, not a hang."""
+
+
+# --- the steps ------------------------------------------------------------------------------------
+
+
+def source_label(source: str) -> str:
+    """How the source is named in messages and in the diff header."""
+    return STDIN_LABEL if source == STDIN else source
+
+
+def read_source(source: str) -> bytes:
+    """All bytes of the file (or standard input for ``-``), exactly as they will be stored."""
+    try:
+        if source == STDIN:
+            return sys.stdin.buffer.read()
+        with open(source, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise SourceUnreadableError(source_label(source), e.strerror or e) from None
+
+
+def wants_json_validation(source: str) -> bool:
+    return source != STDIN and source.lower().endswith(".json")
+
+
+def validate_json(label: str, data: bytes) -> None:
+    """Refuse data that every JSON-parsing reader of the node would choke on."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidJSONError(label, f"not UTF-8 text (byte {e.start})") from None
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InvalidJSONError(label, f"{e.msg} at line {e.lineno}, column {e.colno}") from None
+
+
+def check_size(label: str, data: bytes, limit: int) -> None:
+    """Refuse here rather than let the server drop the connection mid-request (its only answer to oversize data)."""
+    if len(data) > limit:
+        raise TooLargeError(label, len(data), limit)
+
+
+def _split_lines(text: str) -> list[str]:
+    """Lines split on ``\\n`` only, ends kept: ``str.splitlines`` would also split on form feeds and U+2028."""
+    return re.findall(r"[^\n]*\n|[^\n]+", text)
+
+
+def _terminated(line: str) -> str:
+    """A diff line always ends a line of output; a last line without newline is flagged the way patch tools do."""
+    return line if line.endswith("\n") else f"{line}\n\\ No newline at end of file\n"
+
+
+def render_diff(old: bytes, new: bytes, old_label: str, new_label: str) -> str:
+    """A unified diff of two texts, or a one-line size summary when either side is not UTF-8 text."""
+    try:
+        old_text, new_text = old.decode("utf-8"), new.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"Binary data: {old_label} is {len(old)} bytes, {new_label} is {len(new)} bytes.\n"
+    lines = difflib.unified_diff(_split_lines(old_text), _split_lines(new_text), old_label, new_label)
+    return "".join(_terminated(line) for line in lines)
+
+
+@contextmanager
+def _zookeeper_errors(action: str, path: str) -> Iterator[None]:
+    """Turn what ZooKeeper can answer to one request into our one-line errors."""
+    try:
+        yield
+    except NoNodeError:
+        raise NodeMissingError(path) from None
+    except NoAuthError:
+        raise NotAllowedError(action, path) from None
+    except (ConnectionLoss, SessionExpiredError, ConnectionClosedError):
+        raise ConnectionFailedError(f"lost the connection to ZooKeeper while trying to {action} {path}") from None
+    except KazooException as e:
+        raise WriterError(f"ZooKeeper refused to {action} {path}: {type(e).__name__} {e}".strip()) from None
+
+
+def read_node(client: KazooClient, path: str) -> tuple[bytes, int]:
+    """The node's data and the version a compare-and-set must match; a node holding null reads as empty."""
+    with _zookeeper_errors("read", path):
+        data, stat = client.get(path)
+    return data or b"", stat.version
+
+
+def write_node(client: KazooClient, path: str, data: bytes, expected_version: int) -> int:
+    """Set the node only if it is still at ``expected_version``; returns the new version.
+
+    Not retried on connection loss: a retry could find our own write already
+    applied and misreport it as someone else's change, so we say plainly that
+    the outcome is unknown instead.
+    """
+    with _zookeeper_errors("write", path):
+        try:
+            stat = client.set(path, data, version=expected_version)
+        except BadVersionError:
+            raise NodeChangedError(path, expected_version) from None
+        except (ConnectionLoss, SessionExpiredError):
+            raise ConnectionFailedError(
+                f"lost the connection to ZooKeeper while writing {path}: the write may or may not have been "
+                "applied; check the node before running again"
+            ) from None
+    version: int = stat.version
+    return version
+
+
+def push(client: KazooClient, path: str, data: bytes, label: str, out: TextIO, *,
+         allow_empty: bool = False, dry_run: bool = False) -> None:
+    """Compare, show, and (unless ``dry_run``) compare-and-set: every refusal happens before the write."""
+    current, version = read_node(client, path)
+    log.debug("read %s: %d bytes at version %d", path, len(current), version)
+    if current == data:
+        print(NO_CHANGES, file=out)
+        return
+    if not data and not allow_empty:
+        raise EmptyInputError(label, path, len(current))
+    print(f"Writing {label} to ZooKeeper {path}...", file=out)
+    out.write(render_diff(current, data, f"{path} (current)", f"{label} (new)"))
+    if dry_run:
+        print(DRY_RUN, file=out)
+        return
+    new_version = write_node(client, path, data, version)
+    log.debug("wrote %s: version %d -> %d", path, version, new_version)
+    print(WROTE, file=out)
+
+
+# --- connecting -----------------------------------------------------------------------------------
+
+
+@contextmanager
+def connected_client(config: RawConfig, settings: ConfigNamespace) -> Iterator[KazooClient]:
+    """A started client for the block, stopped and closed afterwards whatever happens.
+
+    Unlike the watcher, the writer gives up on an unreachable ensemble: a CI
+    job should fail with a reason, not hang until its own timeout kills it.
+    """
+    from livedata.secrets import secrets_store_from_config
+    from livedata.zookeeper import CredentialsError, zookeeper_client_from_config
+
+    try:
+        client = zookeeper_client_from_config(secrets_store_from_config(config), config)
+    except CredentialsError as e:
+        raise WriterError(f"{e}; nothing written") from None
+    except ValueError as e:  # kazoo's own parsing of the host list
+        raise ConfigError(source_of(config), "zookeeper.hosts", str(e)) from None
+    limit = CONNECT_TIMEOUT_FACTOR * settings.timeout
+    try:
+        try:
+            client.start(timeout=limit)
+        except client.handler.timeout_exception:
+            raise ConnectionFailedError(
+                f"could not connect to ZooKeeper at {settings.hosts} within {limit:g} seconds "
+                f"(twice zookeeper.timeout); nothing written"
+            ) from None
+        log.debug("connected to ZooKeeper using %s", type(client.handler).__name__)
+        yield client
+    finally:
+        client.stop()
+        client.close()
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+
+def _node_argument(text: str) -> str:
+    import argparse
+
+    try:
+        return znode_path(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = ArgumentParser(
+        prog=PROG,
+        description="Write a file's contents into an existing ZooKeeper node, showing the difference first.",
+    )
+    parser.add_argument("config", metavar="CONFIG", help="INI file with a [live-data] section (zookeeper.*, secrets.*)")
+    parser.add_argument("source", metavar="SOURCE", help="file whose bytes to write, or - for standard input")
+    parser.add_argument("node", metavar="NODE", type=_node_argument, help="absolute path of an existing znode")
+    parser.add_argument("--dry-run", action="store_true", help="show the difference but write nothing")
+    parser.add_argument(
+        "--no-validate", dest="validate", action="store_false", help="do not require a *.json SOURCE to parse as JSON"
+    )
+    parser.add_argument("--allow-empty", action="store_true", help="allow empty input to replace non-empty data")
+    parser.add_argument("--debug", action="store_true", help="log each step and kazoo's own messages on stderr")
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace, out: TextIO) -> None:
+    """Every check that needs no server comes first, so a bad input never costs a connection."""
+    from livedata.zookeeper import parse_zookeeper_config
+
+    config = read_config(args.config)
+    settings = parse_zookeeper_config(config)
+    label = source_label(args.source)
+    data = read_source(args.source)
+    if args.validate and wants_json_validation(args.source):
+        validate_json(label, data)
+    check_size(label, data, settings.max_node_size)
+    with connected_client(config, settings) as client:
+        push(client, args.node, data, label, out, allow_empty=args.allow_empty, dry_run=args.dry_run)
+
+
+def _patch_gevent() -> None:
+    """Same process model as the watcher: kazoo picks its gevent handler once sockets are patched."""
+    from gevent import monkey
+
+    monkey.patch_all()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line only: it gevent-patches the whole process, so library code must not call it."""
+    args = parse_arguments(argv)
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        # The diff shows the data's own text; a terminal that cannot encode it must not turn into a traceback.
+        sys.stdout.reconfigure(errors="backslashreplace")
+    _patch_gevent()
+    setup_logging(args.debug)
+    if not args.debug:
+        # kazoo logs every refused connection attempt; our one line already says what failed.
+        logging.getLogger("kazoo").setLevel(logging.CRITICAL + 1)
+    try:
+        run(args, sys.stdout)
+    except ConfigError as e:
+        return fail(PROG, e, EXIT_USAGE)
+    except CommandError as e:
+        return fail(PROG, e, e.status)
+    except KeyboardInterrupt:
+        return fail(PROG, "interrupted; if a write was under way, check the node before running again", 130)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

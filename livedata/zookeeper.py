@@ -1,0 +1,161 @@
+"""Building a kazoo client from ``zookeeper.*`` settings and a secrets store.
+
+One place decides how every livedata program talks to ZooKeeper: which
+servers, which session timeout, which credentials, TLS, the reconnect policy
+(forever, with capped, jittered exponential backoff) and the async handler.
+The handler follows the process: a gevent-patched program (the watcher, a
+gevent web app) gets kazoo's gevent handler so that watches are greenlets of
+the same hub; anything else gets kazoo's default threaded handler.
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from kazoo.client import KazooClient
+from kazoo.retry import KazooRetry
+
+from livedata.config import (
+    ConfigError,
+    ConfigNamespace,
+    Optional,
+    absolute_path,
+    boolean,
+    comma_list,
+    integer,
+    parse_config,
+    source_of,
+    string,
+    timespan,
+)
+
+if TYPE_CHECKING:
+    from livedata.secrets import SecretsStore
+
+DEFAULT_SESSION_TIMEOUT = 5.0
+DEFAULT_MAX_NODE_SIZE = 1024 * 1024 - 1024  # jute.maxbuffer (1 MiB) less room for the request's own framing
+
+# Reconnect forever; start fast (a flapping server is back within milliseconds)
+# but cap the wait so a host rejoins within seconds of an outage ending.
+RECONNECT_DELAY = 0.1
+RECONNECT_BACKOFF = 2.0
+RECONNECT_MAX_DELAY = 10.0
+RECONNECT_JITTER = 0.4
+
+ZOOKEEPER_SPEC = {
+    "zookeeper": {
+        "hosts": string,
+        "credentials": Optional(comma_list(string), []),
+        "timeout": Optional(timespan, DEFAULT_SESSION_TIMEOUT),
+        "max_node_size": Optional(integer, DEFAULT_MAX_NODE_SIZE),
+        "tls": {
+            "ca": Optional(absolute_path),
+            "cert": Optional(absolute_path),
+            "key": Optional(absolute_path),
+            "verify": Optional(boolean, True),
+        },
+    }
+}
+
+
+class CredentialsError(Exception):
+    """A configured ZooKeeper credential could not be loaded or is malformed."""
+
+
+def parse_zookeeper_config(app_config: Mapping[str, str]) -> ConfigNamespace:
+    """The typed ``zookeeper.*`` settings; raises :class:`ConfigError` naming the bad key."""
+    parsed: ConfigNamespace = parse_config(app_config, ZOOKEEPER_SPEC).zookeeper
+    if parsed.timeout <= 0:
+        raise ConfigError(source_of(app_config), "zookeeper.timeout", "must be greater than zero")
+    tls = parsed.tls
+    if (tls.cert is None) != (tls.key is None):
+        raise ConfigError(source_of(app_config), "zookeeper.tls.cert", "tls.cert and tls.key must be set together")
+    return parsed
+
+
+def gevent_is_active() -> bool:
+    """True when gevent has monkey-patched sockets, i.e. kazoo must not use real threads."""
+    monkey = sys.modules.get("gevent.monkey")
+    return bool(monkey is not None and monkey.is_module_patched("socket"))
+
+
+def make_handler() -> Any:
+    if gevent_is_active():
+        from kazoo.handlers.gevent import SequentialGeventHandler
+
+        return SequentialGeventHandler()
+    from kazoo.handlers.threading import SequentialThreadingHandler
+
+    return SequentialThreadingHandler()
+
+
+def digest_auth_data(secrets: SecretsStore, paths: list[str]) -> list[tuple[str, str]]:
+    """Turn ``username:password`` simple secrets into kazoo ``auth_data`` for digest authentication."""
+    from livedata.secrets import SecretsError
+
+    auth = []
+    for path in paths:
+        try:
+            raw = secrets.get_simple(path)
+        except SecretsError as e:
+            raise CredentialsError(f"zookeeper.credentials: {e}") from None
+        try:
+            credential = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CredentialsError(f"zookeeper.credentials: secret {path!r} is not UTF-8 text") from None
+        if ":" not in credential:
+            raise CredentialsError(f"zookeeper.credentials: secret {path!r} must look like 'username:password'")
+        auth.append(("digest", credential))
+    return auth
+
+
+def zookeeper_client_from_config(
+    secrets: SecretsStore | None, app_config: Mapping[str, str], read_only: bool | None = None
+) -> KazooClient:
+    """Configure (but do not start) a kazoo client that reconnects forever.
+
+    ``secrets`` is only consulted when ``zookeeper.credentials`` is set, so
+    callers without credentials may pass ``None``.  ``read_only`` lets the
+    client accept read-only servers (a partitioned minority with
+    ``readonlymode.enabled``), which is what a mirror wants: stale but
+    available beats nothing.
+    """
+    zk = parse_zookeeper_config(app_config)
+    auth_data: list[tuple[str, str]] = []
+    if zk.credentials:
+        if secrets is None:
+            raise CredentialsError("zookeeper.credentials is set but no secrets store was given")
+        auth_data = digest_auth_data(secrets, zk.credentials)
+    handler = make_handler()
+    connection_retry = KazooRetry(
+        max_tries=-1,
+        delay=RECONNECT_DELAY,
+        backoff=RECONNECT_BACKOFF,
+        max_jitter=RECONNECT_JITTER,
+        max_delay=RECONNECT_MAX_DELAY,
+        sleep_func=handler.sleep_func,
+    )
+    command_retry = KazooRetry(max_tries=3, delay=0.1, max_delay=1.0, sleep_func=handler.sleep_func)
+    return KazooClient(
+        hosts=zk.hosts,
+        timeout=zk.timeout,
+        handler=handler,
+        auth_data=auth_data or None,
+        read_only=bool(read_only),
+        connection_retry=connection_retry,
+        command_retry=command_retry,
+        **_tls_arguments(zk.tls),
+    )
+
+
+def _tls_arguments(tls: ConfigNamespace) -> dict[str, Any]:
+    if tls.ca is None and tls.cert is None:
+        return {}
+    return {
+        "use_ssl": True,
+        "ca": tls.ca,
+        "certfile": tls.cert,
+        "keyfile": tls.key,
+        "verify_certs": tls.verify,
+    }

@@ -1,0 +1,72 @@
+"""Shared fixtures: real ZooKeeper servers, clients, and unique znode paths per test."""
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+from kazoo.client import KazooClient
+
+from tests.harness import Ensemble, ZooKeeperServer, start_standalone
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def zk_server() -> Iterator[ZooKeeperServer]:
+    """One standalone server shared by the whole run; tests isolate themselves by path (see ``zk_path``)."""
+    server = start_standalone()
+    yield server
+    server.stop()
+    shutil.rmtree(server.directory, ignore_errors=True)
+
+
+@pytest.fixture
+def private_zk_server() -> Iterator[ZooKeeperServer]:
+    """A standalone server of the test's own, for tests that stop, pause or kill it."""
+    server = start_standalone()
+    yield server
+    server.stop()
+    shutil.rmtree(server.directory, ignore_errors=True)
+
+
+@pytest.fixture
+def zk_ensemble() -> Iterator[Ensemble]:
+    """A fresh 3-server ensemble on loopback, for failover tests."""
+    ensemble = Ensemble(3)
+    ensemble.start()
+    yield ensemble
+    ensemble.cleanup()
+
+
+def make_client(hosts: str, **kwargs: object) -> KazooClient:
+    client = KazooClient(hosts=hosts, timeout=10.0, **kwargs)
+    client.start(timeout=30)
+    return client
+
+
+@pytest.fixture
+def zk(zk_server: ZooKeeperServer) -> Iterator[KazooClient]:
+    """A plain (threaded) kazoo client the test uses to arrange and inspect ZooKeeper state."""
+    client = make_client(zk_server.address)
+    yield client
+    client.stop()
+    client.close()
+
+
+@pytest.fixture
+def zk_path(zk: KazooClient) -> str:
+    """A znode path unique to this test, created empty, under which the test may do anything."""
+    path = f"/t/{os.getpid()}-{next(_counter)}"
+    zk.ensure_path(path)
+    return path
+
+
+@pytest.fixture
+def workdir() -> Iterator[str]:
+    directory = tempfile.mkdtemp(prefix="livedata-test-")
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)

@@ -1,0 +1,200 @@
+"""Config reading and the declarative spec: every value type, and every way a file can be wrong."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from livedata.config import (
+    ConfigError,
+    DictOf,
+    Optional,
+    absolute_path,
+    comma_list,
+    file_mode,
+    integer,
+    parse_config,
+    read_config,
+    string,
+    timespan,
+    unix_group,
+    unix_user,
+    znode_path,
+)
+
+pytestmark = pytest.mark.timeout(10)
+
+
+def write(tmp_path, text: str | bytes, name: str = "test.ini") -> str:
+    path = tmp_path / name
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return str(path)
+
+
+def test_keys_are_kept_exactly_as_written(tmp_path):
+    path = write(tmp_path, "[live-data]\nzookeeper.hosts = a:1\nnodes.MyNode.dest = /x\n[other]\nk = v\n")
+    config = read_config(path)
+    assert dict(config) == {"zookeeper.hosts": "a:1", "nodes.MyNode.dest": "/x"}
+    assert config.source == path
+
+
+def test_environment_interpolation(tmp_path, monkeypatch):
+    monkeypatch.setenv("LD_DIR", "/srv/data")
+    monkeypatch.setenv("LD_NAME", "flags")
+    path = write(tmp_path, "[live-data]\na = $LD_DIR/${LD_NAME}.json\nb = 100%% $$5 50%\n")
+    config = read_config(path)
+    assert config["a"] == "/srv/data/flags.json"
+    assert config["b"] == "100%% $5 50%"
+
+
+def test_unset_environment_variable_names_the_key(tmp_path, monkeypatch):
+    monkeypatch.delenv("LD_SURELY_UNSET", raising=False)
+    path = write(tmp_path, "[live-data]\nnodes.a.dest = $LD_SURELY_UNSET/x\n")
+    with pytest.raises(ConfigError, match=r"nodes\.a\.dest: environment variable \$LD_SURELY_UNSET is not set"):
+        read_config(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "pattern"),
+    [
+        ("zookeeper.hosts = a\n", r"expected a \[live-data\] section header"),
+        ("[other]\nzookeeper.hosts = a\n", r"\[live-data\]: section is missing"),
+        ("[live-data]\na = 1\na = 2\n", r": a: key appears twice"),
+        ("[live-data]\njust some words\n", r"line 2: not a 'key = value' line"),
+        (b"[live-data]\na = \xff\xfe\n", r"not a UTF-8 text file"),
+    ],
+)
+def test_unusable_files(tmp_path, content, pattern):
+    path = write(tmp_path, content)
+    with pytest.raises(ConfigError, match=pattern) as info:
+        read_config(path)
+    assert str(info.value).startswith(path)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_and_unreadable_files(tmp_path):
+    with pytest.raises(ConfigError, match=r"missing\.ini: cannot read config file: No such file"):
+        read_config(str(tmp_path / "missing.ini"))
+    with pytest.raises(ConfigError, match=r"cannot read config file: Is a directory"):
+        read_config(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("0400", 0o400), ("400", 0o400), ("0o400", 0o400), ("0644", 0o644), ("4755", 0o4755)]
+)
+def test_file_modes(text, expected):
+    assert file_mode(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0999", "rw-r--r--", "", "0o", "77777", "-1"])
+def test_bad_file_modes(text):
+    with pytest.raises(ValueError, match="is not an octal file mode"):
+        file_mode(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("5 seconds", 5.0), ("300 milliseconds", 0.3), ("2 minutes", 120.0), ("1.5 seconds", 1.5), ("1 hour", 3600.0),
+     ("10s", 10.0), ("250ms", 0.25)],
+)  # fmt: skip
+def test_timespans(text, seconds):
+    assert timespan(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["5", "five seconds", "5 fortnights", "-5 seconds", "5 seconds ago"])
+def test_bad_timespans(text):
+    with pytest.raises(ValueError, match="is not a time span"):
+        timespan(text)
+
+
+def test_users_and_groups_by_name_and_id():
+    assert unix_user("root") == 0
+    assert unix_user("0") == 0
+    assert unix_user("12345") == 12345
+    assert unix_group("root") == 0
+    with pytest.raises(ValueError, match="'no-such-user-xyz' is not a known user"):
+        unix_user("no-such-user-xyz")
+    with pytest.raises(ValueError, match="'no-such-group-xyz' is not a known group"):
+        unix_group("no-such-group-xyz")
+
+
+def test_paths():
+    assert absolute_path("/var/local/x") == "/var/local/x"
+    assert znode_path("/a/b") == "/a/b"
+    with pytest.raises(ValueError, match="is not an absolute path"):
+        absolute_path("var/x")
+    with pytest.raises(ValueError, match="is not an absolute ZooKeeper path"):
+        znode_path("a/b")
+    with pytest.raises(ValueError, match="is not a valid ZooKeeper path"):
+        znode_path("/a//b")
+
+
+SPEC = {
+    "zookeeper": {
+        "hosts": comma_list(string),
+        "timeout": Optional(timespan, 5.0),
+        "retries": Optional(integer, 3),
+    },
+    "nodes": DictOf({"source": znode_path, "dest": absolute_path, "mode": Optional(file_mode, 0o400)}),
+}
+
+
+def test_parse_config_nested_and_dict_of():
+    config = {
+        "zookeeper.hosts": "a:1, b:2",
+        "zookeeper.retries": "7",
+        "nodes.x.source": "/x",
+        "nodes.x.dest": "/tmp/x",
+        "nodes.y.source": "/y",
+        "nodes.y.dest": "/tmp/y",
+        "nodes.y.mode": "0644",
+        "unrelated.key": "ignored",
+    }
+    parsed = parse_config(config, SPEC)
+    assert parsed.zookeeper.hosts == ["a:1", "b:2"]
+    assert parsed.zookeeper.timeout == 5.0
+    assert parsed.zookeeper.retries == 7
+    assert parsed.nodes["x"].mode == 0o400
+    assert parsed.nodes["y"].mode == 0o644
+    assert sorted(parsed.nodes) == ["x", "y"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"zookeeper.hosts": None}, "prod.ini: zookeeper.hosts: required key is missing"),
+        ({"zookeeper.retries": "many"}, "prod.ini: zookeeper.retries: 'many' is not an integer"),
+        ({"nodes.b.mode": "0999"}, "prod.ini: nodes.b.mode: '0999' is not an octal file mode"),
+        ({"nodes.b.dest": None}, "prod.ini: nodes.b.dest: required key is missing"),
+        ({"nodes.b.dest": "relative/x"}, "prod.ini: nodes.b.dest: 'relative/x' is not an absolute path"),
+        ({"zookeeper.timeout": "soon"}, "prod.ini: zookeeper.timeout: 'soon' is not a time span"),
+        ({"nodes.c": "x"}, "prod.ini: nodes.c: expected keys like nodes.c.<field>"),
+    ],
+)
+def test_parse_errors_name_file_and_key(overrides, message):
+    from livedata.config import RawConfig
+
+    values = {"zookeeper.hosts": "a:1", "nodes.b.source": "/b", "nodes.b.dest": "/tmp/b"}
+    for key, value in overrides.items():
+        if value is None:
+            values.pop(key)
+        else:
+            values[key] = value
+    with pytest.raises(ConfigError) as info:
+        parse_config(RawConfig(values, source="conf/prod.ini"), SPEC)
+    assert str(info.value).startswith("conf/" + message)
+
+
+def test_config_module_does_not_import_kazoo_or_gevent():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, livedata.config, livedata; livedata.FileWatcher; "
+        "print(sorted(m for m in sys.modules if m.startswith(('kazoo', 'gevent'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=os.getcwd())
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,556 @@
+"""The writer against a real ZooKeeper: exact output, every refusal, ACLs, an unreachable server, and the CAS race.
+
+Output and exit codes are checked by running the command as a subprocess,
+exactly as a CI job would; the compare-and-set race is driven in-process
+through ``read_node``/``write_node`` so that the competing write lands
+precisely between our read and our write.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from kazoo.security import READ_ACL_UNSAFE, make_digest_acl
+
+from livedata.config import read_config
+from livedata.secrets import secrets_store_from_config
+from livedata.writer import (
+    NO_CHANGES,
+    NodeChangedError,
+    NodeMissingError,
+    read_node,
+    render_diff,
+    write_node,
+)
+from livedata.zookeeper import parse_zookeeper_config, zookeeper_client_from_config
+from tests.harness import free_ports
+
+REPO = Path(__file__).resolve().parent.parent
+OLD_JSON = b'{\n    "key": "one"\n}\n'
+NEW_JSON = b'{\n    "key": "two"\n}\n'
+
+
+def write_config(directory: Path, hosts: str, **extra: str) -> Path:
+    lines = ["[live-data]", f"zookeeper.hosts = {hosts}", "zookeeper.timeout = 5 seconds"]
+    lines += [f"{key} = {value}" for key, value in extra.items()]
+    path = directory / "writer.ini"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_writer(cwd: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "livedata.writer", *args],
+        cwd=cwd,
+        input=stdin,
+        capture_output=True,
+        encoding="utf-8",
+        timeout=60,
+    )
+
+
+def assert_one_line_failure(result: subprocess.CompletedProcess[str], status: int, *fragments: str) -> str:
+    """Exit status, no traceback, exactly one line on stderr (ours), containing each fragment."""
+    assert result.returncode == status, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("livedata.writer: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def config(tmp_path, zk_server) -> Path:
+    return write_config(tmp_path, zk_server.address)
+
+
+@pytest.fixture
+def node(zk, zk_path) -> str:
+    path = f"{zk_path}/target"
+    zk.create(path, OLD_JSON)
+    return path
+
+
+# --- a normal run and its exact output ------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_normal_run_prints_the_diff_and_writes(tmp_path, config, zk, node):
+    (tmp_path / "input.json").write_bytes(NEW_JSON)
+    result = run_writer(tmp_path, "writer.ini", "input.json", node)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout == (
+        f"Writing input.json to ZooKeeper {node}...\n"
+        f"--- {node} (current)\n"
+        "+++ input.json (new)\n"
+        "@@ -1,3 +1,3 @@\n"
+        " {\n"
+        '-    "key": "one"\n'
+        '+    "key": "two"\n'
+        " }\n"
+        "Wrote data to ZooKeeper.\n"
+    )
+    data, stat = zk.get(node)
+    assert data == NEW_JSON
+    assert stat.version == 1
+
+
+@pytest.mark.timeout(60)
+def test_client_runs_on_the_gevent_handler_like_the_watcher(tmp_path, config, zk, node):
+    (tmp_path / "input.json").write_bytes(OLD_JSON)
+    result = run_writer(tmp_path, "writer.ini", "input.json", node, "--debug")
+    assert result.returncode == 0, result.stderr
+    assert "connected to ZooKeeper using SequentialGeventHandler" in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_identical_content_is_not_written(tmp_path, config, zk, node):
+    (tmp_path / "input.json").write_bytes(OLD_JSON)
+    result = run_writer(tmp_path, "writer.ini", "input.json", node)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{NO_CHANGES}\n"
+    assert result.stdout == "No changes detected. Not writing.\n"
+    assert zk.get(node)[1].version == 0  # not even rewritten with the same bytes
+
+
+@pytest.mark.timeout(60)
+def test_dry_run_shows_the_diff_and_writes_nothing(tmp_path, config, zk, node):
+    (tmp_path / "input.json").write_bytes(NEW_JSON)
+    result = run_writer(tmp_path, "writer.ini", "input.json", node, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert f"--- {node} (current)\n+++ input.json (new)\n" in result.stdout
+    assert '-    "key": "one"\n+    "key": "two"\n' in result.stdout
+    assert "Wrote data" not in result.stdout
+    assert result.stdout.endswith("Dry run: not writing.\n")
+    data, stat = zk.get(node)
+    assert (data, stat.version) == (OLD_JSON, 0)
+
+
+@pytest.mark.timeout(60)
+def test_missing_trailing_newline_is_marked_and_lines_still_end(tmp_path, config, zk, zk_path):
+    path = f"{zk_path}/no-newline"
+    zk.create(path, b"alpha\nbeta")
+    (tmp_path / "input.txt").write_bytes(b"alpha\ngamma")
+    result = run_writer(tmp_path, "writer.ini", "input.txt", path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        f"Writing input.txt to ZooKeeper {path}...\n"
+        f"--- {path} (current)\n"
+        "+++ input.txt (new)\n"
+        "@@ -1,2 +1,2 @@\n"
+        " alpha\n"
+        "-beta\n"
+        "\\ No newline at end of file\n"
+        "+gamma\n"
+        "\\ No newline at end of file\n"
+        "Wrote data to ZooKeeper.\n"
+    )
+    assert zk.get(path)[0] == b"alpha\ngamma"
+
+
+@pytest.mark.timeout(60)
+def test_non_ascii_text_is_diffed_as_text(tmp_path, config, zk, zk_path):
+    path = f"{zk_path}/unicode"
+    zk.create(path, "naïve\n".encode())
+    (tmp_path / "input.txt").write_bytes("café ☕\n".encode())
+    result = run_writer(tmp_path, "writer.ini", "input.txt", path)
+    assert result.returncode == 0, result.stderr
+    assert "-naïve\n+café ☕\n" in result.stdout
+    assert zk.get(path)[0] == "café ☕\n".encode()
+
+
+@pytest.mark.timeout(60)
+def test_standard_input(tmp_path, config, zk, node):
+    result = run_writer(tmp_path, "writer.ini", "-", node, stdin="from a pipe\n")
+    assert result.returncode == 0, result.stderr
+    header = f"Writing <stdin> to ZooKeeper {node}...\n--- {node} (current)\n+++ <stdin> (new)\n"
+    assert result.stdout.startswith(header)
+    assert "+from a pipe\n" in result.stdout
+    assert zk.get(node)[0] == b"from a pipe\n"
+
+
+@pytest.mark.timeout(60)
+def test_binary_data_is_summarised_by_size(tmp_path, config, zk, zk_path):
+    path = f"{zk_path}/binary"
+    zk.create(path, b"\x00\xff\xfe old")
+    new = bytes(range(256))
+    (tmp_path / "blob.bin").write_bytes(new)
+    result = run_writer(tmp_path, "writer.ini", "blob.bin", path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (
+        f"Writing blob.bin to ZooKeeper {path}...\n"
+        f"Binary data: {path} (current) is 7 bytes, blob.bin (new) is 256 bytes.\n"
+        "Wrote data to ZooKeeper.\n"
+    )
+    assert zk.get(path)[0] == new
+
+
+@pytest.mark.timeout(60)
+def test_null_data_node_reads_as_empty(tmp_path, config, zk, zk_path):
+    path = f"{zk_path}/null"
+    zk.create(path, None)
+    assert zk.get(path)[0] is None  # really null, not empty bytes
+    (tmp_path / "input.txt").write_bytes(b"first\n")
+    result = run_writer(tmp_path, "writer.ini", "input.txt", path)
+    assert result.returncode == 0, result.stderr
+    assert "@@ -0,0 +1 @@\n+first\n" in result.stdout
+    assert zk.get(path)[0] == b"first\n"
+
+
+@pytest.mark.timeout(60)
+def test_empty_input_over_null_data_is_no_change(tmp_path, config, zk, zk_path):
+    path = f"{zk_path}/null"
+    zk.create(path, None)
+    (tmp_path / "empty.txt").write_bytes(b"")
+    result = run_writer(tmp_path, "writer.ini", "empty.txt", path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "No changes detected. Not writing.\n"
+    assert zk.get(path)[1].version == 0
+
+
+# --- refusals before anything is sent ----------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_missing_node_is_never_created(tmp_path, config, zk, zk_path):
+    path = f"{zk_path}/absent"
+    (tmp_path / "input.json").write_bytes(NEW_JSON)
+    result = run_writer(tmp_path, "writer.ini", "input.json", path)
+    assert_one_line_failure(result, 1, path, "does not exist", "ACL")
+    assert result.stdout == ""
+    assert zk.exists(path) is None
+
+
+@pytest.mark.timeout(60)
+def test_invalid_json_is_refused_with_line_and_column(tmp_path, config, zk, node):
+    (tmp_path / "input.json").write_bytes(b'{\n    "key": "two",\n}\n')
+    result = run_writer(tmp_path, "writer.ini", "input.json", node)
+    assert_one_line_failure(result, 1, "input.json", "not valid JSON", "line 3, column 1")
+    assert zk.get(node)[0] == OLD_JSON
+
+
+@pytest.mark.timeout(60)
+def test_json_that_is_not_utf8_is_refused(tmp_path, config, zk, node):
+    (tmp_path / "input.json").write_bytes(b'{"key": "\xff"}')
+    result = run_writer(tmp_path, "writer.ini", "input.json", node)
+    assert_one_line_failure(result, 1, "input.json", "not valid JSON", "UTF-8")
+    assert zk.get(node)[0] == OLD_JSON
+
+
+@pytest.mark.timeout(60)
+def test_no_validate_writes_invalid_json(tmp_path, config, zk, node):
+    (tmp_path / "input.json").write_bytes(b"{not json")
+    result = run_writer(tmp_path, "writer.ini", "input.json", node, "--no-validate")
+    assert result.returncode == 0, result.stderr
+    assert zk.get(node)[0] == b"{not json"
+
+
+@pytest.mark.timeout(60)
+def test_only_json_sources_are_validated(tmp_path, config, zk, node):
+    (tmp_path / "input.txt").write_bytes(b"{not json")
+    result = run_writer(tmp_path, "writer.ini", "input.txt", node)
+    assert result.returncode == 0, result.stderr
+    assert zk.get(node)[0] == b"{not json"
+
+
+@pytest.mark.timeout(60)
+def test_empty_input_over_data_needs_allow_empty(tmp_path, config, zk, node):
+    (tmp_path / "empty.txt").write_bytes(b"")
+    refused = run_writer(tmp_path, "writer.ini", "empty.txt", node)
+    assert_one_line_failure(refused, 1, "empty.txt", "empty", str(len(OLD_JSON)), "--allow-empty")
+    assert zk.get(node)[0] == OLD_JSON
+
+    allowed = run_writer(tmp_path, "writer.ini", "empty.txt", node, "--allow-empty")
+    assert allowed.returncode == 0, allowed.stderr
+    assert allowed.stdout.endswith("Wrote data to ZooKeeper.\n")
+    assert zk.get(node)[0] == b""
+
+
+@pytest.mark.timeout(60)
+def test_empty_input_is_refused_even_in_a_dry_run(tmp_path, config, zk, node):
+    (tmp_path / "empty.txt").write_bytes(b"")
+    result = run_writer(tmp_path, "writer.ini", "empty.txt", node, "--dry-run")
+    assert_one_line_failure(result, 1, "--allow-empty")
+    assert zk.get(node)[0] == OLD_JSON
+
+
+@pytest.mark.timeout(60)
+def test_data_over_max_node_size_is_refused_with_both_sizes(tmp_path, zk_server, zk, node):
+    write_config(tmp_path, zk_server.address, **{"zookeeper.max_node_size": "100"})
+    (tmp_path / "big.txt").write_bytes(b"x" * 101)
+    refused = run_writer(tmp_path, "writer.ini", "big.txt", node)
+    assert_one_line_failure(refused, 1, "big.txt", "101 bytes", "100 bytes", "zookeeper.max_node_size")
+    assert zk.get(node)[0] == OLD_JSON
+
+    (tmp_path / "fits.txt").write_bytes(b"x" * 100)
+    accepted = run_writer(tmp_path, "writer.ini", "fits.txt", node)
+    assert accepted.returncode == 0, accepted.stderr
+    assert zk.get(node)[0] == b"x" * 100
+
+
+@pytest.mark.timeout(60)
+def test_default_size_limit_stops_what_the_server_would_reject(tmp_path, config, zk, node):
+    (tmp_path / "huge.txt").write_bytes(b"y" * (1024 * 1024 + 1))
+    result = run_writer(tmp_path, "writer.ini", "huge.txt", node)
+    assert_one_line_failure(result, 1, str(1024 * 1024 + 1), "1047552")
+    assert zk.get(node)[0] == OLD_JSON
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("source", ["nowhere.json", "."])
+def test_unreadable_source(tmp_path, config, zk, node, source):
+    result = run_writer(tmp_path, "writer.ini", source, node)
+    assert_one_line_failure(result, 1, f"cannot read {source}")
+    assert zk.get(node)[0] == OLD_JSON
+
+
+# --- credentials and ACLs ----------------------------------------------------------------------------
+
+
+def secrets_config(tmp_path: Path, hosts: str, credential: str) -> Path:
+    secrets = tmp_path / "secrets.json"
+    secrets.write_text(json.dumps({"secrets": {"secret/ci/zk": {"type": "simple", "value": credential}}}))
+    return write_config(
+        tmp_path, hosts, **{"secrets.path": str(secrets), "zookeeper.credentials": "secret/ci/zk"}
+    )
+
+
+@pytest.fixture
+def protected_node(zk, zk_path) -> str:
+    """Readable and writable only by the CI identity."""
+    path = f"{zk_path}/protected"
+    zk.create(path, OLD_JSON, acl=[make_digest_acl("ci", "right-password", all=True)])
+    return path
+
+
+@pytest.fixture
+def world_readable_node(zk, zk_path) -> str:
+    """The usual production shape: every watcher reads anonymously, only the CI identity writes."""
+    path = f"{zk_path}/world-readable"
+    zk.create(path, OLD_JSON, acl=[make_digest_acl("ci", "right-password", all=True), *READ_ACL_UNSAFE])
+    return path
+
+
+@pytest.mark.timeout(60)
+def test_acl_protected_node_written_with_the_right_credentials(tmp_path, zk_server, zk, protected_node):
+    secrets_config(tmp_path, zk_server.address, "ci:right-password")
+    (tmp_path / "input.json").write_bytes(NEW_JSON)
+    result = run_writer(tmp_path, "writer.ini", "input.json", protected_node)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith("Wrote data to ZooKeeper.\n")
+    zk.add_auth("digest", "ci:right-password")
+    assert zk.get(protected_node)[0] == NEW_JSON
+
+
+@pytest.mark.timeout(60)
+def test_acl_protected_node_refused_with_wrong_credentials(tmp_path, zk_server, zk, protected_node):
+    secrets_config(tmp_path, zk_server.address, "ci:wrong-password")
+    (tmp_path / "input.json").write_bytes(NEW_JSON)
+    result = run_writer(tmp_path, "writer.ini", "input.json", protected_node)
+    assert_one_line_failure(result, 1, "does not allow", "read", protected_node, "zookeeper.credentials")
+    zk.add_auth("digest", "ci:right-password")
+    data, stat = zk.get(protected_node)
+    assert (data, stat.version) == (OLD_JSON, 0)
+
+
+@pytest.mark.timeout(60)
+def test_world_readable_node_refuses_the_write_of_wrong_credentials(tmp_path, zk_server, zk, world_readable_node):
+    secrets_config(tmp_path, zk_server.address, "ci:wrong-password")
+    (tmp_path / "input.json").write_bytes(NEW_JSON)
+    result = run_writer(tmp_path, "writer.ini", "input.json", world_readable_node)
+    assert_one_line_failure(result, 1, "does not allow", "write", world_readable_node)
+    data, stat = zk.get(world_readable_node)
+    assert (data, stat.version) == (OLD_JSON, 0)
+
+
+@pytest.mark.timeout(60)
+def test_anonymous_write_to_a_protected_node_is_refused(tmp_path, config, zk, world_readable_node):
+    (tmp_path / "input.json").write_bytes(NEW_JSON)
+    result = run_writer(tmp_path, "writer.ini", "input.json", world_readable_node)
+    assert_one_line_failure(result, 1, "does not allow", "write")
+    assert zk.get(world_readable_node)[0] == OLD_JSON
+
+
+@pytest.mark.timeout(60)
+def test_missing_secrets_file_is_one_line(tmp_path, zk_server, zk, node):
+    write_config(
+        tmp_path,
+        zk_server.address,
+        **{"secrets.path": str(tmp_path / "no-secrets.json"), "zookeeper.credentials": "secret/ci/zk"},
+    )
+    (tmp_path / "input.json").write_bytes(NEW_JSON)
+    result = run_writer(tmp_path, "writer.ini", "input.json", node)
+    assert_one_line_failure(result, 1, "zookeeper.credentials", "no-secrets.json")
+    assert zk.get(node)[0] == OLD_JSON
+
+
+@pytest.mark.timeout(60)
+def test_malformed_credential_secret_is_one_line(tmp_path, zk_server, zk, node):
+    secrets_config(tmp_path, zk_server.address, "no-colon-here")
+    (tmp_path / "input.json").write_bytes(NEW_JSON)
+    result = run_writer(tmp_path, "writer.ini", "input.json", node)
+    assert_one_line_failure(result, 1, "username:password")
+    assert zk.get(node)[0] == OLD_JSON
+
+
+# --- connection and configuration failures -----------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_unreachable_zookeeper_fails_within_the_configured_limit(tmp_path):
+    (port,) = free_ports(1)
+    config = tmp_path / "writer.ini"
+    config.write_text(f"[live-data]\nzookeeper.hosts = 127.0.0.1:{port}\nzookeeper.timeout = 1 seconds\n")
+    (tmp_path / "input.json").write_bytes(NEW_JSON)
+    result = run_writer(tmp_path, "writer.ini", "input.json", "/anything")
+    assert_one_line_failure(result, 1, "could not connect", f"127.0.0.1:{port}", "within 2 seconds")
+    assert result.stdout == ""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("ini", "fragments"),
+    [
+        ("[live-data]\nzookeeper.timeout = 5 seconds\n", ["zookeeper.hosts", "missing"]),
+        ("[live-data]\nzookeeper.hosts = 127.0.0.1:2181\nzookeeper.timeout = soon\n", ["zookeeper.timeout"]),
+        ("[live-data]\nzookeeper.hosts = 127.0.0.1:2181\nzookeeper.max_node_size = big\n", ["max_node_size"]),
+        ("[live-data]\nzookeeper.hosts = 127.0.0.1:port\n", ["zookeeper.hosts", "port"]),
+        ("[live-data]\nzookeeper.hosts = 127.0.0.1:2181\nsecrets.path = relative.json\n", ["secrets.path"]),
+        ("[other]\nzookeeper.hosts = 127.0.0.1:2181\n", ["[live-data]"]),
+    ],
+)
+def test_bad_config_is_a_usage_error(tmp_path, ini, fragments):
+    (tmp_path / "writer.ini").write_text(ini)
+    (tmp_path / "input.json").write_bytes(NEW_JSON)
+    result = run_writer(tmp_path, "writer.ini", "input.json", "/anything")
+    assert_one_line_failure(result, 2, "writer.ini", *fragments)
+
+
+@pytest.mark.timeout(60)
+def test_missing_config_file_is_a_usage_error(tmp_path):
+    (tmp_path / "input.json").write_bytes(NEW_JSON)
+    result = run_writer(tmp_path, "absent.ini", "input.json", "/anything")
+    assert_one_line_failure(result, 2, "absent.ini")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["writer.ini", "input.json"],
+        ["writer.ini", "input.json", "relative/node"],
+        ["writer.ini", "input.json", "/trailing/"],
+        ["writer.ini", "input.json", "/node", "--no-such-flag"],
+    ],
+)
+def test_usage_errors(tmp_path, args):
+    result = run_writer(tmp_path, *args)
+    assert_one_line_failure(result, 2)
+    assert result.stdout == ""
+
+
+# --- the compare-and-set race, for real ----------------------------------------------------------------
+
+
+@pytest.fixture
+def writer_client(zk_server):
+    """A client built exactly as the writer builds its own."""
+    config = {"zookeeper.hosts": zk_server.address}
+    client = zookeeper_client_from_config(secrets_store_from_config(config), config)
+    client.start(timeout=30)
+    yield client
+    client.stop()
+    client.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_write_between_our_read_and_our_write_wins(writer_client, zk, node):
+    current, version = read_node(writer_client, node)
+    assert (current, version) == (OLD_JSON, 0)
+
+    zk.set(node, b"the other writer's data")  # lands between our read and our write
+
+    with pytest.raises(NodeChangedError) as caught:
+        write_node(writer_client, node, NEW_JSON, version)
+    message = str(caught.value)
+    assert "changed underneath" in message
+    assert node in message
+    assert "\n" not in message
+    assert caught.value.status == 1
+    data, stat = zk.get(node)
+    assert (data, stat.version) == (b"the other writer's data", 1)
+
+
+@pytest.mark.timeout(60)
+def test_write_node_succeeds_at_the_version_read(writer_client, zk, node):
+    _, version = read_node(writer_client, node)
+    assert write_node(writer_client, node, NEW_JSON, version) == version + 1
+    assert zk.get(node)[0] == NEW_JSON
+
+
+@pytest.mark.timeout(60)
+def test_node_deleted_between_read_and_write(writer_client, zk, node):
+    _, version = read_node(writer_client, node)
+    zk.delete(node)
+    with pytest.raises(NodeMissingError):
+        write_node(writer_client, node, NEW_JSON, version)
+    assert zk.exists(node) is None
+
+
+# --- pieces that need no server --------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(10)
+def test_diff_splits_only_on_newlines():
+    old = "a\u2028b\x0cc\r\nend\n".encode()
+    new = "a\u2028b\x0cc\r\nfin\n".encode()
+    diff = render_diff(old, new, "old", "new")
+    assert diff == "--- old\n+++ new\n@@ -1,2 +1,2 @@\n a\u2028b\x0cc\r\n-end\n+fin\n"
+
+
+@pytest.mark.timeout(10)
+def test_diff_of_one_undecodable_side_is_a_size_line():
+    assert render_diff(b"text\n", b"\xff", "a", "b") == "Binary data: a is 5 bytes, b is 1 bytes.\n"
+    assert render_diff(b"\xc3", b"text", "a", "b") == "Binary data: a is 1 bytes, b is 4 bytes.\n"
+
+
+@pytest.mark.timeout(10)
+def test_example_ci_config_is_valid(monkeypatch):
+    monkeypatch.setenv("ZOOKEEPER_HOSTS", "zk01:2181,zk02:2181")
+    config = read_config(str(REPO / "conf" / "ci.ini"))
+    settings = parse_zookeeper_config(config)
+    assert settings.hosts == "zk01:2181,zk02:2181"
+    assert settings.credentials == ["secret/ci/zookeeper_credentials"]
+    assert settings.timeout == 5.0
+    assert secrets_store_from_config(config).path == "/var/local/secrets.json"
+
+
+# --- the tools/ script ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_tools_write_node_end_to_end_from_another_directory(tmp_path, config, zk, node):
+    (tmp_path / "input.json").write_bytes(NEW_JSON)
+    (tmp_path / "livedata").mkdir()  # a directory of that name in the cwd must not shadow the package
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    result = subprocess.run(
+        [str(REPO / "tools" / "write_node"), "writer.ini", "input.json", node],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=110,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout.startswith(f"Writing input.json to ZooKeeper {node}...\n")
+    assert result.stdout.endswith("Wrote data to ZooKeeper.\n")
+    assert zk.get(node)[0] == NEW_JSON

@@ -1,0 +1,134 @@
+"""Waiting for files and ZooKeeper watches to show a value, and timestamping the moment they do.
+
+Every latency in the bench is ``time.perf_counter()`` in this process at the start of a ``set()`` compared with
+``time.perf_counter()`` in this process when the result became observable, so all figures share one clock.
+"""
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+
+from kazoo.client import KazooClient
+
+from tools.benchmark.inotify import DirectoryEvents
+from tools.benchmark.targets import BenchError, Daemon
+
+_POLL = 0.002  # existence poll period during startup: well below the figures it resolves
+
+
+def payload(tag: str, index: int, size: int) -> bytes:
+    """Distinct bytes per (tag, index), padded to ``size`` so every file is recognisably the right version."""
+    head = f"{tag}:{index}:".encode()
+    return head + b"." * max(0, size - len(head))
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile: always one of the measured values, never an interpolation between two."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def read_or_none(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def check_alive(daemons: Iterable[Daemon]) -> None:
+    for daemon in daemons:
+        daemon.check_alive()
+
+
+def wait_files_ready(daemons: Sequence[Daemon], expected: Mapping[str, bytes], timeout: float) -> float:
+    """``perf_counter()`` when every path first held its expected bytes.
+
+    Cheap enough for 50,000 files while the daemons work: each pass stats pending paths in order only up to the
+    first missing one (writers go roughly in config order), so the bench costs a few microseconds per pass
+    until the end. Existence stands in for content while waiting; contents are checked once everything exists
+    and any wrong file is then waited for by content.
+    """
+    deadline = time.perf_counter() + timeout
+    pending = list(expected)
+    while pending:
+        found = 0
+        while found < len(pending) and os.path.exists(pending[found]):
+            found += 1
+        pending = pending[found:]
+        if pending:
+            _pause(daemons, deadline, f"{len(pending)} of {len(expected)} files to appear, e.g. {pending[0]}")
+    ready = time.perf_counter()
+    wrong = [path for path, data in expected.items() if read_or_none(path) != data]
+    while wrong:
+        _pause(daemons, deadline, f"{len(wrong)} files to hold their node's data, e.g. {wrong[0]}")
+        wrong = [path for path in wrong if read_or_none(path) != expected[path]]
+        ready = time.perf_counter()
+    return ready
+
+
+def _pause(daemons: Sequence[Daemon], deadline: float, waiting_for: str) -> None:
+    check_alive(daemons)
+    if time.perf_counter() > deadline:
+        raise BenchError(f"timed out waiting for {waiting_for}")
+    time.sleep(_POLL)
+
+
+def wait_replacements(
+    events: DirectoryEvents, wanted: Mapping[str, bytes], daemons: Sequence[Daemon], timeout: float
+) -> dict[str, float]:
+    """``perf_counter()`` at which each dest basename in ``wanted`` was replaced with its wanted bytes."""
+    deadline = time.perf_counter() + timeout
+    arrived: dict[str, float] = {}
+    while len(arrived) < len(wanted):
+        remaining = deadline - time.perf_counter()
+        if remaining <= 0:
+            missing = sorted(set(wanted) - set(arrived))
+            raise BenchError(f"timed out after {timeout}s waiting for {missing[:5]} in {events.directory}")
+        batch = events.wait(min(remaining, 0.5))
+        if not batch:
+            check_alive(daemons)
+        for event in batch:
+            name = event.name
+            if name in wanted and name not in arrived:
+                if read_or_none(os.path.join(events.directory, name)) == wanted[name]:
+                    arrived[name] = event.at
+    return arrived
+
+
+class FloorWatch:
+    """A bare kazoo DataWatch in this process on its own session: the earliest a watcher could know of a change."""
+
+    def __init__(self, hosts: str, path: str) -> None:
+        self._seen: dict[bytes, float] = {}
+        self._changed = threading.Condition()
+        self._client = KazooClient(hosts=hosts, timeout=10.0)
+        self._client.start(timeout=30)
+        self._client.DataWatch(path, self._on_data)
+
+    def _on_data(self, data: bytes | None, _stat: object) -> None:
+        now = time.perf_counter()
+        if data is not None:
+            with self._changed:
+                self._seen.setdefault(data, now)
+                self._changed.notify_all()
+
+    def wait(self, data: bytes, timeout: float) -> float:
+        """``perf_counter()`` when the watch first delivered ``data``."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: data in self._seen, timeout):
+                raise BenchError(f"the floor DataWatch never saw {data[:30]!r}... within {timeout}s")
+            return self._seen.pop(data)
+
+    def close(self) -> None:
+        self._client.stop()
+        self._client.close()
+
+    def __enter__(self) -> FloorWatch:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,291 @@
+"""One function per scenario; each runs one target and returns its figures as :class:`Metric` rows.
+
+Lower is better for every figure except the FileWatcher speed-up, so "ours / baseplate" below 1 is a win.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Optional
+
+from kazoo.client import KazooClient
+
+from tools.benchmark import measure
+from tools.benchmark.inotify import IN_MOVED_TO, DirectoryEvents
+from tools.benchmark.measure import FloorWatch, payload, percentile
+from tools.benchmark.targets import BenchError, Daemon, Node, Target
+
+_PROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "filewatcher_probe.py")
+_WARMUP = 5  # changes before measuring: first-touch costs (imports, page faults) are not propagation
+_CHANGE_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    unit: str
+    value: Optional[float]
+
+
+@dataclass
+class Bench:
+    """What every scenario shares: the ZooKeeper, a writing client, a scratch directory, the node trees."""
+
+    zk: KazooClient
+    hosts: str
+    workdir: str
+    rng: random.Random = field(default_factory=lambda: random.Random(8))
+    _trees: dict[tuple[str, int, int], list[tuple[str, bytes]]] = field(default_factory=dict)
+    _serial: int = 0
+
+    def tree(self, kind: str, count: int, size: int) -> list[tuple[str, bytes]]:
+        """``count`` znodes of ``size`` bytes under /bench, created once and reused by every target."""
+        key = (kind, count, size)
+        if key not in self._trees:
+            root = f"/bench/{kind}-{count}x{size}"
+            nodes = [(f"{root}/n{i:06d}", payload(root, i, size)) for i in range(count)]
+            self.zk.ensure_path(root)
+            for start in range(0, count, 1000):  # pipelined: 50,000 one-by-one round trips would take minutes
+                for result in [self.zk.create_async(path, data) for path, data in nodes[start : start + 1000]]:
+                    result.get(timeout=60)
+            self._trees[key] = nodes
+        return self._trees[key]
+
+    def scratch(self, label: str) -> str:
+        self._serial += 1
+        path = os.path.join(self.workdir, f"{self._serial:03d}-{label}")
+        os.makedirs(path)
+        return path
+
+    def spawn(
+        self, target: Target, tree: Sequence[tuple[str, bytes]], dest_dir: str, name: str | None = None
+    ) -> tuple[Daemon, dict[str, bytes]]:
+        """Start a watcher mirroring ``tree`` into ``dest_dir``; returns it and the expected dest contents.
+
+        Dests are named after their znodes, or ``name`` for a one-node tree (fan-out: one node, many files).
+        """
+        names = [name] if name else [os.path.basename(path) for path, _ in tree]
+        nodes = [Node(n, path, os.path.join(dest_dir, n)) for n, (path, _) in zip(names, tree)]
+        config = tempfile.mktemp(prefix=f"{target.name}-", suffix=".ini", dir=self.workdir)
+        target.write_config(config, self.hosts, nodes)
+        daemon = Daemon(target, config, config[: -len(".ini")] + ".log")
+        return daemon, {node.dest: data for node, (_, data) in zip(nodes, tree)}
+
+    def gap(self) -> None:
+        """A short random pause between changes: live data changes rarely, and a fixed period could alias."""
+        time.sleep(self.rng.uniform(0.01, 0.03))
+
+
+def startup(bench: Bench, target: Target, counts: Sequence[int], size: int, repeats: int) -> list[Metric]:
+    metrics = []
+    for count in counts:
+        tree = bench.tree("startup", count, size)
+        seconds, rss = [], []
+        for _ in range(repeats):
+            dest_dir = bench.scratch(f"startup-{target.name}-{count}")
+            daemon, expected = bench.spawn(target, tree, dest_dir)
+            with daemon:
+                ready = measure.wait_files_ready([daemon], expected, timeout=max(60.0, count / 100))
+                seconds.append(ready - daemon.started)
+                rss.append(daemon.rss_mb())
+            shutil.rmtree(dest_dir)
+        metrics += [
+            Metric(f"n{count}_seconds", f"{count:,} nodes: spawn to all files", "s", statistics.median(seconds)),
+            Metric(f"n{count}_rss_mb", f"{count:,} nodes: resident memory", "MB", statistics.median(rss)),
+        ]
+    return metrics
+
+
+def propagation(bench: Bench, target: Target, changes: int, size: int, node_count: int) -> list[Metric]:
+    tree = bench.tree("propagation", node_count, size)
+    path = tree[0][0]
+    name = os.path.basename(path)
+    dest_dir = bench.scratch(f"propagation-{target.name}")
+    daemon, expected = bench.spawn(target, tree, dest_dir)
+    file_ms, floor_ms = [], []
+    with daemon, FloorWatch(bench.hosts, path) as floor, DirectoryEvents(dest_dir) as events:
+        measure.wait_files_ready([daemon], expected, timeout=60)
+        for i in range(_WARMUP + changes):
+            value = payload(f"{target.name}-propagation", i, size)
+            start = time.perf_counter()
+            result = bench.zk.set_async(path, value)
+            arrived = measure.wait_replacements(events, {name: value}, [daemon], _CHANGE_TIMEOUT)[name]
+            floor_at = floor.wait(value, _CHANGE_TIMEOUT)
+            result.get(timeout=_CHANGE_TIMEOUT)
+            if i >= _WARMUP:
+                file_ms.append((arrived - start) * 1000)
+                floor_ms.append((floor_at - start) * 1000)
+            bench.gap()
+    return _latency_rows(file_ms, floor_ms)
+
+
+def _latency_rows(file_ms: list[float], floor_ms: list[float]) -> list[Metric]:
+    p50, p99 = percentile(file_ms, 50), percentile(file_ms, 99)
+    floor50, floor99 = percentile(floor_ms, 50), percentile(floor_ms, 99)
+    return [
+        Metric("p50_ms", f"set() to file, p50 ({len(file_ms)} changes)", "ms", p50),
+        Metric("p99_ms", "set() to file, p99", "ms", p99),
+        Metric("floor_p50_ms", "floor: set() to bare DataWatch, p50", "ms", floor50),
+        Metric("floor_p99_ms", "floor: set() to bare DataWatch, p99", "ms", floor99),
+        Metric("p50_over_floor_ms", "p50 above the floor's p50", "ms", p50 - floor50),
+        Metric("p99_over_floor_ms", "p99 above the floor's p99", "ms", p99 - floor99),
+    ]
+
+
+def burst(bench: Bench, target: Target, sets: int, size: int, rounds: int) -> list[Metric]:
+    (path, _), *_ = tree = bench.tree("burst", 1, size)
+    name = os.path.basename(path)
+    dest_dir = bench.scratch(f"burst-{target.name}")
+    daemon, expected = bench.spawn(target, tree, dest_dir)
+    after_ack, floor_after_ack, after_issue, replacements = [], [], [], []
+    with daemon, FloorWatch(bench.hosts, path) as floor, DirectoryEvents(dest_dir) as events:
+        measure.wait_files_ready([daemon], expected, timeout=60)
+        events.wait(0.05)  # forget the initial write
+        for r in range(rounds):
+            values = [payload(f"{target.name}-burst{r}", i, size) for i in range(sets)]
+            issued, acked, results = _fire(bench.zk, path, values)
+            arrived, count = _count_until(events, name, values[-1], daemon)
+            for result in results:
+                result.get(timeout=_CHANGE_TIMEOUT)
+            floor_at = floor.wait(values[-1], _CHANGE_TIMEOUT)
+            after_ack.append((arrived - acked[0]) * 1000)
+            floor_after_ack.append((floor_at - acked[0]) * 1000)
+            after_issue.append((arrived - issued) * 1000)
+            replacements.append(count)
+            bench.gap()
+    return [
+        Metric("final_ms_after_ack", f"last set() acked to file final, max of {rounds}", "ms", max(after_ack)),
+        Metric("floor_ms_after_ack", "floor: last set() acked to DataWatch final, max", "ms", max(floor_after_ack)),
+        Metric("final_ms_after_issue", "last set() issued to file final, max", "ms", max(after_issue)),
+        Metric("replacements", f"file replacements per {sets:,} sets, mean", "count", statistics.mean(replacements)),
+    ]
+
+
+def _fire(zk: KazooClient, path: str, values: Sequence[bytes]) -> tuple[float, list[float], list[object]]:
+    """Issue every set() back to back; returns when the last was issued, a list filled when it is acked, results."""
+    results = [zk.set_async(path, value) for value in values[:-1]]
+    acked: list[float] = []
+    issued = time.perf_counter()
+    last = zk.set_async(path, values[-1])
+    last.rawlink(lambda _result: acked.append(time.perf_counter()))
+    results.append(last)
+    return issued, acked, results
+
+
+def _count_until(events: DirectoryEvents, name: str, final: bytes, daemon: Daemon) -> tuple[float, int]:
+    """When ``name`` first held ``final``, and how many times it was replaced up to then and shortly after."""
+    deadline = time.perf_counter() + _CHANGE_TIMEOUT
+    count, arrived = 0, None
+    settle_until = None
+    while settle_until is None or time.perf_counter() < settle_until:
+        if time.perf_counter() > deadline:
+            raise BenchError(f"the burst's last value never reached {events.directory}/{name}")
+        batch = events.wait(0.05)
+        if not batch:
+            daemon.check_alive()
+        for event in batch:
+            if event.name != name:
+                continue
+            count += 1
+            if arrived is None and measure.read_or_none(os.path.join(events.directory, name)) == final:
+                arrived = event.at
+                settle_until = time.perf_counter() + 0.2  # late rewrites still cost, count them too
+    assert arrived is not None
+    return arrived, count
+
+
+def fanout(bench: Bench, target: Target, processes: int, changes: int, size: int) -> list[Metric]:
+    (path, initial), *_ = tree = bench.tree("fanout", 1, size)
+    dest_dir = bench.scratch(f"fanout-{target.name}")
+    names = [f"w{k:02d}" for k in range(processes)]
+    last_ms, spread_ms, first_ms, floor_ms = [], [], [], []
+    with ExitStack() as stack:
+        daemons = [stack.enter_context(bench.spawn(target, tree, dest_dir, name)[0]) for name in names]
+        floor = stack.enter_context(FloorWatch(bench.hosts, path))
+        events = stack.enter_context(DirectoryEvents(dest_dir))
+        measure.wait_files_ready(daemons, {os.path.join(dest_dir, n): initial for n in names}, timeout=120)
+        for i in range(_WARMUP + changes):
+            value = payload(f"{target.name}-fanout", i, size)
+            start = time.perf_counter()
+            result = bench.zk.set_async(path, value)
+            arrived = measure.wait_replacements(events, dict.fromkeys(names, value), daemons, _CHANGE_TIMEOUT)
+            floor_at = floor.wait(value, _CHANGE_TIMEOUT)
+            result.get(timeout=_CHANGE_TIMEOUT)
+            if i >= _WARMUP:
+                first, last = min(arrived.values()), max(arrived.values())
+                first_ms.append((first - start) * 1000)
+                last_ms.append((last - start) * 1000)
+                spread_ms.append((last - first) * 1000)
+                floor_ms.append((floor_at - start) * 1000)
+            bench.gap()
+    return [
+        Metric("last_p50_ms", f"set() to all {processes} files, p50 ({changes} changes)", "ms", percentile(last_ms, 50)),
+        Metric("last_p99_ms", f"set() to all {processes} files, p99", "ms", percentile(last_ms, 99)),
+        Metric("spread_p50_ms", "first-to-last file spread, p50", "ms", percentile(spread_ms, 50)),
+        Metric("spread_p99_ms", "first-to-last file spread, p99", "ms", percentile(spread_ms, 99)),
+        Metric("first_p50_ms", "set() to first file, p50", "ms", percentile(first_ms, 50)),
+        Metric("floor_p50_ms", "floor: set() to bare DataWatch, p50", "ms", percentile(floor_ms, 50)),
+    ]
+
+
+def file_watcher(bench: Bench, target: Target, calls: int, interval: float, size: int) -> list[Metric]:
+    """Runs the probe under the target's own interpreter, so each FileWatcher is measured in its own venv."""
+    argv = [target.python, _PROBE, "--module", target.file_watcher_module, "--dir", bench.scratch("filewatcher")]
+    argv += ["--calls", str(calls), "--interval", str(interval), "--payload-bytes", str(size)]
+    result = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=600)
+    if result.returncode != 0:
+        raise BenchError(f"the FileWatcher probe failed for {target.name}:\n{result.stderr[-2000:]}")
+    figures: dict[str, Optional[float]] = json.loads(result.stdout)
+    rows = [
+        ("stat_ns", "bare os.stat() per call", "ns"),
+        ("reference_ns", "a stat-per-call reader, get per call", "ns"),
+        ("default_ns", "get_data(), unchanged file, default", "ns"),
+        ("interval_ns", f"get_data(), unchanged file, check_interval={interval:g}", "ns"),
+        ("interval_speedup", "stat-per-call reader / check_interval cost", "x"),
+        ("default_visible_us", "atomic replace to new value, default, max", "us"),
+        ("default_missed", "replacements never seen, default", "count"),
+        ("interval_visible_ms", f"atomic replace to new value, check_interval={interval:g}, max", "ms"),
+        ("interval_missed", "replacements never seen, check_interval", "count"),
+    ]
+    return [Metric(key, label, unit, figures.get(key)) for key, label, unit in rows]
+
+
+def idle(bench: Bench, target: Target, node_count: int, seconds: float, size: int) -> list[Metric]:
+    tree = bench.tree("startup", node_count, size)
+    dest_dir = bench.scratch(f"idle-{target.name}")
+    daemon, expected = bench.spawn(target, tree, dest_dir)
+    with daemon:
+        measure.wait_files_ready([daemon], expected, timeout=max(60.0, node_count / 100))
+        time.sleep(min(2.0, seconds / 10))  # let start-up work (logging, garbage collection) finish first
+        cpu_before, wall_before = daemon.cpu_seconds(), time.perf_counter()
+        time.sleep(seconds)  # the measurement window itself: nothing changes in ZooKeeper meanwhile
+        daemon.check_alive()
+        cpu = daemon.cpu_seconds() - cpu_before
+        wall = time.perf_counter() - wall_before
+        rss = daemon.rss_mb()
+    return [
+        Metric("cpu_seconds", f"CPU over {seconds:g} quiet seconds, {node_count:,} nodes", "s", cpu),
+        Metric("cpu_percent", "share of one core", "%", 100 * cpu / wall),
+        Metric("rss_mb", "resident memory at the end", "MB", rss),
+    ]
+
+
+@contextmanager
+def scratch_root(keep: bool) -> Iterator[str]:
+    """The run's working directory: configs, logs, dests; removed afterwards unless asked to keep it."""
+    path = tempfile.mkdtemp(prefix="livedata-bench-")
+    try:
+        yield path
+    finally:
+        if not keep:
+            shutil.rmtree(path, ignore_errors=True)
