@@ -274,13 +274,18 @@ def _parse_level(config: Mapping[str, str], spec: Spec, prefix: str, source: str
 
 
 def _parse_dict_of(config: Mapping[str, str], spec: Spec, prefix: str, source: str) -> dict[str, ConfigNamespace]:
-    names = sorted({key[len(prefix):].split(".", 1)[0] for key in config if key.startswith(prefix)})
-    for name in names:
+    # One pass over the keys: configs with tens of thousands of nodes are real.
+    names: dict[str, bool] = {}  # name -> has at least one "<prefix><name>.<field>" key
+    for key in config:
+        if key.startswith(prefix):
+            name, dot, _ = key[len(prefix) :].partition(".")
+            names[name] = names.get(name, False) or bool(dot)
+    for name, has_fields in sorted(names.items()):
         if not name:
             raise ConfigError(source, prefix, "a name is missing after the dot")
-        if not any(key.startswith(f"{prefix}{name}.") for key in config):
+        if not has_fields:
             raise ConfigError(source, prefix + name, f"expected keys like {prefix}{name}.<field>")
-    return {name: _parse_level(config, spec, f"{prefix}{name}.", source) for name in names}
+    return {name: _parse_level(config, spec, f"{prefix}{name}.", source) for name in sorted(names)}
 
 
 def _parse_value(config: Mapping[str, str], key: str, rule: Any, source: str) -> Any:

@@ -15,6 +15,7 @@ starts a thread, so that importing this module (for a test or the docs) patches 
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 from collections.abc import Iterable, Mapping
@@ -28,6 +29,8 @@ from livedata.secrets import secrets_store_from_config
 
 PROG = "livedata.example_app"
 DATA_NAME = "flags"
+
+log = logging.getLogger(PROG)  # not __name__, which is "__main__" under python -m
 
 Environ = dict[str, Any]
 StartResponse = Callable[[str, List[Tuple[str, str]]], Any]
@@ -127,7 +130,7 @@ def _serve(config: Mapping[str, str], listen: tuple[str, int]) -> int:
             server.start()
         except OSError as e:
             return fail(PROG, f"cannot listen on {listen[0]}:{listen[1]}: {e.strerror or e}", EXIT_FAILURE)
-        print(f"{PROG}: serving live_data.{DATA_NAME} on http://{listen[0]}:{server.server_port}/", file=sys.stderr)
+        log.info("serving live_data.%s on http://%s:%d/", DATA_NAME, listen[0], server.server_port)
         server.serve_forever()
     finally:
         for stopper in stoppers:

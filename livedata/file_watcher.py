@@ -111,7 +111,7 @@ class _State(Generic[T]):
 
 
 def _signature_of(st: os.stat_result) -> _Signature:
-    # Order matters: FileWatcher._fast_for reads ctime and inode from positions 0 and 2.
+    # Order matters: FileWatcher._fast_for takes ctime and inode from positions 0 and 2.
     return (st.st_ctime_ns, st.st_mtime_ns, st.st_ino, st.st_size, st.st_dev)
 
 
@@ -200,8 +200,9 @@ class FileWatcher(Generic[T]):
 
     def get_data(self) -> T:
         """Return the newest good parsed value (see the class docstring for how fresh it is)."""
-        # The body of _fast_path, inlined: this is the call applications make per request, and a Python
-        # call costs about as much as the whole check.
+        # This is the call applications make per request, so it is written flat: one tuple read, no
+        # lock, one stat (none within check_interval) and two integer comparisons. A helper call would
+        # cost about as much as the whole check, hence the near-copy in get_data_and_mtime.
         until, ctime_ns, ino, value, mtime = self._fast
         if until and until > _monotonic():
             return value
@@ -209,8 +210,13 @@ class FileWatcher(Generic[T]):
             st = _stat(self._stat_path)
         except OSError as exc:
             return self._resolve(_failure_signature(exc))[3]
+        # ctime moves on every write, truncate, utime, chmod and (on Linux) rename, and userspace cannot
+        # set it; a replacement by rename has a new inode. What this misses, a change within one
+        # timestamp tick, is covered by the racy window, during which the ctime here is -1.
         if st.st_ctime_ns == ctime_ns and st.st_ino == ino:
             if until:
+                # Lock-free on purpose: this tuple was just verified against the file, so even if it
+                # overwrites a newer one, what it re-arms was current at our stat.
                 self._fast = (_monotonic() + self._interval, ctime_ns, ino, value, mtime)
             return value
         return self._resolve(_signature_of(st))[3]
@@ -220,28 +226,20 @@ class FileWatcher(Generic[T]):
 
         Heartbeat touches do not move this mtime, so it is a sound cache key for derived data.
         """
-        fast = self._fast_path()
-        return fast[3], fast[4]
-
-    def _fast_path(self) -> _Fast[T]:
-        until, ctime_ns, ino, value, mtime = fast = self._fast
+        until, ctime_ns, ino, value, mtime = self._fast
         if until and until > _monotonic():
-            return fast
+            return value, mtime
         try:
             st = _stat(self._stat_path)
         except OSError as exc:
-            return self._resolve(_failure_signature(exc))
-        # ctime moves on every write, truncate, utime, chmod and (on Linux) rename, and userspace cannot
-        # set it; a replacement by rename has a new inode. What this misses (a change within one
-        # timestamp tick) is covered by the racy window, during which the ctime here is -1.
+            fast = self._resolve(_failure_signature(exc))
+            return fast[3], fast[4]
         if st.st_ctime_ns == ctime_ns and st.st_ino == ino:
             if until:
-                # Lock-free on purpose: this tuple was just verified against the file, so even if it
-                # overwrites a newer one, what it re-arms was current at our stat.
-                fast = (_monotonic() + self._interval, ctime_ns, ino, value, mtime)
-                self._fast = fast
-            return fast
-        return self._resolve(_signature_of(st))
+                self._fast = (_monotonic() + self._interval, ctime_ns, ino, value, mtime)
+            return value, mtime
+        fast = self._resolve(_signature_of(st))
+        return fast[3], fast[4]
 
     def _resolve(self, signature: _Signature) -> _Fast[T]:
         """Slow path: reload if the file moved on (or may have), and raise if nothing good was loaded."""
@@ -352,7 +350,7 @@ class FileWatcher(Generic[T]):
 
     def _log_recovery(self, state: _State[T]) -> None:
         if state.loaded is not None and state.error is not None:
-            logger.warning("%s: loadable again after: %s", self._path, state.error)
+            logger.info("%s: loadable again after: %s", self._path, state.error)
 
     def _wait_for_first_load(self, timeout: float, backoff: float) -> None:
         deadline = _monotonic() + timeout

@@ -92,7 +92,7 @@ class Outcome(enum.Enum):
     WRITTEN = "written"
 
 
-Result = Union[Outcome, FileWriteError]
+SyncResult = Union[Outcome, FileWriteError]
 
 
 # --------------------------------------------------------------------------------------------- public API
@@ -106,9 +106,11 @@ def sync_file(spec: FileSpec, data: bytes) -> Outcome:
     return result
 
 
-def sync_files(items: Sequence[tuple[FileSpec, bytes]]) -> list[Result]:
+def sync_files(items: Sequence[tuple[FileSpec, bytes]]) -> list[SyncResult]:
     """Sync many dests at once, one result per item in order; a failing item does not hold back the others.
 
+    On return every WRITTEN or METADATA_FIXED item is on disk. This is plain blocking syscalls: a gevent
+    caller syncing a large batch while it must stay responsive should hand it to a thread pool.
     Raises ValueError if a path appears twice: which content should win would be a guess.
     """
     jobs = [_Job(spec, data) for spec, data in items]
@@ -237,7 +239,7 @@ class _Job:
         self.error = _error(self.spec.path, self.step, exc)
         self.error.__cause__ = exc
 
-    def result(self) -> Result:
+    def result(self) -> SyncResult:
         if self.error is not None:
             return self.error
         assert self.outcome is not None, "every job ends with an outcome or an error"

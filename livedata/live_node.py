@@ -77,8 +77,9 @@ class LiveNode(Generic[T]):
 
     ``timeout`` (seconds) makes the constructor wait until the node exists and parses, and raise
     :class:`WatchedFileNotAvailableError` when the time runs out. Without a timeout it does not wait for the
-    node: if the client is connected it waits only for the watch's first answer (normally one round trip),
-    so an existing node is readable as soon as the constructor returns, as an existing file is.
+    node. Either way, if the client is connected, the constructor waits for the watch's first answer
+    (normally one round trip, cut short if the connection drops), so an existing node is readable as soon
+    as the constructor returns, as an existing file is.
 
     ``backoff`` and ``check_interval`` are accepted for compatibility with FileWatcher and otherwise unused:
     changes are pushed by the watch, and reads never touch ZooKeeper.
@@ -152,7 +153,10 @@ class LiveNode(Generic[T]):
         return loaded.value, loaded.mtime
 
     def close(self) -> None:
-        """Stop following changes. kazoo cannot cancel a DataWatch from outside; it ends at its next call."""
+        """Stop following changes; the last version stays readable.
+
+        kazoo cannot cancel a DataWatch from outside: ours ignores its next call, which ends it.
+        """
         with self._lock:
             self._closed = True
         self._client.remove_listener(self._on_session_state)
@@ -174,13 +178,15 @@ class LiveNode(Generic[T]):
         error = state.error
         if isinstance(error, BaseException):
             raise WatchedFileNotAvailableError(self._path, error) from error
+        if error is _NOTHING_YET and not self._client.connected:
+            error = "not connected to ZooKeeper"
         raise WatchedFileNotAvailableError(self._path, str(error))
 
     # --- waiting in the constructor ----------------------------------------------------------------------
 
     def _wait_for_first_load(self, timeout: float) -> None:
-        if not self._ready.wait(timeout) and self._state.error is _NOTHING_YET and not self._client.connected:
-            raise WatchedFileNotAvailableError(self._path, "not connected to ZooKeeper")
+        if not self._ready.wait(timeout):
+            self._wait_for_first_reply()  # even timeout=0 gets the answer a connected client has at once
         self._loaded()  # raises with the latest reason when nothing good arrived in time
 
     def _wait_for_first_reply(self) -> None:

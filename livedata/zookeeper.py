@@ -9,6 +9,7 @@ the same hub; anything else gets kazoo's default threaded handler.
 """
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,8 @@ from livedata.config import (
 
 if TYPE_CHECKING:
     from livedata.secrets import SecretsStore
+
+log = logging.getLogger("livedata.zookeeper")
 
 DEFAULT_SESSION_TIMEOUT = 5.0
 DEFAULT_MAX_NODE_SIZE = 1024 * 1024 - 1024  # jute.maxbuffer (1 MiB) less room for the request's own framing
@@ -82,9 +85,9 @@ def gevent_is_active() -> bool:
 
 def make_handler() -> Any:
     if gevent_is_active():
-        from kazoo.handlers.gevent import SequentialGeventHandler
+        from livedata.handler import GeventHandler
 
-        return SequentialGeventHandler()
+        return GeventHandler()
     from kazoo.handlers.threading import SequentialThreadingHandler
 
     return SequentialThreadingHandler()
@@ -111,7 +114,10 @@ def digest_auth_data(secrets: SecretsStore, paths: list[str]) -> list[tuple[str,
 
 
 def zookeeper_client_from_config(
-    secrets: SecretsStore | None, app_config: Mapping[str, str], read_only: bool | None = None
+    secrets: SecretsStore | None,
+    app_config: Mapping[str, str],
+    read_only: bool | None = None,
+    credentials_required: bool = True,
 ) -> KazooClient:
     """Configure (but do not start) a kazoo client that reconnects forever.
 
@@ -120,13 +126,24 @@ def zookeeper_client_from_config(
     client accept read-only servers (a partitioned minority with
     ``readonlymode.enabled``), which is what a mirror wants: stale but
     available beats nothing.
+
+    A credential that cannot be loaded raises :class:`CredentialsError`,
+    unless ``credentials_required`` is False: then the problem is logged and
+    the client starts without it.  That is for daemons that pick credentials
+    up later with :class:`CredentialsRefresher` (the secrets file may simply
+    not have been delivered yet when the host boots).
     """
     zk = parse_zookeeper_config(app_config)
     auth_data: list[tuple[str, str]] = []
     if zk.credentials:
         if secrets is None:
             raise CredentialsError("zookeeper.credentials is set but no secrets store was given")
-        auth_data = digest_auth_data(secrets, zk.credentials)
+        try:
+            auth_data = digest_auth_data(secrets, zk.credentials)
+        except CredentialsError as e:
+            if credentials_required:
+                raise
+            log.error("%s; connecting without credentials until the secrets file is fixed", e)
     handler = make_handler()
     connection_retry = KazooRetry(
         max_tries=-1,
@@ -159,3 +176,60 @@ def _tls_arguments(tls: ConfigNamespace) -> dict[str, Any]:
         "keyfile": tls.key,
         "verify_certs": tls.verify,
     }
+
+
+def session_timeout(client: KazooClient) -> float:
+    """The session timeout in seconds: the one the server granted once connected, else the one asked for."""
+    return float(client._session_timeout) / 1000.0  # kazoo keeps the negotiated value only here
+
+
+class CredentialsRefresher:
+    """Keep a running client's digest credentials equal to what the secrets file says now.
+
+    ZooKeeper ties credentials to a session and has no way to take one back,
+    so a change is applied in two halves that together disturb nothing: the
+    new credentials are added to the live session (its watches and pending
+    reads carry on, nothing is re-read needlessly), and they replace the
+    client's ``auth_data``, which kazoo sends on every new session, so the
+    next session carries the new ones only.  Until then the session also
+    keeps its old identity; that grants nothing the ACLs do not grant it
+    already, and since ACLs are checked on every request, revoking the old
+    credential in the ACLs takes effect at once.  (Restarting the session
+    instead would drop every watch and re-read every node for nothing.)
+    """
+
+    def __init__(self, client: KazooClient, secrets: SecretsStore, paths: list[str]) -> None:
+        self.client = client
+        self.secrets = secrets
+        self.paths = paths
+        self.applied: set[tuple[str, str]] = set(client.auth_data)
+        self.problem: str | None = None
+
+    def refresh(self) -> bool:
+        """Re-read the credentials; apply and return True if they changed."""
+        try:
+            wanted = set(digest_auth_data(self.secrets, self.paths))
+        except CredentialsError as e:
+            if str(e) != self.problem:
+                log.error("%s; keeping the credentials in use", e)
+            self.problem = str(e)
+            return False
+        self.problem = None
+        if wanted == self.applied:
+            return False
+        self.client.auth_data = set(wanted)
+        for scheme, credential in sorted(wanted - self.applied):
+            self.client.add_auth_async(scheme, credential)
+        self.applied = wanted
+        log.info("zookeeper.credentials changed in %s: applied to the session", self.secrets.path)
+        return True
+
+
+def credentials_refresher(
+    client: KazooClient, secrets: SecretsStore | None, app_config: Mapping[str, str]
+) -> CredentialsRefresher | None:
+    """A refresher for the client built from the same settings; None when no credentials are configured."""
+    zk = parse_zookeeper_config(app_config)
+    if not zk.credentials or secrets is None:
+        return None
+    return CredentialsRefresher(client, secrets, list(zk.credentials))

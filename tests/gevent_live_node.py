@@ -1,7 +1,8 @@
 """A LiveNode scenario run in a gevent monkey-patched process (by tests/test_live_node.py).
 
-Usage: python -m tests.gevent_live_node HOSTS NODE_PATH. Prints a JSON report on success; any failed check
-exits non-zero with the reason on stderr.
+Usage: ``python -m tests.gevent_live_node basic HOSTS NODE_PATH`` or ``python -m tests.gevent_live_node restart``
+(which runs a ZooKeeper server of its own). Prints a JSON report on success; any failed check exits non-zero
+with the reason on stderr.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from gevent import monkey
 monkey.patch_all()
 
 import json  # noqa: E402 -- after patching, like any gevent program
+import shutil  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from typing import IO, Any  # noqa: E402
@@ -19,10 +21,10 @@ from kazoo.protocol.states import Callback  # noqa: E402
 
 from livedata.live_node import LiveNode  # noqa: E402
 from livedata.zookeeper import zookeeper_client_from_config  # noqa: E402
-from tests.harness import wait_for  # noqa: E402  (its time.sleep is gevent's now)
+from tests.harness import start_standalone, wait_for  # noqa: E402  (its time.sleep is gevent's now)
 
 
-def main(hosts: str, node: str) -> dict[str, Any]:
+def basic(hosts: str, node: str) -> dict[str, Any]:
     client = zookeeper_client_from_config(None, {"zookeeper.hosts": hosts})
     admin = zookeeper_client_from_config(None, {"zookeeper.hosts": hosts})
     client.start(timeout=30)
@@ -82,5 +84,35 @@ def main(hosts: str, node: str) -> dict[str, Any]:
     return report
 
 
+def restart() -> dict[str, Any]:
+    """Stop the server under a loaded LiveNode, start it again on the same port, change the node."""
+    server = start_standalone()
+    try:
+        client = zookeeper_client_from_config(None, {"zookeeper.hosts": server.address, "zookeeper.timeout": "30 s"})
+        admin = zookeeper_client_from_config(None, {"zookeeper.hosts": server.address})
+        client.start(timeout=30)
+        admin.start(timeout=30)
+        admin.create("/flags", b"1")
+        live = LiveNode(client, "/flags", json.load, timeout=30)
+        server.stop()
+        wait_for(lambda: not client.connected, 30, "the client to notice the server is gone")
+        assert live.get_data() == 1
+        server.start()
+        wait_for(lambda: client.connected and admin.connected, 60, "both clients to reconnect")
+        admin.set("/flags", b"2")
+        wait_for(lambda: live.get_data() == 2, 30, "the change made after the restart")
+        report = {"handler": type(client.handler).__name__, "value": live.get_data()}
+        for c in (client, admin):
+            c.stop()
+            c.close()
+        return report
+    finally:
+        server.stop()
+        shutil.rmtree(server.directory, ignore_errors=True)
+
+
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1], sys.argv[2])))
+    if sys.argv[1] == "basic":
+        print(json.dumps(basic(sys.argv[2], sys.argv[3])))
+    else:
+        print(json.dumps(restart()))

@@ -429,6 +429,31 @@ def test_batch_durability_order(tmp_path: Path, audit: list[AuditHandler], count
 # ------------------------------------------------------------------------------------------- failures
 
 
+class _Interrupted(Exception):
+    pass
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("count", [3, 20], ids=["small-batch", "large-batch"])
+def test_unexpected_exception_mid_batch_leaves_no_temp(tmp_path: Path, audit: list[AuditHandler],
+                                                       count: int) -> None:
+    """Anything, even an exception that is not an OSError (think KeyboardInterrupt), must not strand temps."""
+    items = [(FileSpec(os.path.join(tmp_path, f"f{i}")), b"new") for i in range(count)]
+    for spec, _data in items:
+        put(spec.path, b"old")
+
+    def interrupt(event: str, args: tuple) -> None:  # type: ignore[type-arg]
+        if event == "os.rename":
+            raise _Interrupted  # an exception in an audit hook aborts the audited call
+
+    audit.append(interrupt)
+    with pytest.raises(_Interrupted):
+        sync_files(items)
+    audit.clear()
+    assert temps_under(str(tmp_path)) == []
+    assert all(read(spec.path) == b"old" for spec, _data in items)
+
+
 @pytest.mark.timeout(30)
 def test_parent_that_is_a_file_fails_cleanly(tmp_path: Path) -> None:
     blocker = os.path.join(tmp_path, "blocker")

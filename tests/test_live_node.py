@@ -13,8 +13,9 @@ from typing import IO, Any
 
 import pytest
 from kazoo.client import KazooClient
-from kazoo.exceptions import NoNodeError
+from kazoo.exceptions import NoAuthError, NoNodeError
 from kazoo.protocol.states import Callback, KazooState
+from kazoo.security import make_digest_acl
 
 from livedata.file_watcher import WatchedFileNotAvailableError
 from livedata.live_node import LiveNode
@@ -86,6 +87,8 @@ def test_initial_load_serves_data_and_znode_mtime(zk: KazooClient, app_client: K
         assert live.get_data() == {"a": 1}
         assert live.get_data_and_mtime() == ({"a": 1}, stat.mtime / 1000.0)
         assert live.path == node
+    with LiveNode(app_client, node, json.load, timeout=0) as no_wait:  # like FileWatcher: one attempt
+        assert no_wait.get_data() == {"a": 1}
 
 
 @pytest.mark.timeout(30)
@@ -256,8 +259,9 @@ def test_client_started_later_is_followed(zk_server: ZooKeeperServer, zk: KazooC
             LiveNode(client, node, json.load, timeout=0.1)
         assert raised.value.inner == "not connected to ZooKeeper"
         live = LiveNode(client, node, json.load)  # no timeout: returns at once, not connected
-        with pytest.raises(WatchedFileNotAvailableError):
+        with pytest.raises(WatchedFileNotAvailableError) as raised:
             live.get_data()
+        assert raised.value.inner == "not connected to ZooKeeper"
         client.start(timeout=30)
         wait_for(lambda: live.get_data() == "hello", 10, "the data once connected")
     finally:
@@ -287,13 +291,14 @@ def test_concurrent_readers_see_consistent_pairs(zk: KazooClient, app_client: Ka
     def read() -> None:
         while not stop.is_set():
             seen.add(live.get_data_and_mtime())
+            time.sleep(0)  # a yield, not a wait: leave the GIL to the client's threads now and then
 
     with LiveNode(app_client, node, json.load) as live:
-        readers = [threading.Thread(target=read) for _ in range(8)]
+        readers = [threading.Thread(target=read) for _ in range(4)]
         for reader in readers:
             reader.start()
         try:
-            for n in range(1, 20):
+            for n in range(1, 10):
                 written[n] = zk.set(node, str(n).encode()).mtime / 1000.0
                 wait_for(lambda n=n: live.get_data() == n, 10, f"value {n}")
         finally:
@@ -351,7 +356,7 @@ def test_session_expiry_keeps_value_and_rewatches(zk_server: ZooKeeperServer, zk
 def test_under_gevent_handler(zk_server: ZooKeeperServer, zk_path: str) -> None:
     """The same behaviour in a monkey-patched process, where the client gets kazoo's gevent handler."""
     result = subprocess.run(
-        [sys.executable, "-m", "tests.gevent_live_node", zk_server.address, f"{zk_path}/flags"],
+        [sys.executable, "-m", "tests.gevent_live_node", "basic", zk_server.address, f"{zk_path}/flags"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -362,3 +367,28 @@ def test_under_gevent_handler(zk_server: ZooKeeperServer, zk_path: str) -> None:
     assert report["handler"] == "SequentialGeventHandler"
     assert report["parses"] == report["distinct_versions"]
     assert report["reads"] > 0
+
+
+@pytest.mark.timeout(120)
+def test_under_gevent_handler_across_server_restart() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.gevent_live_node", "restart"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"handler": "SequentialGeventHandler", "value": 2}
+
+
+@pytest.mark.timeout(30)
+def test_unreadable_node_is_reported_not_hung_on(zk: KazooClient, app_client: KazooClient, node: str) -> None:
+    zk.create(node, b"1", acl=[make_digest_acl("someone", "else", all=True)])
+    with pytest.raises(WatchedFileNotAvailableError) as raised:
+        LiveNode(app_client, node, json.load, timeout=0.3)
+    assert isinstance(raised.value.inner, NoAuthError)
+    with LiveNode(app_client, node, json.load) as live:  # without timeout: returns after the refusal
+        with pytest.raises(WatchedFileNotAvailableError) as raised:
+            live.get_data()
+        assert isinstance(raised.value.inner, NoAuthError)

@@ -93,9 +93,9 @@ def wait_replacements(
             check_alive(daemons)
         for event in batch:
             name = event.name
-            if name in wanted and name not in arrived:
-                if read_or_none(os.path.join(events.directory, name)) == wanted[name]:
-                    arrived[name] = event.at
+            path = os.path.join(events.directory, name)
+            if name in wanted and name not in arrived and read_or_none(path) == wanted[name]:
+                arrived[name] = event.at
     return arrived
 
 

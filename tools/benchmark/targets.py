@@ -86,7 +86,7 @@ def ensure_baseplate_venv(venv: str) -> str:
     python = os.path.join(venv, "bin", "python")
     stamp = os.path.join(venv, ".installed")
     wanted = " ".join(requirements)
-    if os.path.exists(stamp) and open(stamp).read() == wanted:
+    if _read_text(stamp) == wanted:
         return python
     print(f"bench: installing {wanted} into {venv} (once)...", file=sys.stderr)
     _run([sys.executable, "-m", "venv", venv])
@@ -94,6 +94,14 @@ def ensure_baseplate_venv(venv: str) -> str:
     with open(stamp, "w") as f:
         f.write(wanted)
     return python
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def _run(argv: list[str]) -> None:

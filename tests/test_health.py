@@ -1,0 +1,160 @@
+"""``livedata-watcher --check CONFIG``: the probe of the dests, with and without a running watcher."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.harness import wait_for
+from tests.watcher_process import WatcherProcess, node_settings, wait_for_content, write_ini
+
+pytestmark = pytest.mark.timeout(60)
+
+HOUR = 3600.0
+
+
+def run_check(config_path: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "livedata.watcher", "--check", config_path], capture_output=True, text=True, timeout=30
+    )
+
+
+def make_dest(path: str, data: bytes = b"data", mode: int = 0o400, age: float = 0.0) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    os.chmod(path, mode)
+    if age:
+        then = time.time() - age
+        os.utime(path, (then, then))
+
+
+def offline_config(workdir: str, heartbeat: str = "1 hour", **nodes: dict) -> str:
+    """A config whose ZooKeeper does not exist: the probe must never need it."""
+    settings: dict = {"zookeeper.hosts": "127.0.0.1:1", "watcher.heartbeat_interval": heartbeat}
+    for name, extra in nodes.items():
+        settings.update(node_settings(name, f"/{name}", f"{workdir}/dests/{name}", **extra))
+    return write_ini(workdir, settings)
+
+
+@pytest.mark.timeout(30)
+def test_fresh_dests_pass_without_zookeeper(workdir):
+    config = offline_config(workdir, a={}, b={"mode": "0644"})
+    make_dest(f"{workdir}/dests/a", age=1.5 * HOUR)  # older than one heartbeat, younger than two
+    make_dest(f"{workdir}/dests/b", mode=0o644)
+    result = run_check(config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == "ok: 2 dests present and fresh\n"
+    assert result.stderr == ""
+
+
+@pytest.mark.timeout(30)
+def test_each_bad_dest_gets_one_line(workdir):
+    config = offline_config(workdir, fine={}, gone={}, old={}, moded={"mode": "0640"}, both={"mode": "0600"})
+    make_dest(f"{workdir}/dests/fine")
+    make_dest(f"{workdir}/dests/old", age=2.5 * HOUR)
+    make_dest(f"{workdir}/dests/moded", mode=0o644)
+    make_dest(f"{workdir}/dests/both", mode=0o644, age=3 * HOUR)
+    result = run_check(config)
+    assert result.returncode == 1
+    lines = sorted(result.stdout.splitlines())
+    assert len(lines) == 4, result.stdout
+    both, gone, moded, old = lines
+    assert gone == f"{workdir}/dests/gone: missing (nodes.gone)"
+    assert moded == f"{workdir}/dests/moded: mode 0644, expected 0640 (nodes.moded)"
+    assert old.startswith(f"{workdir}/dests/old: stale: modified ")
+    assert "more than 2 heartbeats (7200s)" in old
+    assert "mode 0644, expected 0600; stale" in both
+
+
+@pytest.mark.timeout(30)
+def test_a_symlink_or_directory_is_not_a_healthy_dest(workdir):
+    config = offline_config(workdir, link={}, directory={})
+    make_dest(f"{workdir}/elsewhere")
+    os.makedirs(f"{workdir}/dests/directory")
+    os.symlink(f"{workdir}/elsewhere", f"{workdir}/dests/link")
+    result = run_check(config)
+    assert result.returncode == 1
+    assert sorted(result.stdout.splitlines()) == [
+        f"{workdir}/dests/directory: not a regular file (nodes.directory)",
+        f"{workdir}/dests/link: not a regular file (nodes.link)",
+    ]
+
+
+@pytest.mark.timeout(30)
+def test_owner_and_group_are_checked_when_configured(workdir):
+    if os.geteuid() != 0:
+        pytest.skip("changing ownership needs root")
+    config = offline_config(workdir, owned={"owner": "65534", "group": "65533"}, free={})
+    make_dest(f"{workdir}/dests/owned")
+    make_dest(f"{workdir}/dests/free")
+    os.chown(f"{workdir}/dests/free", 1234, 1234)  # no owner configured: any owner will do
+    result = run_check(config)
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        f"{workdir}/dests/owned: owner uid 0, expected 65534; group gid 0, expected 65533 (nodes.owned)"
+    ]
+    os.chown(f"{workdir}/dests/owned", 65534, 65533)
+    assert run_check(config).returncode == 0
+
+
+@pytest.mark.timeout(30)
+def test_config_error_is_one_line_and_status_2(workdir):
+    path = write_ini(workdir, {"zookeeper.hosts": "127.0.0.1:1", "nodes.a.source": "/a", "nodes.a.dest": "rel"})
+    result = run_check(path)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [f"livedata-watcher: {path}: nodes.a.dest: 'rel' is not an absolute path"]
+
+
+@pytest.fixture
+def watcher_for(workdir) -> Iterator:
+    started: list[WatcherProcess] = []
+
+    def start(config_path: str) -> WatcherProcess:
+        process = WatcherProcess(config_path)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def test_probe_follows_the_heartbeat_of_a_running_watcher(private_zk_server, workdir, watcher_for):
+    """Healthy while the watcher vouches for the file; stale once heartbeats stop (ZooKeeper unreachable)."""
+    from tests.conftest import make_client
+
+    admin = make_client(private_zk_server.address)
+    admin.create("/hb", b"beat")
+    admin.stop()
+    admin.close()
+    dest = f"{workdir}/hb"
+    config = write_ini(
+        workdir,
+        {
+            "zookeeper.hosts": private_zk_server.address,
+            "zookeeper.timeout": "2 seconds",
+            "watcher.heartbeat_interval": "500 milliseconds",
+            **node_settings("hb", "/hb", dest, mode="0444"),
+        },
+    )
+    watcher = watcher_for(config)
+    wait_for_content(dest, b"beat")
+    assert run_check(config).returncode == 0
+
+    old = time.time() - HOUR
+    os.utime(dest, (old, old))  # as if the watcher had been silent for an hour
+    assert "stale" in run_check(config).stdout
+    wait_for(lambda: run_check(config).returncode == 0, 15, "a heartbeat to make the dest fresh again")
+
+    private_zk_server.stop()
+    watcher.wait_for_log("heartbeat withheld")
+    result = wait_for(lambda: (r := run_check(config)).returncode == 1 and r, 15, "the probe to see the silence")
+    assert result.stdout.startswith(f"{dest}: stale: ")
+    private_zk_server.start()
+    wait_for(lambda: run_check(config).returncode == 0, 30, "heartbeats to resume after reconnecting")

@@ -1,0 +1,160 @@
+"""``tools/bench``: parse the flags, start a private ZooKeeper, run the chosen scenarios, print and save figures."""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from kazoo.client import KazooClient
+
+from tests.harness import start_standalone
+from tools.benchmark import report, scenarios, targets
+from tools.benchmark.scenarios import Bench, Metric
+from tools.benchmark.targets import BenchError, Target
+
+SCENARIOS = ("startup", "propagation", "burst", "fanout", "filewatcher", "idle")
+
+# Full-run defaults (about ten minutes for ours alone) and the tiny ones of --smoke (seconds; used by the tests).
+FULL = {
+    "startup_nodes": [1000, 5000, 50000], "startup_payload": 200, "startup_repeats": 3,
+    "propagation_changes": 400, "propagation_nodes": 1, "propagation_payload": 200,
+    "burst_sets": 2000, "burst_rounds": 5, "burst_payload": 200,
+    "fanout_processes": 20, "fanout_changes": 200, "fanout_payload": 200,
+    "filewatcher_calls": 100_000, "filewatcher_interval": 1.0, "filewatcher_payload": 200,
+    "idle_nodes": 5000, "idle_seconds": 60.0, "idle_payload": 200,
+}  # fmt: skip
+SMOKE = {
+    **FULL,
+    "startup_nodes": [20], "startup_repeats": 1, "propagation_changes": 10, "burst_sets": 50, "burst_rounds": 1,
+    "fanout_processes": 3, "fanout_changes": 5, "filewatcher_calls": 1000, "filewatcher_interval": 0.05,
+    "idle_nodes": 20, "idle_seconds": 1.0,
+}  # fmt: skip
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="tools/bench",
+        description="Measure livedata against a private ZooKeeper (and, on request, against baseplate 2.7.1).",
+    )
+    parser.add_argument("--scenario", action="append", choices=SCENARIOS, help="run only this one (repeatable)")
+    parser.add_argument("--compare-baseplate", action="store_true", help="also run the incumbent, side by side")
+    parser.add_argument("--json", metavar="FILE", help="also write every figure (and the run's details) here")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes and durations: does every scenario run?")
+    parser.add_argument("--watcher-cmd", metavar="CMD", help="start our watcher with CMD CONFIG instead")
+    parser.add_argument("--baseplate-venv", default=targets.BASEPLATE_VENV, help="where to install the incumbent")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch directory (configs, logs, dests)")
+    sizes = parser.add_argument_group("sizes (defaults: the full run; --smoke shrinks them)")
+    sizes.add_argument("--startup-nodes", type=int, nargs="+", metavar="N")
+    sizes.add_argument("--startup-repeats", type=int, metavar="K", help="spawns per N; the median is reported")
+    sizes.add_argument("--propagation-changes", type=int, metavar="K")
+    sizes.add_argument("--propagation-nodes", type=int, metavar="N", help="nodes the watcher holds (one changes)")
+    sizes.add_argument("--burst-sets", type=int, metavar="K")
+    sizes.add_argument("--burst-rounds", type=int, metavar="K")
+    sizes.add_argument("--fanout-processes", type=int, metavar="N")
+    sizes.add_argument("--fanout-changes", type=int, metavar="K")
+    sizes.add_argument("--filewatcher-calls", type=int, metavar="K", help="get_data() calls per timed loop")
+    sizes.add_argument("--filewatcher-interval", type=float, metavar="SECONDS", help="the check_interval measured")
+    sizes.add_argument("--idle-nodes", type=int, metavar="N")
+    sizes.add_argument("--idle-seconds", type=float, metavar="SECONDS")
+    for name in ("startup", "propagation", "burst", "fanout", "filewatcher", "idle"):
+        sizes.add_argument(f"--{name}-payload", type=int, metavar="BYTES", help=f"bytes per node ({name})")
+    args = parser.parse_args(argv)
+    for key, value in (SMOKE if args.smoke else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def settings_of(args: argparse.Namespace) -> dict[str, Any]:
+    return {key: getattr(args, key) for key in FULL}
+
+
+def runners(args: argparse.Namespace) -> dict[str, Callable[[Bench, Target], list[Metric]]]:
+    a = args
+    return {
+        "startup": lambda b, t: scenarios.startup(b, t, a.startup_nodes, a.startup_payload, a.startup_repeats),
+        "propagation": lambda b, t: scenarios.propagation(
+            b, t, a.propagation_changes, a.propagation_payload, a.propagation_nodes
+        ),
+        "burst": lambda b, t: scenarios.burst(b, t, a.burst_sets, a.burst_payload, a.burst_rounds),
+        "fanout": lambda b, t: scenarios.fanout(b, t, a.fanout_processes, a.fanout_changes, a.fanout_payload),
+        "filewatcher": lambda b, t: scenarios.file_watcher(
+            b, t, a.filewatcher_calls, a.filewatcher_interval, a.filewatcher_payload
+        ),
+        "idle": lambda b, t: scenarios.idle(b, t, a.idle_nodes, a.idle_seconds, a.idle_payload),
+    }
+
+
+def run(args: argparse.Namespace, workdir: str) -> dict[str, dict[str, list[Metric]]]:
+    chosen = [name for name in SCENARIOS if not args.scenario or name in args.scenario]
+    implementations = [targets.ours(args.watcher_cmd)]
+    if args.compare_baseplate:
+        implementations.append(targets.baseplate(args.baseplate_venv, workdir))
+    server = start_standalone(os.path.join(workdir, "zookeeper"))
+    zk = KazooClient(hosts=server.address, timeout=10.0)
+    results: dict[str, dict[str, list[Metric]]] = {}
+    try:
+        zk.start(timeout=30)
+        bench = Bench(zk, server.address, workdir)
+        for name in chosen:
+            for target in implementations:
+                began = time.perf_counter()
+                print(f"bench: {name} / {target.name}...", file=sys.stderr, flush=True)
+                results.setdefault(name, {})[target.name] = runners(args)[name](bench, target)
+                print(f"bench: {name} / {target.name} took {time.perf_counter() - began:.1f}s", file=sys.stderr)
+    finally:
+        zk.stop()
+        zk.close()
+        server.stop()
+    return results
+
+
+def meta(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "commit": _git("rev-parse", "HEAD"),
+        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "command": shlex.join(["tools/bench", *argv]),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "baseplate": targets.BASEPLATE_VERSION if args.compare_baseplate else None,
+    }
+
+
+def _git(*argv: str) -> str | None:
+    git = shutil.which("git")
+    if git is None:
+        return None
+    done = subprocess.run([git, "-C", targets.REPO, *argv], capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    info = meta(args, argv)
+    try:
+        with scenarios.scratch_root(args.keep) as workdir:
+            results = run(args, workdir)
+    except BenchError as e:
+        print(f"tools/bench: {e}", file=sys.stderr)
+        return 1
+    names = ["ours", "baseplate"] if args.compare_baseplate else ["ours"]
+    commit = (info["commit"] or "no commit")[:12] + (" (dirty)" if info["dirty"] else "")
+    print(f"livedata bench, {info['date']}, commit {commit}, {info['cpus']} CPUs: {info['command']}")
+    print(report.table(results, names))
+    verdicts = report.targets_table(results, settings_of(args))
+    if verdicts:
+        print("\n" + verdicts)
+    if args.json:
+        report.write_json(args.json, report.to_json(results, info, settings_of(args)))
+    return 0
