@@ -10,13 +10,23 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from livedata.file_watcher import FileWatcher, WatchedFileNotAvailableError
+    from livedata.live_data import watched_data_from_config
+    from livedata.live_node import LiveNode
     from livedata.zookeeper import zookeeper_client_from_config
 
-__all__ = ["FileWatcher", "WatchedFileNotAvailableError", "zookeeper_client_from_config"]
+__all__ = [
+    "FileWatcher",
+    "LiveNode",
+    "WatchedFileNotAvailableError",
+    "watched_data_from_config",
+    "zookeeper_client_from_config",
+]
 
 _LAZY = {
     "FileWatcher": "livedata.file_watcher",
     "WatchedFileNotAvailableError": "livedata.file_watcher",
+    "LiveNode": "livedata.live_node",
+    "watched_data_from_config": "livedata.live_data",
     "zookeeper_client_from_config": "livedata.zookeeper",
 }
 

@@ -53,7 +53,7 @@ CHUNK = 2000  # files per thread-pool job, so memory and hub latency stay bounde
 GATHER_MAX = 0.1  # longest a write waits for a burst of reads in flight to land, to share one flush with them
 RETRY_FIRST = 0.1
 RETRY_MAX = 30.0
-CREDENTIALS_POLL = 1.0  # seconds between looks at the secrets file while some node is refused for lack of rights
+CREDENTIALS_POLL = 1.0  # seconds between looks at the secrets file for changed zookeeper.credentials
 
 _DISCONNECTED = (ConnectionLoss, SessionExpiredError, ConnectionClosedError)
 
@@ -179,14 +179,13 @@ class Mirror:
     ) -> None:
         """``refresh_credentials`` re-reads the credentials and applies them, True if they changed.
 
-        It is called while any node's read is refused (NoAuth), so fixing the
-        secrets file is enough to recover.
+        It is called every CREDENTIALS_POLL seconds, so fixing or rotating the
+        credentials in the secrets file is all it takes (see _follow_credentials).
         """
         self.client = client
         self.observer = observer or MirrorObserver()
         self.refresh_credentials = refresh_credentials
-        self._refused: dict[int, MirroredNode] = {}  # nodes whose last read failed with NoAuth
-        self._credentials_poller: gevent.Greenlet | None = None
+        self._credentials_follower: gevent.Greenlet | None = None
         self._session_renewer: gevent.Greenlet | None = None
         self.nodes = [self._new_node(config) for config in nodes]
         self._dirty: dict[int, MirroredNode] = {}  # written on the writer's next pass
@@ -213,6 +212,8 @@ class Mirror:
         for path in removed:
             log.info("removed temporary file left by an earlier run: %s", path)
         self._writer = gevent.spawn(self._write_loop)
+        if self.refresh_credentials is not None:
+            self._credentials_follower = gevent.spawn(self._follow_credentials)
         self.client.add_listener(self._on_state)
         if self.client.state == KazooState.CONNECTED:
             self._fetch_all_soon()
@@ -250,7 +251,7 @@ class Mirror:
 
     def stop(self) -> None:
         self.client.remove_listener(self._on_state)
-        for greenlet in (self._fetcher, self._writer, self._credentials_poller, self._session_renewer):
+        for greenlet in (self._fetcher, self._writer, self._credentials_follower, self._session_renewer):
             if greenlet is not None:
                 greenlet.kill(block=True, timeout=1)
 
@@ -337,10 +338,6 @@ class Mirror:
         elif isinstance(error, _DISCONNECTED):
             pass
         else:
-            if isinstance(error, NoAuthError) and self.refresh_credentials is not None:
-                self._refused[id(node)] = node
-                if self._credentials_poller is None or self._credentials_poller.dead:
-                    self._credentials_poller = gevent.spawn(self._poll_credentials)
             self._read_failed(node, _describe(error))
 
     def _on_exists(self, node: MirroredNode, result: Any) -> None:
@@ -357,32 +354,30 @@ class Mirror:
         self._initial_done(node)
         self._schedule_retry(node, refetch=True)
 
-    def _poll_credentials(self) -> None:
-        """While reads are refused, re-read the credentials now and then; once they change, re-read those nodes.
+    def _follow_credentials(self) -> None:
+        """Apply changed credentials within a second, then re-read every node.
 
-        The refused nodes are retried with backoff anyway; this only makes a
-        fixed secrets file take effect within a second instead of a backoff.
+        Every node, not only those refused so far: ZooKeeper drops a watch
+        event whose node the session may no longer read, so after an ACL
+        change any node may have changed unseen.  The check is one stat of
+        the secrets file, cheap enough to run all the time, which also lets a
+        rotation apply the new credentials before the ACLs move to them.
         """
         assert self.refresh_credentials is not None
         while True:
-            self._refused = {key: node for key, node in self._refused.items() if node.active}
-            if not self._refused:
-                return
+            gevent.sleep(CREDENTIALS_POLL)
             try:
                 changed = self.refresh_credentials()
             except Exception:
                 log.exception("cannot re-read zookeeper.credentials; will try again")
-                changed = False
-            if changed:
-                refused = list(self._refused.values())
-                log.info("re-reading %d refused nodes with the new credentials", len(refused))
-                for node in refused:
+                continue
+            if changed and self.connected():
+                log.info("re-reading every node with the new credentials")
+                for node in self.nodes:
                     node.retry_delay = RETRY_FIRST
-                self._fetch_many(refused)
-            gevent.sleep(CREDENTIALS_POLL)
+                gevent.spawn(self._fetch_many, list(self.nodes))
 
     def _want(self, node: MirroredNode, wanted: bytes | _Absent, stat: ZnodeStat | None) -> None:
-        self._refused.pop(id(node), None)
         if stat is not None:
             node.version, node.mzxid = stat.version, stat.mzxid
         if wanted != node.wanted:

@@ -208,6 +208,8 @@ class Daemon:
         self.mirror: Mirror = Mirror(
             self.client, config.nodes, _fan_out(observers), credentials.refresh if credentials else None
         )
+        if self.metrics is not None:
+            self.metrics.watch(self.mirror)
         self.timers: list[Any] = []
 
     def _make_metrics(self) -> Metrics:
@@ -225,7 +227,6 @@ class Daemon:
         self.client.start_async()
         self._start_timers()
         if self.metrics is not None and self.config.metrics_address is not None:
-            self.metrics.watch(self.mirror)
             self.metrics_server = MetricsServer(self.metrics, self.config.metrics_address)
             self.metrics_server.start()
         if self.service is not None:

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from livedata import health
+from livedata.files import FileSpec
 from tests.harness import wait_for
 from tests.watcher_process import WatcherProcess, node_settings, wait_for_content, write_ini
 
@@ -149,7 +151,8 @@ def test_probe_follows_the_heartbeat_of_a_running_watcher(private_zk_server, wor
 
     old = time.time() - HOUR
     os.utime(dest, (old, old))  # as if the watcher had been silent for an hour
-    assert "stale" in run_check(config).stdout
+    # In-process, so that no heartbeat can land between the utime and the look (a subprocess takes a while).
+    assert "stale" in health.file_problems(FileSpec(dest, 0o444), max_age=1.0, now=time.time())[0]
     wait_for(lambda: run_check(config).returncode == 0, 15, "a heartbeat to make the dest fresh again")
 
     private_zk_server.stop()

@@ -159,6 +159,20 @@ def test_write_failures_by_reason(zk_server, zk, zk_path, workdir, start_watcher
     assert endpoint.value("livedata_node_version", node="f") is None  # never written
 
 
+def test_read_failures_by_reason(zk_server, zk, zk_path, workdir, start_watcher):
+    from kazoo.security import make_digest_acl
+
+    (port,) = free_ports(1)
+    zk.create(f"{zk_path}/secret", b"s", acl=[make_digest_acl("someone", "else", all=True)])
+    settings = base(zk_server, port)
+    settings.update(node_settings("secret", f"{zk_path}/secret", f"{workdir}/secret"))
+    start_watcher(settings)
+    endpoint = Endpoint(port)
+    endpoint.wait_at_least("livedata_read_failures_total", 1, reason="NoAuthError")
+    assert endpoint.value("livedata_nodes", state="failing") == 1
+    assert read_bytes(f"{workdir}/secret") is None
+
+
 def test_resync_repairs_are_counted(zk_server, zk, zk_path, workdir, start_watcher):
     (port,) = free_ports(1)
     zk.create(f"{zk_path}/r", b"right")

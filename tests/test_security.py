@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -140,7 +141,9 @@ def test_rotated_credentials_are_followed(zk_server, zk, protected, workdir, sta
     wait_for_content(f"{workdir}/out/p1", b"secret p1")
 
     write_secrets(secrets_path, {"secret/zk": {"type": "simple", "value": "reader2:new-password"}})
-    new_acl = [make_digest_acl("reader2", "new-password", read=True), make_digest_acl("admin", "admin-password", all=True)]
+    watcher.wait_for_log("zookeeper.credentials changed")  # the secrets agent's part is done before the ACLs move
+    new_acl = [make_digest_acl("reader2", "new-password", read=True), make_digest_acl("admin", "admin-password",
+                                                                                     all=True)]
     for name in protected.names:
         zk.set_acls(f"{protected.root}/{name}", new_acl)
     zk.set(f"{protected.root}/p1", b"after rotation")
@@ -187,8 +190,15 @@ def test_planted_symlinks_are_replaced_never_followed(zk_server, zk, zk_path, wo
     assert read_bytes(victim) == b"victim content"
 
 
-TEMP_OPEN = re.compile(r'^(\d+) +openat\(AT_FDCWD, "(?P<path>[^"]+)", (?P<flags>[A-Z_|]+), (?P<mode>0\d+)\) = (?P<fd>\d+)')
-FD_CALL = re.compile(r"^(\d+) +(?P<call>fchown|fchmod|write)\((?P<fd>\d+), (?P<args>.*)\) = ")
+TEMP_OPEN = re.compile(
+    r'^(\d+) +openat\(AT_FDCWD, "(?P<path>[^"]+)", (?P<flags>[A-Z_|]+), (?P<mode>0\d+)\) += (?P<fd>\d+)'
+)
+FD_CALL = re.compile(r"^(\d+) +(?P<call>fchown|fchmod|write)\((?P<fd>\d+), (?P<args>.*)\) += ")
+
+
+def traced_children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(child) for child in f.read().split()]
 
 
 def test_temp_file_is_owner_only_until_its_owner_and_group_are_set(zk_server, zk, zk_path, workdir):
@@ -215,7 +225,8 @@ def test_temp_file_is_owner_only_until_its_owner_and_group_are_set(zk_server, zk
             zk.set(source, f"v{i}".encode())
             wait_for_content(dest, f"v{i}".encode())
     finally:
-        process.terminate()
+        for pid in traced_children(process.pid):  # strace itself ignores SIGTERM while its command runs
+            os.kill(pid, signal.SIGTERM)
         process.wait(10)
 
     sequences: list[list[str]] = []  # per temp: its syscalls from creation to its first data write
@@ -263,7 +274,8 @@ def openssl(*args: str) -> None:
 
 def make_ca(pki: Pki, name: str) -> None:
     openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", pki.path(f"{name}.key"), "-out", pki.path(f"{name}.pem"), "-days", "2", "-subj", f"/CN={name}")  # fmt: skip
+            "-keyout", pki.path(f"{name}.key"), "-out", pki.path(f"{name}.pem"), "-days", "2",
+            "-subj", f"/CN={name}")  # fmt: skip
 
 
 def make_leaf(pki: Pki, name: str, ca: str) -> None:
