@@ -116,7 +116,8 @@ def load_config(path: str) -> WatcherConfig:
         for name, node in parsed.nodes.items()
     ]
     return WatcherConfig(
-        raw=raw,
+        # Only the connection settings are needed later; tens of thousands of node keys are not kept.
+        raw=RawConfig({key: value for key, value in raw.items() if not key.startswith("nodes.")}, raw.source),
         nodes=nodes,
         heartbeat_interval=parsed.watcher.heartbeat_interval,
         resync_interval=parsed.watcher.resync_interval,
