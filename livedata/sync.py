@@ -286,8 +286,14 @@ class Mirror:
         if self.client.state == KazooState.CONNECTED:
             return
         log.warning("no ZooKeeper server took our session back within %.1fs: starting a new session", timeout)
-        self.client.stop()
-        self.client.start_async()
+        while True:
+            try:
+                self.client.stop()  # a no-op once stopped, so a retry goes straight to start_async()
+                self.client.start_async()
+                return
+            except Exception:  # kazoo's connection routine did not wind down in time: never stay stopped
+                log.exception("could not restart the ZooKeeper session; trying again")
+                gevent.sleep(RETRY_FIRST)
 
     def _fetch_all_soon(self) -> None:
         # Never issue thousands of requests from inside kazoo's connection routine.

@@ -16,9 +16,11 @@ from typing import Any
 from kazoo.client import KazooClient
 
 from tests.harness import start_standalone
-from tools.benchmark import report, scenarios, targets
+from tools.benchmark import measure, report, scenarios, targets
 from tools.benchmark.scenarios import Bench, Metric
 from tools.benchmark.targets import BenchError, Target
+
+_SLOW_CREATE_US = 150
 
 SCENARIOS = ("startup", "propagation", "burst", "fanout", "filewatcher", "idle")
 
@@ -93,6 +95,18 @@ def runners(args: argparse.Namespace) -> dict[str, Callable[[Bench, Target], lis
     }
 
 
+def check_filesystem(workdir: str, info: dict[str, Any]) -> None:
+    """Record how fast files can be created right now, and warn when that will inflate the start-up figures."""
+    info["create_us"] = cost = round(measure.create_cost_us(os.path.join(workdir, "create-probe")), 1)
+    if cost > _SLOW_CREATE_US:
+        print(
+            f"bench: warning: creating a file takes {cost:.0f} us here right now (normally well under "
+            f"{_SLOW_CREATE_US} us): many files were deleted on this filesystem in the last minutes, and start-up "
+            "figures will be inflated. Wait a few minutes for a clean run.",
+            file=sys.stderr,
+        )
+
+
 def run(args: argparse.Namespace, workdir: str) -> dict[str, dict[str, list[Metric]]]:
     chosen = [name for name in SCENARIOS if not args.scenario or name in args.scenario]
     implementations = [targets.ours(args.watcher_cmd)]
@@ -144,13 +158,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     info = meta(args, argv)
     try:
         with scenarios.scratch_root(args.keep) as workdir:
+            check_filesystem(workdir, info)
             results = run(args, workdir)
     except BenchError as e:
         print(f"tools/bench: {e}", file=sys.stderr)
         return 1
     names = ["ours", "baseplate"] if args.compare_baseplate else ["ours"]
     commit = (info["commit"] or "no commit")[:12] + (" (dirty)" if info["dirty"] else "")
-    print(f"livedata bench, {info['date']}, commit {commit}, {info['cpus']} CPUs: {info['command']}")
+    print(f"livedata bench, {info['date']}, commit {commit}, {info['cpus']} CPUs, file create {info['create_us']} us")
+    print(f"$ {info['command']}")
     print(report.table(results, names))
     verdicts = report.targets_table(results, settings_of(args))
     if verdicts:

@@ -5,6 +5,8 @@ Every latency in the bench is ``time.perf_counter()`` in this process at the sta
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 import os
 import threading
@@ -29,6 +31,38 @@ def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile: always one of the measured values, never an interpolation between two."""
     ordered = sorted(values)
     return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def syncfs(path: str) -> None:
+    """Flush the whole filesystem holding ``path`` (Linux syncfs(2); Python has no wrapper for it)."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if libc.syncfs(fd) != 0:
+            raise OSError(ctypes.get_errno(), f"syncfs({path}) failed")
+    finally:
+        os.close(fd)
+
+
+def fsync_directory(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def create_cost_us(directory: str, count: int = 300) -> float:
+    """Microseconds per empty-file create in a fresh directory: how fast this filesystem allocates inodes now.
+
+    On ext4 without a journal (like this machine's root) the allocator skips inodes deleted in the last one
+    to six minutes, one by one, so after a mass deletion creating files gets many times slower for a while.
+    """
+    os.makedirs(directory)
+    start = time.perf_counter()
+    for i in range(count):
+        os.close(os.open(os.path.join(directory, f"f{i}"), os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC))
+    return (time.perf_counter() - start) / count * 1e6
 
 
 def read_or_none(path: str) -> bytes | None:

@@ -87,23 +87,69 @@ class Bench:
 
 
 def startup(bench: Bench, target: Target, counts: Sequence[int], size: int, repeats: int) -> list[Metric]:
+    """Spawn to every file correct, next to what reading the nodes and writing the files cost on their own.
+
+    Dest directories are only removed at the end of the run: ext4 allocates inodes slowly for a minute or
+    more after thousands of files were deleted, which would slow down whatever runs next.
+    """
     metrics = []
     for count in counts:
         tree = bench.tree("startup", count, size)
         seconds, rss = [], []
         for _ in range(repeats):
-            dest_dir = bench.scratch(f"startup-{target.name}-{count}")
-            daemon, expected = bench.spawn(target, tree, dest_dir)
+            daemon, expected = bench.spawn(target, tree, bench.scratch(f"startup-{target.name}-{count}"))
             with daemon:
                 ready = measure.wait_files_ready([daemon], expected, timeout=max(60.0, count / 100))
                 seconds.append(ready - daemon.started)
                 rss.append(daemon.rss_mb())
-            shutil.rmtree(dest_dir)
+        read_floor = _read_floor(bench, tree)
+        write_floor = _write_floor(bench.scratch(f"write-floor-{count}"), tree)
+        label = f"{count:,} nodes"
         metrics += [
-            Metric(f"n{count}_seconds", f"{count:,} nodes: spawn to all files", "s", statistics.median(seconds)),
-            Metric(f"n{count}_rss_mb", f"{count:,} nodes: resident memory", "MB", statistics.median(rss)),
+            Metric(f"n{count}_seconds", f"{label}: spawn to all files", "s", statistics.median(seconds)),
+            Metric(f"n{count}_rss_mb", f"{label}: resident memory", "MB", statistics.median(rss)),
+            Metric(f"n{count}_read_floor_s", f"{label}: floor, one pipelined get(watch) pass", "s", read_floor),
+            Metric(f"n{count}_write_floor_s", f"{label}: floor, create+write+rename, 1 syncfs", "s", write_floor),
         ]
     return metrics
+
+
+def _read_floor(bench: Bench, tree: Sequence[tuple[str, bytes]]) -> float:
+    """Seconds for one kazoo session to read every node and leave a watch: any kazoo-based watcher pays this."""
+    client = KazooClient(hosts=bench.hosts, timeout=10.0)
+    client.start(timeout=30)
+    try:
+        start = time.perf_counter()
+        for first in range(0, len(tree), 1000):
+            for result in [client.get_async(path, watch=_ignore) for path, _ in tree[first : first + 1000]]:
+                result.get(timeout=60)
+        return time.perf_counter() - start
+    finally:
+        client.stop()
+        client.close()
+
+
+def _ignore(_event: object) -> None:
+    pass
+
+
+def _write_floor(directory: str, tree: Sequence[tuple[str, bytes]]) -> float:
+    """Seconds to publish every file by create, write, rename, made durable by one syncfs: the disk's share."""
+    start = time.perf_counter()
+    temps = []
+    for path, data in tree:
+        temp = os.path.join(directory, "." + os.path.basename(path) + ".tmp")
+        fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        temps.append((temp, os.path.join(directory, os.path.basename(path))))
+    measure.syncfs(directory)
+    for temp, final in temps:
+        os.rename(temp, final)
+    measure.fsync_directory(directory)
+    return time.perf_counter() - start
 
 
 def propagation(bench: Bench, target: Target, changes: int, size: int, node_count: int) -> list[Metric]:
@@ -113,8 +159,24 @@ def propagation(bench: Bench, target: Target, changes: int, size: int, node_coun
     daemon, expected = bench.spawn(target, tree, dest_dir)
     with daemon:
         measure.wait_files_ready([daemon], expected, timeout=60)
+        cpu = _cpu_seconds([daemon])
         timings = _timed_changes(bench, path, dest_dir, [os.path.basename(path)], [daemon], changes, size)
-    return _latency_rows([arrived[0] for arrived, _ in timings], [floor for _, floor in timings])
+        cpu_ms = _cpu_ms_per_change([daemon], cpu, changes)
+    rows = _latency_rows([arrived[0] for arrived, _ in timings], [floor for _, floor in timings])
+    return [*rows, Metric("cpu_ms", "daemon CPU per change", "ms", cpu_ms)]
+
+
+def _cpu_seconds(daemons: Sequence[Daemon]) -> float:
+    return sum(daemon.cpu_seconds() for daemon in daemons)
+
+
+def _cpu_ms_per_change(daemons: Sequence[Daemon], before: float, changes: int) -> float:
+    """Mean CPU one daemon spent per change of :func:`_timed_changes` since ``before`` (a :func:`_cpu_seconds`).
+
+    The clock ticks at 10 ms, so this is only meaningful over hundreds of changes.
+    """
+    spent = _cpu_seconds(daemons) - before
+    return spent * 1000 / len(daemons) / (_WARMUP + changes)
 
 
 def _timed_changes(
@@ -220,7 +282,9 @@ def fanout(bench: Bench, target: Target, processes: int, changes: int, size: int
     with ExitStack() as stack:
         daemons = [stack.enter_context(bench.spawn(target, tree, dest_dir, name)[0]) for name in names]
         measure.wait_files_ready(daemons, {os.path.join(dest_dir, n): initial for n in names}, timeout=120)
+        cpu = _cpu_seconds(daemons)
         timings = _timed_changes(bench, path, dest_dir, names, daemons, changes, size)
+        cpu_ms = _cpu_ms_per_change(daemons, cpu, changes)
     last = [max(arrived) for arrived, _ in timings]
     spread = [max(arrived) - min(arrived) for arrived, _ in timings]
     first = [min(arrived) for arrived, _ in timings]
@@ -232,6 +296,7 @@ def fanout(bench: Bench, target: Target, processes: int, changes: int, size: int
         Metric("spread_p99_ms", "first-to-last file spread, p99", "ms", percentile(spread, 99)),
         Metric("first_p50_ms", "set() to first file, p50", "ms", percentile(first, 50)),
         Metric("floor_p50_ms", "floor: set() to bare DataWatch, p50", "ms", percentile([f for _, f in timings], 50)),
+        Metric("cpu_ms", "CPU per change, per daemon", "ms", cpu_ms),
     ]
 
 
