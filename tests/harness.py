@@ -22,7 +22,16 @@ from dataclasses import dataclass, field
 from typing import Callable, TypeVar
 
 JAVA = shutil.which("java") or "/usr/bin/java"
-CLASSPATH = "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar"
+# Debian's zookeeper.jar manifest leaves out netty-codec (the Netty connection factory, used for TLS client
+# ports, needs it) and binds no slf4j backend (so servers would log nothing); both jars come with the package.
+CLASSPATH = ":".join(
+    [
+        "/etc/zookeeper/conf",
+        "/usr/share/java/zookeeper.jar",
+        "/usr/share/java/netty-codec.jar",
+        "/usr/share/java/slf4j-simple.jar",
+    ]
+)
 MAIN_CLASS = "org.apache.zookeeper.server.quorum.QuorumPeerMain"
 TICK_MS = 200  # sessions may be negotiated from 2 ticks (0.4 s) up to maxSessionTimeout
 
@@ -147,7 +156,11 @@ class ZooKeeperServer:
         """Start the JVM (again); with ``wait``, until it answers ``srvr`` as a serving member."""
         assert self.process is None, "server already running"
         self.write_config()
-        properties = {"zookeeper.jmx.log4j.disable": "true", **self.java_properties}
+        properties = {
+            "zookeeper.jmx.log4j.disable": "true",
+            "org.slf4j.simpleLogger.defaultLogLevel": "warn",  # server.log keeps what explains a failure
+            **self.java_properties,
+        }
         command = [
             JAVA,
             "-Xms32m", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xshare:auto",

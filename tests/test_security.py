@@ -19,7 +19,6 @@ import pytest
 from kazoo.client import KazooClient
 from kazoo.security import make_digest_acl
 
-import tests.harness as harness
 from livedata import files
 from tests.harness import ZooKeeperServer, free_ports, start_standalone, wait_for
 from tests.watcher_process import WatcherProcess, node_settings, read_bytes, wait_for_content, write_ini
@@ -255,11 +254,6 @@ def test_temp_file_is_owner_only_until_its_owner_and_group_are_set(zk_server, zk
 
 # --- 12. TLS -----------------------------------------------------------------------------------------------------
 
-# The Debian zookeeper jar's manifest omits netty-codec, which the Netty connection factory needs; slf4j-simple gives
-# the TLS servers a readable log (server.log in their directory) when a handshake fails.
-TLS_CLASSPATH = ":/usr/share/java/netty-codec.jar:/usr/share/java/slf4j-simple.jar"
-
-
 @dataclass
 class Pki:
     directory: str
@@ -319,10 +313,7 @@ def start_tls_server(pki: Pki, keystore: str) -> tuple[ZooKeeperServer, int]:
         "ssl.trustStore.location": pki.path("ca.pem"),
         "ssl.trustStore.type": "PEM",
     }
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(harness, "CLASSPATH", harness.CLASSPATH + TLS_CLASSPATH)
-        server = start_standalone(extra_config=settings)
-    return server, secure_port
+    return start_standalone(extra_config=settings), secure_port
 
 
 @pytest.fixture(scope="module")

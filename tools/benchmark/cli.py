@@ -20,8 +20,6 @@ from tools.benchmark import measure, report, scenarios, targets
 from tools.benchmark.scenarios import Bench, Metric
 from tools.benchmark.targets import BenchError, Target
 
-_SLOW_CREATE_US = 150
-
 SCENARIOS = ("startup", "propagation", "burst", "fanout", "filewatcher", "idle")
 
 # Full-run defaults (about ten minutes for ours alone) and the tiny ones of --smoke (seconds; used by the tests).
@@ -41,10 +39,35 @@ SMOKE = {
 }  # fmt: skip
 
 
+_SIZE_FLAGS = [
+    ("startup-nodes", "N", "node counts to start with"),
+    ("startup-repeats", "K", "spawns per node count; the median is reported"),
+    ("propagation-changes", "K", "changes timed"),
+    ("propagation-nodes", "N", "nodes the watcher holds; one of them changes"),
+    ("burst-sets", "K", "back-to-back set()s per round"),
+    ("burst-rounds", "K", "rounds"),
+    ("fanout-processes", "N", "watcher processes on the one node"),
+    ("fanout-changes", "K", "changes timed"),
+    ("filewatcher-calls", "K", "get_data() calls per timed loop"),
+    ("filewatcher-interval", "SECONDS", "the check_interval measured"),
+    ("idle-nodes", "N", "nodes the idle watcher holds"),
+    ("idle-seconds", "SECONDS", "length of the quiet window"),
+    *((f"{name}-payload", "BYTES", f"bytes per node ({name})") for name in SCENARIOS),
+]
+
+
+def _shown(value: object) -> str:
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="tools/bench",
         description="Measure livedata against a private ZooKeeper (and, on request, against baseplate 2.7.1).",
+        epilog="Latencies run from just before set() to the moment inotify shows the dest holding the new bytes; "
+        "'floor' rows time the same set() reaching a bare kazoo DataWatch in the bench itself. The ratio column is "
+        "ours/baseplate: below 1 is better, except for the FileWatcher speed-up. Absolute figures drift with the "
+        "machine's load; compare within one run.",
     )
     parser.add_argument("--scenario", action="append", choices=SCENARIOS, help="run only this one (repeatable)")
     parser.add_argument("--compare-baseplate", action="store_true", help="also run the incumbent, side by side")
@@ -52,22 +75,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and durations: does every scenario run?")
     parser.add_argument("--watcher-cmd", metavar="CMD", help="start our watcher with CMD CONFIG instead")
     parser.add_argument("--baseplate-venv", default=targets.BASEPLATE_VENV, help="where to install the incumbent")
+    parser.add_argument("--dir", help="put the scratch directory (and so every dest file) under DIR, on the "
+                        "filesystem to measure (default: the system's temp directory)")  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (configs, logs, dests)")
-    sizes = parser.add_argument_group("sizes (defaults: the full run; --smoke shrinks them)")
-    sizes.add_argument("--startup-nodes", type=int, nargs="+", metavar="N")
-    sizes.add_argument("--startup-repeats", type=int, metavar="K", help="spawns per N; the median is reported")
-    sizes.add_argument("--propagation-changes", type=int, metavar="K")
-    sizes.add_argument("--propagation-nodes", type=int, metavar="N", help="nodes the watcher holds (one changes)")
-    sizes.add_argument("--burst-sets", type=int, metavar="K")
-    sizes.add_argument("--burst-rounds", type=int, metavar="K")
-    sizes.add_argument("--fanout-processes", type=int, metavar="N")
-    sizes.add_argument("--fanout-changes", type=int, metavar="K")
-    sizes.add_argument("--filewatcher-calls", type=int, metavar="K", help="get_data() calls per timed loop")
-    sizes.add_argument("--filewatcher-interval", type=float, metavar="SECONDS", help="the check_interval measured")
-    sizes.add_argument("--idle-nodes", type=int, metavar="N")
-    sizes.add_argument("--idle-seconds", type=float, metavar="SECONDS")
-    for name in ("startup", "propagation", "burst", "fanout", "filewatcher", "idle"):
-        sizes.add_argument(f"--{name}-payload", type=int, metavar="BYTES", help=f"bytes per node ({name})")
+    sizes = parser.add_argument_group("sizes and durations (shown as full run / --smoke)")
+    for flag, metavar, meaning in _SIZE_FLAGS:
+        key = flag.replace("-", "_")
+        sizes.add_argument(
+            f"--{flag}", type=float if metavar == "SECONDS" else int, nargs="+" if key == "startup_nodes" else None,
+            metavar=metavar, help=f"{meaning} ({_shown(FULL[key])} / {_shown(SMOKE[key])})",
+        )  # fmt: skip
     args = parser.parse_args(argv)
     for key, value in (SMOKE if args.smoke else FULL).items():
         if getattr(args, key) is None:
@@ -93,6 +110,10 @@ def runners(args: argparse.Namespace) -> dict[str, Callable[[Bench, Target], lis
         ),
         "idle": lambda b, t: scenarios.idle(b, t, a.idle_nodes, a.idle_seconds, a.idle_payload),
     }
+
+
+# A fresh, quiet ext4 creates an empty file in well under 100 us; after mass deletions, several times that.
+_SLOW_CREATE_US = 150
 
 
 def check_filesystem(workdir: str, info: dict[str, Any]) -> None:
@@ -157,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     info = meta(args, argv)
     try:
-        with scenarios.scratch_root(args.keep) as workdir:
+        with scenarios.scratch_root(args.dir, args.keep) as workdir:
             check_filesystem(workdir, info)
             results = run(args, workdir)
     except BenchError as e:

@@ -344,9 +344,9 @@ def idle(bench: Bench, target: Target, node_count: int, seconds: float, size: in
 
 
 @contextmanager
-def scratch_root(keep: bool) -> Iterator[str]:
+def scratch_root(parent: str | None, keep: bool) -> Iterator[str]:
     """The run's working directory: configs, logs, dests; removed afterwards unless asked to keep it."""
-    path = tempfile.mkdtemp(prefix="livedata-bench-")
+    path = tempfile.mkdtemp(prefix="livedata-bench-", dir=parent)
     try:
         yield path
     finally:

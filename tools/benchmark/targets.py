@@ -74,7 +74,7 @@ def baseplate(venv: str, workdir: str) -> Target:
     python = ensure_baseplate_venv(venv)
     secrets = os.path.join(workdir, "baseplate-secrets.json")
     with open(secrets, "w") as f:
-        json.dump({"secrets": {}, "vault": {"url": "http://127.0.0.1:1/", "token": "unused"}}, f)
+        json.dump({"secrets": {}}, f)  # it holds no credentials for ZooKeeper; the file just has to parse
     command = (python, "-m", "baseplate.sidecars.live_data_watcher")
     return Target("baseplate", python, command, "baseplate.lib.file_watcher", {"secrets.path": secrets})
 
