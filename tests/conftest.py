@@ -6,11 +6,13 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from typing import Callable
 
 import pytest
 from kazoo.client import KazooClient
 
 from tests.harness import Ensemble, ZooKeeperServer, start_standalone
+from tests.watcher_process import WatcherProcess, write_ini
 
 _counter = itertools.count()
 
@@ -70,3 +72,20 @@ def workdir() -> Iterator[str]:
     directory = tempfile.mkdtemp(prefix="livedata-test-")
     yield directory
     shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def start_watcher(workdir: str) -> Iterator[Callable[..., WatcherProcess]]:
+    """``start_watcher(settings, *args, name=..., env=...)`` runs the daemon for this test; all are stopped after."""
+    started: list[WatcherProcess] = []
+
+    def start(
+        settings: dict[str, object], *args: str, name: str = "watcher.ini", env: dict[str, str] | None = None
+    ) -> WatcherProcess:
+        process = WatcherProcess(write_ini(workdir, settings, name), *args, env=env)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()

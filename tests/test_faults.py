@@ -34,19 +34,6 @@ SESSION_TIMEOUT = 3.0  # seconds; short so that expiry and failover happen withi
 # --- helpers -----------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def start_watcher(workdir: str) -> Iterator:
-    """``start_watcher(settings)`` runs a watcher for the test; every one is stopped (SIGCONT first) at teardown."""
-    started: list[WatcherProcess] = []
-
-    def start(settings: dict, name: str = "watcher.ini") -> WatcherProcess:
-        process = WatcherProcess(write_ini(workdir, settings, name))
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
 
 
 def settings_for(hosts: str, timeout: float = SESSION_TIMEOUT, **watcher_options: object) -> dict:

@@ -10,13 +10,12 @@ import signal
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness import free_ports, wait_for
-from tests.watcher_process import WatcherProcess, node_settings, read_bytes, wait_for_content, write_ini
+from tests.watcher_process import base_settings, node_settings, read_bytes, wait_for_content, write_ini
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -44,26 +43,10 @@ def wait_lines(path: str, count: int, timeout: float = 20.0) -> list[str]:
     return wait_for(lambda: len(found := lines(path)) >= count and found, timeout, f"{count} lines in {path}")
 
 
-@pytest.fixture
-def start_watcher(workdir) -> Iterator:
-    started: list[WatcherProcess] = []
-
-    def start(settings: dict, env: dict[str, str] | None = None) -> WatcherProcess:
-        process = WatcherProcess(write_ini(workdir, settings), env=env)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
 
 
 def base(server, port: int | None = None, **watcher_options: object) -> dict:
-    settings: dict = {"zookeeper.hosts": server.address, "zookeeper.timeout": "2 seconds"}
-    if port is not None:
-        settings["watcher.metrics_address"] = f"127.0.0.1:{port}"
-    settings.update({f"watcher.{key}": value for key, value in watcher_options.items()})
-    return settings
+    return base_settings(server, metrics_port=port, **watcher_options)
 
 
 def test_hook_gets_the_change_in_its_environment_and_its_output_is_logged(

@@ -3,34 +3,18 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Iterator
 
 import pytest
 
 from tests.harness import wait_for
-from tests.watcher_process import WatcherProcess, node_settings, read_bytes, wait_for_content, write_ini
+from tests.watcher_process import WatcherProcess, base_settings, node_settings, read_bytes, wait_for_content, write_ini
 
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture
-def start_watcher(workdir) -> Iterator:
-    started: list[WatcherProcess] = []
-
-    def start(settings: dict) -> WatcherProcess:
-        process = WatcherProcess(write_ini(workdir, settings))
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
 
 
-def base(server, **watcher_options: object) -> dict:
-    settings: dict = {"zookeeper.hosts": server.address, "zookeeper.timeout": "2 seconds"}
-    settings.update({f"watcher.{key}": value for key, value in watcher_options.items()})
-    return settings
+base = base_settings
 
 
 def reload(watcher: WatcherProcess, workdir: str, settings: dict, count: int = 1) -> None:

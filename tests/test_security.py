@@ -21,24 +21,11 @@ from kazoo.security import make_digest_acl
 
 from livedata import files
 from tests.harness import ZooKeeperServer, free_ports, start_standalone, wait_for
-from tests.watcher_process import WatcherProcess, node_settings, read_bytes, wait_for_content, write_ini
+from tests.watcher_process import node_settings, read_bytes, wait_for_content, write_ini
 
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture
-def start_watcher(workdir: str) -> Iterator:
-    """``start_watcher(settings)`` runs a watcher for the test; every one is stopped at teardown."""
-    started: list[WatcherProcess] = []
-
-    def start(settings: dict, name: str = "watcher.ini") -> WatcherProcess:
-        process = WatcherProcess(write_ini(workdir, settings, name))
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
 
 
 def base(hosts: str) -> dict:

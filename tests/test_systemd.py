@@ -16,7 +16,7 @@ import pytest
 
 from livedata.systemd import Notifier, watchdog_interval
 from tests.harness import ConditionTimeout
-from tests.watcher_process import WatcherProcess, node_settings, read_bytes, write_ini
+from tests.watcher_process import base_settings, node_settings, read_bytes, write_ini
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -74,24 +74,9 @@ def abstract_systemd() -> Iterator[FakeSystemd]:
     stand_in.close()
 
 
-@pytest.fixture
-def start_watcher(workdir) -> Iterator:
-    started: list[WatcherProcess] = []
-
-    def start(settings: dict, env: dict[str, str]) -> WatcherProcess:
-        process = WatcherProcess(write_ini(workdir, settings), env=env)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
 
 
-def base(server, **watcher_options: object) -> dict:
-    settings: dict = {"zookeeper.hosts": server.address, "zookeeper.timeout": "2 seconds"}
-    settings.update({f"watcher.{key}": value for key, value in watcher_options.items()})
-    return settings
+base = base_settings
 
 
 def is_ready(message: dict[str, str]) -> bool:
@@ -153,7 +138,7 @@ def test_ready_after_initial_sync_with_status_counts_and_watchdog(
     settings.update(node_settings("a", f"{zk_path}/a", f"{workdir}/out/a"))
     settings.update(node_settings("b", f"{zk_path}/b", f"{workdir}/out/b"))
     settings.update(node_settings("broken", f"{zk_path}/a", f"{workdir}/not-a-directory/broken"))
-    watcher = start_watcher(settings, {"NOTIFY_SOCKET": systemd.name, "WATCHDOG_USEC": "200000"})
+    watcher = start_watcher(settings, env={"NOTIFY_SOCKET": systemd.name, "WATCHDOG_USEC": "200000"})
 
     ready = systemd.messages[systemd.wait_for(is_ready, what="READY=1")]
     # READY comes after the initial sync: the files are already there, and the failing node has been tried.
@@ -179,7 +164,7 @@ def test_status_follows_the_connection(private_zk_server, workdir, systemd, star
     admin.close()
     settings = base(private_zk_server)
     settings.update(node_settings("s", "/s", f"{workdir}/s"))
-    start_watcher(settings, {"NOTIFY_SOCKET": systemd.name})
+    start_watcher(settings, env={"NOTIFY_SOCKET": systemd.name})
     systemd.wait_for(is_ready, what="READY=1")
 
     private_zk_server.stop()
@@ -192,7 +177,7 @@ def test_reload_is_announced_and_ends_ready(zk_server, zk, zk_path, workdir, abs
     zk.create(f"{zk_path}/r", b"r")
     settings = base(zk_server)
     settings.update(node_settings("r", f"{zk_path}/r", f"{workdir}/r"))
-    watcher = start_watcher(settings, {"NOTIFY_SOCKET": abstract_systemd.name})
+    watcher = start_watcher(settings, env={"NOTIFY_SOCKET": abstract_systemd.name})
     first_ready = abstract_systemd.wait_for(is_ready, what="READY=1")
 
     watcher.signal(signal.SIGHUP)
@@ -216,7 +201,7 @@ def test_ready_waits_for_zookeeper_and_survives_a_reload_before_it(
     settings = base(private_zk_server)
     settings.update(node_settings("kept", "/kept", f"{workdir}/kept"))
     settings.update(node_settings("dropped", "/dropped", f"{workdir}/dropped"))
-    watcher = start_watcher(settings, {"NOTIFY_SOCKET": systemd.name})
+    watcher = start_watcher(settings, env={"NOTIFY_SOCKET": systemd.name})
     watcher.wait_for_log("watching 2 nodes")
 
     # Drop a node before its first sync: readiness must not wait for it forever.

@@ -11,30 +11,15 @@ import pytest
 
 from livedata import files
 from tests.harness import wait_for
-from tests.watcher_process import WatcherProcess, node_settings, read_bytes, wait_for_content, write_ini
+from tests.watcher_process import base_settings, node_settings, read_bytes, wait_for_content
 
 pytestmark = pytest.mark.timeout(90)
 
 
-@pytest.fixture
-def start_watcher(workdir) -> Iterator:
-    """Start watchers for a test (``start_watcher(settings)``); every one is stopped at teardown."""
-    started: list[WatcherProcess] = []
-
-    def start(settings: dict, *args: str, name: str = "watcher.ini") -> WatcherProcess:
-        process = WatcherProcess(write_ini(workdir, settings, name), *args)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
 
 
 def base(server, **watcher_options: object) -> dict:
-    settings: dict = {"zookeeper.hosts": server.address, "zookeeper.timeout": "3 seconds"}
-    settings.update({f"watcher.{key}": value for key, value in watcher_options.items()})
-    return settings
+    return base_settings(server, session_timeout="3 seconds", **watcher_options)
 
 
 def test_initial_sync_change_delete_and_recreate(zk_server, zk, zk_path, workdir, start_watcher):

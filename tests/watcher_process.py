@@ -80,3 +80,14 @@ def read_bytes(path: str) -> bytes | None:
 def wait_for_content(path: str, expected: bytes | None, timeout: float = 20.0) -> None:
     """Wait until ``path`` holds exactly ``expected`` (None: until it does not exist)."""
     wait_for(lambda: read_bytes(path) == expected, timeout, f"{path} to hold {expected!r:.60}")
+
+
+def base_settings(
+    server: object, metrics_port: int | None = None, session_timeout: str = "2 seconds", **watcher_options: object
+) -> dict[str, object]:
+    """The connection settings every watcher test starts from, plus ``watcher.<option>`` values."""
+    settings: dict[str, object] = {"zookeeper.hosts": server.address, "zookeeper.timeout": session_timeout}  # type: ignore[attr-defined]
+    if metrics_port is not None:
+        settings["watcher.metrics_address"] = f"127.0.0.1:{metrics_port}"
+    settings.update({f"watcher.{key}": value for key, value in watcher_options.items()})
+    return settings
