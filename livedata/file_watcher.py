@@ -26,6 +26,7 @@ import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 from typing import IO, Any, Callable, Generic, Tuple, TypeVar, cast
 
 __all__ = ["FileWatcher", "WatchedFileNotAvailableError"]
@@ -137,6 +138,51 @@ def _is_racy(ctime_ns: int, now_ns: int) -> bool:
     return now_ns - ctime_ns < window
 
 
+
+@dataclass(frozen=True)
+class ContentReader:
+    """How watched bytes reach a parser, and the constructor arguments both readers share.
+
+    FileWatcher and LiveNode accept and reject exactly the same arguments,
+    so an application can switch between them by configuration alone.
+    """
+
+    path: str
+    binary: bool
+    encoding: str
+    newline: str | None
+
+    @classmethod
+    def from_arguments(
+        cls,
+        owner: str,
+        path: str,
+        binary: bool,
+        encoding: str | None,
+        newline: str | None,
+        timeout: float | None,
+        backoff: float | None,
+        check_interval: float,
+    ) -> ContentReader:
+        if binary and (encoding is not None or newline is not None):
+            raise TypeError(f"{owner}: 'encoding' and 'newline' only apply to text mode, not binary=True")
+        if backoff is not None and backoff <= 0:
+            raise ValueError(f"{owner}: backoff must be a positive number of seconds, got {backoff!r}")
+        if check_interval < 0:
+            raise ValueError(f"{owner}: check_interval must be >= 0 seconds, got {check_interval!r}")
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"{owner}: timeout must be >= 0 seconds or None, got {timeout!r}")
+        return cls(path, binary, encoding or "utf-8", newline)
+
+    def open(self, content: bytes) -> IO[Any]:
+        """A file object over exactly the bytes that were compared, so what is parsed is what was checked."""
+        raw = io.BytesIO(content)
+        raw.name = self.path  # parsers may name the file in their errors
+        if self.binary:
+            return raw
+        return io.TextIOWrapper(raw, encoding=self.encoding, newline=self.newline)
+
+
 class FileWatcher(Generic[T]):
     """Keep the parsed contents of ``path`` in memory and refresh them when the file changes.
 
@@ -169,21 +215,13 @@ class FileWatcher(Generic[T]):
         backoff: float | None = None,
         check_interval: float = 0.0,
     ) -> None:
-        if binary and (encoding is not None or newline is not None):
-            raise TypeError("FileWatcher: 'encoding' and 'newline' only apply to text mode, not binary=True")
-        if backoff is not None and backoff <= 0:
-            raise ValueError(f"FileWatcher: backoff must be a positive number of seconds, got {backoff!r}")
-        if check_interval < 0:
-            raise ValueError(f"FileWatcher: check_interval must be >= 0 seconds, got {check_interval!r}")
-        if timeout is not None and timeout < 0:
-            raise ValueError(f"FileWatcher: timeout must be >= 0 seconds or None, got {timeout!r}")
+        self._reader = ContentReader.from_arguments(
+            "FileWatcher", path, binary, encoding, newline, timeout, backoff, check_interval
+        )
         self._path = path
         # Pre-encoded for the hot path: os.stat skips encoding the str on every call.
         self._stat_path = os.fsencode(path)
         self._parser = parser
-        self._binary = binary
-        self._encoding = encoding or "utf-8"
-        self._newline = newline
         self._interval = check_interval
         self._lock = threading.Lock()
         self._state: _State[T] = _State(_NEVER_SEEN, None, "not loaded yet")
@@ -314,18 +352,11 @@ class FileWatcher(Generic[T]):
             self._log_recovery(state)
             return _State(signature, loaded, None, content, racy)
         try:
-            value = self._parser(self._file_over(content))
+            value = self._parser(self._reader.open(content))
         except Exception as exc:
             return self._failed(state, signature, exc, content, racy)
         self._log_recovery(state)
         return _State(signature, _Loaded(value, st.st_mtime, content), None, content, racy)
-
-    def _file_over(self, content: bytes) -> IO[Any]:
-        raw = io.BytesIO(content)
-        raw.name = self._path  # parsers may name the file in their errors
-        if self._binary:
-            return raw
-        return io.TextIOWrapper(raw, encoding=self._encoding, newline=self._newline)
 
     def _failed(
         self,

@@ -25,7 +25,6 @@ How it is built, and why:
 """
 from __future__ import annotations
 
-import io
 import logging
 import threading
 from types import TracebackType
@@ -35,7 +34,7 @@ from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import KazooState
 from kazoo.recipe.watchers import DataWatch
 
-from livedata.file_watcher import WatchedFileNotAvailableError
+from livedata.file_watcher import ContentReader, WatchedFileNotAvailableError
 
 __all__ = ["LiveNode", "WatchedFileNotAvailableError"]
 
@@ -100,20 +99,12 @@ class LiveNode(Generic[T]):
         backoff: float | None = None,
         check_interval: float = 0.0,
     ) -> None:
-        if binary and (encoding is not None or newline is not None):
-            raise TypeError("LiveNode: 'encoding' and 'newline' only apply to text mode, not binary=True")
-        if backoff is not None and backoff <= 0:
-            raise ValueError(f"LiveNode: backoff must be a positive number of seconds, got {backoff!r}")
-        if check_interval < 0:
-            raise ValueError(f"LiveNode: check_interval must be >= 0 seconds, got {check_interval!r}")
-        if timeout is not None and timeout < 0:
-            raise ValueError(f"LiveNode: timeout must be >= 0 seconds or None, got {timeout!r}")
+        self._reader = ContentReader.from_arguments(
+            "LiveNode", path, binary, encoding, newline, timeout, backoff, check_interval
+        )
         self._client = client
         self._path = path
         self._parser = parser
-        self._binary = binary
-        self._encoding = encoding or "utf-8"
-        self._newline = newline
         self._state: _State[T] = _State(None, _NOTHING_YET)
         self._lock = threading.Lock()  # guards the two flags below
         self._watch_started = False
@@ -252,18 +243,11 @@ class LiveNode(Generic[T]):
             self._log_recovery(state)
             return state if state.error is None else _State(loaded, None)
         try:
-            value = self._parser(self._open_content(data))
+            value = self._parser(self._reader.open(data))
         except Exception as exc:
             return self._failed(state, exc)
         self._log_recovery(state)
         return _State(_Loaded(value, stat.mtime / 1000.0, data), None)
-
-    def _open_content(self, content: bytes) -> IO[Any]:
-        raw = io.BytesIO(content)
-        raw.name = self._path  # parsers may report f.name in their errors
-        if self._binary:
-            return raw
-        return io.TextIOWrapper(raw, encoding=self._encoding, newline=self._newline)
 
     def _failed(self, state: _State[T], exc: BaseException) -> _State[T]:
         if state.loaded is not None:
