@@ -7,6 +7,7 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -173,9 +174,15 @@ def _git(*argv: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    # SystemExit unwinds through every ``finally``, so no watcher or ZooKeeper server outlives the bench.
+    sys.exit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     info = meta(args, argv)
     try:
         with scenarios.scratch_root(args.dir, args.keep) as workdir:
