@@ -296,9 +296,11 @@ class Mirror:
                 gevent.sleep(RETRY_FIRST)
 
     def _fetch_all_soon(self) -> None:
-        # Never issue thousands of requests from inside kazoo's connection routine.
-        if self._fetcher is None or self._fetcher.dead:
-            self._fetcher = gevent.spawn(self._fetch_many, list(self.nodes))
+        # Never issue thousands of requests from inside kazoo's connection routine.  A pass still running
+        # started over: reads it issued before a disconnect failed, and must be issued again.
+        if self._fetcher is not None:
+            self._fetcher.kill(block=False)  # it only yields between chunks, so no read is half issued
+        self._fetcher = gevent.spawn(self._fetch_many, list(self.nodes))
 
     def _fetch_many(self, nodes: Sequence[MirroredNode]) -> None:
         for start in range(0, len(nodes), 1000):
