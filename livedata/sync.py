@@ -426,13 +426,14 @@ class Mirror:
         batch = [node for node in batch if node.active]
         for node in batch:
             node.dirty = False
-        present = [node for node in batch if isinstance(node.wanted, bytes)]
+        items = [(node, node.config.file, node.wanted) for node in batch if isinstance(node.wanted, bytes)]
+        present = [node for node, _, _ in items]
         absent = [node for node in batch if node.wanted is ABSENT]
-        items = [(node.config.file, node.wanted) for node in present]
-        if len(items) <= INLINE_BATCH:
-            results: list[Outcome | FileWriteError] = files.sync_files(items)  # type: ignore[arg-type]
+        writes = [(spec, data) for _, spec, data in items]
+        if len(writes) <= INLINE_BATCH:
+            results: list[Outcome | FileWriteError] = files.sync_files(writes)
         else:
-            results = gevent.get_hub().threadpool.apply(files.sync_files, (items,))
+            results = gevent.get_hub().threadpool.apply(files.sync_files, (writes,))
         for node, result in zip(present, results):
             self._written(node, result)
         for node in absent:
@@ -474,9 +475,9 @@ class Mirror:
             log.info("%s: fixed mode/ownership of %s", node.name, path)
         elif node.wanted is ABSENT:
             log.info("%s: node is absent: removed %s", node.name, path)
-        else:
+        elif isinstance(node.wanted, bytes):
             what = "restored" if repaired else "wrote"
-            log.info("%s: %s %d bytes to %s (version %d)", node.name, what, len(node.wanted), path, node.version)  # type: ignore[arg-type]
+            log.info("%s: %s %d bytes to %s (version %d)", node.name, what, len(node.wanted), path, node.version)
 
     # --- retries ---------------------------------------------------------------------------------
 
