@@ -153,6 +153,16 @@ class Writer(threading.Thread):
 # --- 1. failover -------------------------------------------------------------------------------------------------
 
 
+def seed(hosts: str, nodes: dict[str, bytes]) -> None:
+    """Create the nodes a test starts from, with a short-lived client of its own."""
+    admin = make_client(hosts)
+    try:
+        for path, data in nodes.items():
+            admin.create(path, data, makepath=True)
+    finally:
+        admin.stop()
+        admin.close()
+
 @pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_failover_keeps_every_file_converging(zk_ensemble: Ensemble, workdir: str, start_watcher) -> None:
@@ -199,12 +209,8 @@ def test_failover_keeps_every_file_converging(zk_ensemble: Ensemble, workdir: st
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_full_outage_keeps_files_and_recovers(zk_ensemble: Ensemble, workdir: str, start_watcher) -> None:
-    admin = make_client(zk_ensemble.hosts)
     sources = [f"/outage/n{i}" for i in range(5)]
-    for source in sources:
-        admin.create(source, f"before {source}".encode(), makepath=True)
-    admin.stop()
-    admin.close()
+    seed(zk_ensemble.hosts, {source: f"before {source}".encode() for source in sources})
     settings = settings_for(zk_ensemble.hosts, heartbeat_interval="300 milliseconds")
     dests = add_nodes(settings, sources, workdir)
     watcher = start_watcher(settings)
@@ -312,12 +318,8 @@ def read_only_ensemble() -> Iterator[Ensemble]:
 def test_read_only_server_keeps_the_watcher_serving(read_only_ensemble: Ensemble, workdir: str, start_watcher) -> None:
     ensemble = read_only_ensemble
     ports = [server.client_port for server in ensemble.servers]
-    admin = make_client(ensemble.hosts)
     sources = [f"/readonly/n{i}" for i in range(3)]
-    for source in sources:
-        admin.create(source, f"value of {source}".encode(), makepath=True)
-    admin.stop()
-    admin.close()
+    seed(ensemble.hosts, {source: f"value of {source}".encode() for source in sources})
     settings = settings_for(ensemble.hosts, heartbeat_interval="300 milliseconds")
     dests = add_nodes(settings, sources, f"{workdir}/first")
     watcher = start_watcher(settings)

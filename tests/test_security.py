@@ -303,20 +303,22 @@ def start_tls_server(pki: Pki, keystore: str) -> tuple[ZooKeeperServer, int]:
     return start_standalone(extra_config=settings), secure_port
 
 
-@pytest.fixture(scope="module")
-def tls_server(pki: Pki) -> Iterator[tuple[ZooKeeperServer, int]]:
-    server, port = start_tls_server(pki, "server")
+def serve_tls(pki: Pki, keystore: str) -> Iterator[tuple[ZooKeeperServer, int]]:
+    server, port = start_tls_server(pki, keystore)
     yield server, port
     server.stop()
     shutil.rmtree(server.directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tls_server(pki: Pki) -> Iterator[tuple[ZooKeeperServer, int]]:
+    yield from serve_tls(pki, "server")
 
 
 @pytest.fixture(scope="module")
 def rogue_tls_server(pki: Pki) -> Iterator[tuple[ZooKeeperServer, int]]:
-    server, port = start_tls_server(pki, "rogue-server")
-    yield server, port
-    server.stop()
-    shutil.rmtree(server.directory, ignore_errors=True)
+    """Signed by a CA of its own, which the watcher does not trust."""
+    yield from serve_tls(pki, "rogue-server")
 
 
 def tls_settings(pki: Pki, port: int, **extra: str) -> dict:
