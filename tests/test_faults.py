@@ -150,9 +150,6 @@ class Writer(threading.Thread):
         assert self.error is None, self.error
 
 
-# --- 1. failover -------------------------------------------------------------------------------------------------
-
-
 def seed(hosts: str, nodes: dict[str, bytes]) -> None:
     """Create the nodes a test starts from, with a short-lived client of its own."""
     admin = make_client(hosts)
@@ -162,6 +159,10 @@ def seed(hosts: str, nodes: dict[str, bytes]) -> None:
     finally:
         admin.stop()
         admin.close()
+
+
+# --- 1. failover -------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(150)
