@@ -68,8 +68,8 @@ def parse_address(text: str) -> tuple[str, int]:
 
 
 def short_reason(step: str, reason: str) -> str:
-    """A bounded label value for a failure: the errno name of a write, the exception type of a read."""
-    if step == "write":
+    """A bounded label value for a failure: the errno name of a write or touch, the exception type of a read."""
+    if step in ("write", "touch"):
         return _ERRNO_NAMES.get(reason, "other")
     if reason.startswith("not allowed"):
         return "NoAuthError"
@@ -188,11 +188,22 @@ class Metrics(MirrorObserver):
             yield gauge("livedata_initial_sync_complete", "1 once every node was written or failed once.",
                         int(self.mirror.initial_sync.is_set()))  # fmt: skip
             yield from self._node_families(GaugeMetricFamily, list(self.mirror.nodes))
+            yield counter("livedata_resyncs", "Resync passes started (every node re-read).", self.mirror.resyncs)
+            reads = self.mirror.reads
+            yield gauge("livedata_zookeeper_requests_in_flight", "Reads issued to ZooKeeper and not yet answered.",
+                        reads.in_flight)  # fmt: skip
+            yield gauge("livedata_zookeeper_requests_queued", "Reads waiting to be issued (at most 128 are in flight).",
+                        reads.pending() - reads.in_flight)  # fmt: skip
+            yield counter("livedata_zookeeper_request_timeouts", "Reads abandoned after their deadline and issued "
+                          "again (a reply that never came).", reads.timeouts)  # fmt: skip
 
     def _failure_families(self, family: Any) -> Iterator[Metric]:
         by_step = {
             "write": family("livedata_write_failures", "Failed file writes by reason (errno name).", labels=["reason"]),
             "read": family("livedata_read_failures", "Failed znode reads by reason.", labels=["reason"]),
+            "touch": family(
+                "livedata_heartbeat_failures", "Failed heartbeat touches by reason (errno name).", labels=["reason"]
+            ),
         }
         for (step, reason), count in list(self.failures.items()):
             if step in by_step:

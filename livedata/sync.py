@@ -6,18 +6,22 @@ read again.  ZooKeeper watches are one-shot and carry no data, so every event
 is answered with a fresh read, which also means a burst of changes collapses
 into one or two reads and the file ends on the last value.
 
-Two greenlets do all the work:
+Three greenlets do all the work:
 
-* kazoo's callback greenlet runs :meth:`Mirror._on_read` and friends.  They
-  only record the wanted state and wake the writer: a slow callback would
-  stall every other watch (kazoo's handler is sequential).
+* the read queue's (:class:`livedata.reads.ReadQueue`) is the only one that
+  sends requests to ZooKeeper.  Watch events and replies, which arrive in
+  kazoo's callback greenlet and the hub, only record the wanted state and ask
+  for reads: a callback that issued requests itself could wedge kazoo's queue
+  (see :mod:`livedata.reads`).
 * the writer greenlet (:meth:`Mirror._write_loop`) takes every node marked
   dirty since its last pass and hands them to :mod:`livedata.files` as one
   batch; large batches (start-up, resync) run in gevent's thread pool so the
   hub keeps answering ZooKeeper pings while thousands of files are written.
+* a follower of the secrets file re-applies changed credentials.
 
-Reads are issued with kazoo's async API, so start-up with thousands of nodes
-is one pipelined burst of requests, not one round trip after another.
+If the reader or the writer greenlet ever dies, :attr:`Mirror.died` is set:
+the daemon exits non-zero rather than stay alive with files no longer
+followed (a supervisor restarts it).
 """
 from __future__ import annotations
 
@@ -28,22 +32,16 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import gevent
 import gevent.event
 from kazoo.client import KazooClient
-from kazoo.exceptions import (
-    ConnectionClosedError,
-    ConnectionLoss,
-    NoAuthError,
-    NoNodeError,
-    SessionExpiredError,
-)
 from kazoo.protocol.states import EventType, KazooState, WatchedEvent, ZnodeStat
 
 from livedata import files
 from livedata.files import FileSpec, FileWriteError, Outcome
+from livedata.reads import IDLE, RETRY_FIRST, ReadQueue, reset_backoff
 from livedata.zookeeper import session_timeout
 
 log = logging.getLogger("livedata.sync")
@@ -51,11 +49,9 @@ log = logging.getLogger("livedata.sync")
 INLINE_BATCH = 16  # batches up to this size are written in the hub: cheaper than a thread hand-off
 CHUNK = 2000  # files per thread-pool job, so memory and hub latency stay bounded on huge batches
 GATHER_MAX = 0.1  # longest a write waits for a burst of reads in flight to land, to share one flush with them
-RETRY_FIRST = 0.1
 RETRY_MAX = 30.0
 CREDENTIALS_POLL = 1.0  # seconds between looks at the secrets file for changed zookeeper.credentials
-
-_DISCONNECTED = (ConnectionLoss, SessionExpiredError, ConnectionClosedError)
+NAMED_FAILURES = 5  # failing nodes named in the initial sync's summary line
 
 
 @dataclass(frozen=True)
@@ -100,7 +96,7 @@ class MirrorObserver:
         """A node's file now matches ZooKeeper; ``repaired``: it was fixed without a new znode version."""
 
     def failed(self, node: MirroredNode, step: str, reason: str) -> None:
-        """Reading (``step="read"``) or writing (``"write"``) a node failed; it will be retried."""
+        """Reading (``step="read"``), writing (``"write"``) or touching (``"touch"``) a node's file failed."""
 
     def heartbeat(self, touched: int) -> None:
         """A heartbeat pass touched ``touched`` files."""
@@ -117,8 +113,12 @@ class MirroredNode:
         "in_sync",
         "mirror",
         "mzxid",
+        "read_delay",
+        "read_state",
+        "reread",
         "retry_at",
         "retry_delay",
+        "touch_failure",
         "version",
         "wanted",
         "written_at",
@@ -133,38 +133,32 @@ class MirroredNode:
         self.in_sync = False  # the file is known to equal `wanted`: heartbeats may vouch for it
         self.dirty = False
         self.failure: str | None = None  # why the last read or write failed, until one succeeds
-        self.retry_delay = RETRY_FIRST
+        self.touch_failure: str | None = None  # why the last heartbeat touch failed, until one succeeds
+        self.retry_delay = RETRY_FIRST  # backoff of the next write retry
         self.retry_at = 0.0
         self.written_at = 0.0  # wall-clock time of the last successful write or confirmation
         self.written_version: int | None = None  # znode version the file last matched
         self.active = True  # False once removed from the configuration: late callbacks are ignored
-        # Bound once, so kazoo's per-path watcher set sees the same callable and never fires twice.
+        self.read_state = IDLE  # the read queue's bookkeeping (see livedata.reads)
+        self.reread = False
+        self.read_delay = RETRY_FIRST
         self.mirror: Mirror | None = None
 
-    # kazoo's callbacks.  Bound methods rather than stored closures: a node costs a few hundred bytes
-    # less (it matters at 50,000 nodes), and two bound methods of one node compare equal, so kazoo's
+    # kazoo's watch callback.  A bound method rather than a stored closure: a node costs a few hundred
+    # bytes less (it matters at 50,000 nodes), and two bound methods of one node compare equal, so kazoo's
     # per-path watcher set never holds, or fires, the same node's watch twice.
     def on_watch(self, event: WatchedEvent) -> None:
-        assert self.mirror is not None
-        self.mirror._on_watch(self, event)
-
-    def on_read(self, result: Any) -> None:
-        assert self.mirror is not None
-        self.mirror._on_read(self, result)
-
-    def on_exists(self, result: Any) -> None:
-        assert self.mirror is not None
-        self.mirror._on_exists(self, result)
+        # NONE: the connection state changed, and every node is re-read on reconnection anyway.
+        if event.type != EventType.NONE and self.active and self.mirror is not None:
+            self.mirror.reads.request(self)
 
     @property
     def name(self) -> str:
         return self.config.name
 
-
-def _describe(error: BaseException) -> str:
-    if isinstance(error, NoAuthError):
-        return "not allowed to read the node (check zookeeper.credentials and the node's ACL)"
-    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    @property
+    def path(self) -> str:
+        return self.config.source
 
 
 class Mirror:
@@ -185,19 +179,21 @@ class Mirror:
         self.client = client
         self.observer = observer or MirrorObserver()
         self.refresh_credentials = refresh_credentials
+        self.reads = ReadQueue(client, self)
         self._credentials_follower: gevent.Greenlet | None = None
         self._session_renewer: gevent.Greenlet | None = None
         self.nodes = [self._new_node(config) for config in nodes]
         self._dirty: dict[int, MirroredNode] = {}  # written on the writer's next pass
         self._retrying: dict[int, MirroredNode] = {}  # failed writes waiting for their retry_at
         self._wakeup = gevent.event.Event()
-        self._reading = 0  # reads and exists() calls in flight
-        self._batch_ready = gevent.event.Event()  # no reads in flight, or a full chunk is waiting
+        self._batch_ready = gevent.event.Event()  # no reads pending, or a full chunk is waiting
         self._writer: gevent.Greenlet | None = None
-        self._fetcher: gevent.Greenlet | None = None
+        self._reader: gevent.Greenlet | None = None
+        self.died = gevent.event.Event()  # a core greenlet died: the process must not go on without it
         self.initial_sync = gevent.event.Event()  # set once every node has been written or has failed once
         self._pending_initial = {id(node) for node in self.nodes}
         self.started_at = time.monotonic()
+        self.resyncs = 0  # resync passes started
 
     def _new_node(self, config: NodeConfig) -> MirroredNode:
         node = MirroredNode(config)
@@ -212,11 +208,19 @@ class Mirror:
         for path in removed:
             log.info("removed temporary file left by an earlier run: %s", path)
         self._writer = gevent.spawn(self._write_loop)
+        self._reader = self.reads.start()
+        for greenlet in (self._writer, self._reader):
+            greenlet.link_exception(self._core_died)
         if self.refresh_credentials is not None:
             self._credentials_follower = gevent.spawn(self._follow_credentials)
         self.client.add_listener(self._on_state)
         if self.client.state == KazooState.CONNECTED:
-            self._fetch_all_soon()
+            self._read_everything()
+
+    def _core_died(self, greenlet: gevent.Greenlet) -> None:
+        log.critical("internal error: the %s greenlet died (%r); exiting so that a supervisor restarts the watcher",
+                     "writer" if greenlet is self._writer else "reader", greenlet.exception)  # fmt: skip
+        self.died.set()
 
     def update_nodes(self, configs: Sequence[NodeConfig]) -> tuple[list[str], list[str]]:
         """Adopt a new node list (a reloaded config); returns the names (added, removed).
@@ -231,7 +235,7 @@ class Mirror:
         removed = [name for name, node in current.items() if wanted.get(name) != node.config]
         added = [name for name, config in wanted.items() if name not in current or name in removed]
         for name in removed:
-            current[name].active = False
+            self.reads.forget(current[name])
             self._dirty.pop(id(current[name]), None)
             self._retrying.pop(id(current[name]), None)
         new_nodes = [self._new_node(wanted[name]) for name in added]
@@ -241,21 +245,23 @@ class Mirror:
             self._pending_initial -= {id(current[name]) for name in removed}
             self._pending_initial |= {id(node) for node in new_nodes}
             if not self._pending_initial:
-                self._log_initial_summary()
-                self.initial_sync.set()
+                self._initial_sync_done()
         if new_nodes:
             files.cleanup_stale_temp_files(node.config.file.path for node in new_nodes)
-            if self.connected():
-                gevent.spawn(self._fetch_many, new_nodes)
+            self.reads.request_all(new_nodes)
         return added, removed
 
     def stop(self) -> None:
         self.client.remove_listener(self._on_state)
-        for greenlet in (self._fetcher, self._writer, self._credentials_follower, self._session_renewer):
+        for greenlet in (self._writer, self._reader):
+            if greenlet is not None:
+                greenlet.unlink(self._core_died)
+        self.reads.stop()
+        for greenlet in (self._writer, self._credentials_follower, self._session_renewer):
             if greenlet is not None:
                 greenlet.kill(block=True, timeout=1)
 
-    # --- reading from ZooKeeper (kazoo's callback greenlet) --------------------------------------
+    # --- following the connection -----------------------------------------------------------------
 
     def _on_state(self, state: str) -> None:
         """Every (re)connection re-reads every node: kazoo drops client-side watches on any disconnect."""
@@ -264,9 +270,16 @@ class Mirror:
             if self._session_renewer is not None:
                 self._session_renewer.kill(block=False)
                 self._session_renewer = None
-            self._fetch_all_soon()
+            self._read_everything()
         elif state == KazooState.SUSPENDED and self._session_renewer is None:
             self._session_renewer = gevent.spawn(self._renew_session_when_cut_off)
+
+    def _read_everything(self) -> None:
+        """Re-read every node, and vouch for none until it is: it may have changed while we were away."""
+        for node in self.nodes:
+            node.in_sync = False
+        self.reads.request_all(self.nodes)
+        self.reads.wake()
 
     def _renew_session_when_cut_off(self) -> None:
         """Start a new session once cut off from every server for longer than the session timeout.
@@ -295,73 +308,6 @@ class Mirror:
                 log.exception("could not restart the ZooKeeper session; trying again")
                 gevent.sleep(RETRY_FIRST)
 
-    def _fetch_all_soon(self) -> None:
-        # Never issue thousands of requests from inside kazoo's connection routine.  A pass still running
-        # started over: reads it issued before a disconnect failed, and must be issued again.
-        if self._fetcher is not None:
-            self._fetcher.kill(block=False)  # it only yields between chunks, so no read is half issued
-        self._fetcher = gevent.spawn(self._fetch_many, list(self.nodes))
-
-    def _fetch_many(self, nodes: Sequence[MirroredNode]) -> None:
-        for start in range(0, len(nodes), 1000):
-            for node in nodes[start : start + 1000]:
-                self._fetch(node)
-            gevent.sleep(0)  # let the connection greenlet ship what is queued
-
-    def _fetch(self, node: MirroredNode) -> None:
-        if not node.active:
-            return
-        with contextlib.suppress(*_DISCONNECTED):  # the next CONNECTED state reads it again
-            self.client.get_async(node.config.source, watch=node.on_watch).rawlink(node.on_read)
-            self._read_started()
-
-    def _on_watch(self, node: MirroredNode, event: WatchedEvent) -> None:
-        if event.type != EventType.NONE and node.active:  # NONE: connection state changed; _on_state re-reads
-            self._fetch(node)
-
-    def _read_started(self) -> None:
-        self._reading += 1
-        self._batch_ready.clear()
-
-    def _read_finished(self) -> None:
-        self._reading -= 1
-        if self._reading == 0:
-            self._batch_ready.set()
-
-    def _on_read(self, node: MirroredNode, result: Any) -> None:
-        self._read_finished()
-        if not node.active:
-            return
-        if result.successful():
-            data, stat = result.value
-            self._want(node, data or b"", stat)
-            return
-        error = result.exception
-        if isinstance(error, NoNodeError):
-            # A read does not leave a watch on a missing node; exists() does, and fires on creation.
-            self._want(node, ABSENT, None)
-            with contextlib.suppress(*_DISCONNECTED):
-                self.client.exists_async(node.config.source, watch=node.on_watch).rawlink(node.on_exists)
-                self._read_started()
-        elif isinstance(error, _DISCONNECTED):
-            pass
-        else:
-            self._read_failed(node, _describe(error))
-
-    def _on_exists(self, node: MirroredNode, result: Any) -> None:
-        self._read_finished()
-        if node.active and result.successful() and result.value is not None:
-            self._fetch(node)  # created between our read and our exists(): read it now
-
-    def _read_failed(self, node: MirroredNode, reason: str) -> None:
-        if node.failure != reason:
-            log.error("%s: cannot read %s: %s; the file is left as it is", node.name, node.config.source, reason)
-        node.failure = reason
-        node.in_sync = False
-        self.observer.failed(node, "read", reason)
-        self._initial_done(node)
-        self._schedule_retry(node, refetch=True)
-
     def _follow_credentials(self) -> None:
         """Apply changed credentials within a second, then re-read every node.
 
@@ -381,13 +327,35 @@ class Mirror:
                 continue
             if changed and self.connected():
                 log.info("re-reading every node with the new credentials")
-                for node in self.nodes:
-                    node.retry_delay = RETRY_FIRST
-                gevent.spawn(self._fetch_many, list(self.nodes))
+                reset_backoff(self.nodes)
+                self.reads.request_all(self.nodes)
 
-    def _want(self, node: MirroredNode, wanted: bytes | _Absent, stat: ZnodeStat | None) -> None:
-        if stat is not None:
-            node.version, node.mzxid = stat.version, stat.mzxid
+    # --- read results (livedata.reads.ReadSink; hub callbacks) -------------------------------------
+
+    def read_done(self, node: MirroredNode, data: bytes, stat: ZnodeStat) -> None:
+        node.version, node.mzxid = stat.version, stat.mzxid
+        self._want(node, data)
+
+    def read_absent(self, node: MirroredNode) -> None:
+        self._want(node, ABSENT)
+
+    def read_failed(self, node: MirroredNode, reason: str) -> None:
+        if node.failure != reason:
+            log.error("%s: cannot read %s: %s; the file is left as it is", node.name, node.config.source, reason)
+        node.failure = reason
+        node.in_sync = False
+        self.observer.failed(node, "read", reason)
+        self._initial_done(node)
+
+    def read_settled(self, node: MirroredNode) -> None:
+        """The file may be vouched for once what was read is written (a write can finish first)."""
+        if not node.dirty and node.failure is None and node.wanted is not None:
+            node.in_sync = True
+
+    def reads_idle(self) -> None:
+        self._batch_ready.set()
+
+    def _want(self, node: MirroredNode, wanted: bytes | _Absent) -> None:
         if wanted != node.wanted:
             node.in_sync = False
         node.wanted = wanted
@@ -410,17 +378,29 @@ class Mirror:
             self._requeue_due_retries()
             batch, self._dirty = list(self._dirty.values()), {}
             for start in range(0, len(batch), CHUNK):
-                self._write_batch(batch[start : start + CHUNK])
+                self._write_batch_safely(batch[start : start + CHUNK])
 
     def _gather(self) -> None:
         """While a burst of reads is in flight (start-up, reconnection, resync), let their results pile up.
 
         Files are cheap to write but expensive to make durable: one flush for
         2,000 files costs about what one costs alone.  A lone change has no
-        reads in flight behind it and is written at once.
+        reads pending behind it and is written at once.
         """
-        if self._reading > 0 and len(self._dirty) < CHUNK:
+        if self.reads.pending() > 0 and len(self._dirty) < CHUNK:
+            self._batch_ready.clear()
             self._batch_ready.wait(timeout=GATHER_MAX)
+
+    def _write_batch_safely(self, batch: list[MirroredNode]) -> None:
+        """One batch's unexpected error fails that batch's nodes (retried later), never the writer itself."""
+        try:
+            self._write_batch(batch)
+        except Exception as e:
+            log.exception("internal error while writing %d files; they will be retried", len(batch))
+            reason = f"internal error: {type(e).__name__}: {e}"
+            for node in batch:
+                if node.active:
+                    self._written(node, FileWriteError(node.config.file.path, reason))
 
     def _write_batch(self, batch: list[MirroredNode]) -> None:
         batch = [node for node in batch if node.active]
@@ -435,7 +415,8 @@ class Mirror:
         else:
             results = gevent.get_hub().threadpool.apply(files.sync_files, (writes,))
         for node, result in zip(present, results):
-            self._written(node, result)
+            if node.active:  # removed by a reload while its file was written: no hook, no bookkeeping
+                self._written(node, result)
         for node in absent:
             self._written(node, self._remove(node))
 
@@ -454,13 +435,14 @@ class Mirror:
             node.failure = str(result)
             node.in_sync = False
             self.observer.failed(node, "write", result.reason)
-            self._schedule_retry(node, refetch=False)
+            self._schedule_write_retry(node)
         else:
             if node.failure is not None:
                 log.info("%s: recovered (%s)", node.name, node.config.file.path)
             node.failure = None
             node.retry_delay = RETRY_FIRST
-            node.in_sync = not node.dirty  # a newer value may have arrived while we wrote
+            # A newer value may have arrived while we wrote, or a re-read may be under way (reconnection).
+            node.in_sync = not node.dirty and node.read_state == IDLE
             node.written_at = time.time()
             repaired = result is not Outcome.UNCHANGED and node.written_version == node.version
             node.written_version = node.version
@@ -479,15 +461,12 @@ class Mirror:
             what = "restored" if repaired else "wrote"
             log.info("%s: %s %d bytes to %s (version %d)", node.name, what, len(node.wanted), path, node.version)
 
-    # --- retries ---------------------------------------------------------------------------------
+    # --- write retries ---------------------------------------------------------------------------
 
-    def _schedule_retry(self, node: MirroredNode, refetch: bool) -> None:
+    def _schedule_write_retry(self, node: MirroredNode) -> None:
         node.retry_at = time.monotonic() + node.retry_delay
         node.retry_delay = min(node.retry_delay * 2, RETRY_MAX)
-        if refetch:
-            gevent.spawn_later(node.retry_at - time.monotonic(), self._fetch, node)
-        else:
-            self._retrying[id(node)] = node
+        self._retrying[id(node)] = node
 
     def _next_retry_in(self) -> float | None:
         if not self._retrying:
@@ -507,17 +486,19 @@ class Mirror:
         if self._pending_initial:
             self._pending_initial.discard(id(node))
             if not self._pending_initial:
-                self._log_initial_summary()
-                self.initial_sync.set()
+                self._initial_sync_done()
                 release_memory()
 
-    def _log_initial_summary(self) -> None:
-        failed = sum(1 for node in self.nodes if node.failure)
+    def _initial_sync_done(self) -> None:
+        failed = [node.name for node in self.nodes if node.failure]
         absent = sum(1 for node in self.nodes if node.wanted is ABSENT)
+        named = ", ".join(failed[:NAMED_FAILURES]) + (f" and {len(failed) - NAMED_FAILURES} more"
+                                                       if len(failed) > NAMED_FAILURES else "")  # fmt: skip
         log.info(
-            "initial sync of %d nodes done in %.2fs: %d absent, %d failed",
-            len(self.nodes), time.monotonic() - self.started_at, absent, failed,
+            "initial sync of %d nodes done in %.2fs: %d absent, %d failed%s",
+            len(self.nodes), time.monotonic() - self.started_at, absent, len(failed), f" ({named})" if failed else "",
         )  # fmt: skip
+        self.initial_sync.set()
 
     def connected(self) -> bool:
         return bool(self.client.state == KazooState.CONNECTED)
@@ -526,27 +507,41 @@ class Mirror:
         """Touch the files known to match ZooKeeper, only while connected; return how many were touched.
 
         A node whose last read or write failed is skipped on purpose: its
-        mtime then ages, and mtime-based monitoring sees the failure.
+        mtime then ages, and mtime-based monitoring sees the failure.  A file
+        that cannot be touched (immutable, read-only mount...) is logged once
+        and skipped; the others are still touched.
         """
         if not self.connected():
             log.warning("not connected to ZooKeeper: heartbeat withheld")
             return 0
         touched = 0
         for index, node in enumerate(self.nodes):
-            if node.in_sync and isinstance(node.wanted, bytes) and files.touch(node.config.file.path):
+            if node.in_sync and isinstance(node.wanted, bytes) and self._touch(node):
                 touched += 1
             if index % 1000 == 999:
                 gevent.sleep(0)
         self.observer.heartbeat(touched)
         return touched
 
+    def _touch(self, node: MirroredNode) -> bool:
+        try:
+            touched = files.touch(node.config.file.path)
+        except FileWriteError as e:
+            if node.touch_failure != str(e):
+                log.error("%s: heartbeat: %s; its mtime will age", node.name, e)
+            node.touch_failure = str(e)
+            self.observer.failed(node, "touch", e.reason)
+            return False
+        if node.touch_failure is not None:
+            log.info("%s: heartbeat touches %s again", node.name, node.config.file.path)
+            node.touch_failure = None
+        return touched
+
     def resync(self) -> None:
         """Re-read every node and re-check every file, repairing local edits, deletions and drifted metadata."""
-        if not self.connected():
-            return
-        for node in self.nodes:
-            node.in_sync = False
-        self._fetch_all_soon()
+        if self.connected():
+            self.resyncs += 1
+            self._read_everything()
 
     def out_of_sync(self) -> Iterable[MirroredNode]:
         return (node for node in self.nodes if not node.in_sync)

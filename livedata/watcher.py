@@ -364,11 +364,11 @@ def run(config_path: str, config: WatcherConfig) -> int:
     daemon = Daemon(config_path, config)
     daemon.start()
     reloader = gevent.spawn(_reload_on_request, daemon, reload_requested)
-    stopping.wait()
+    gevent.wait([stopping, daemon.mirror.died], count=1)
     log.info("stopping")
     reloader.kill()
     daemon.stop()
-    return cli.EXIT_OK
+    return cli.EXIT_FAILURE if daemon.mirror.died.is_set() else cli.EXIT_OK
 
 
 def _reload_on_request(daemon: Daemon, requested: Any) -> None:

@@ -1,0 +1,304 @@
+"""Every ZooKeeper read of the mirror, issued from one greenlet, a bounded window at a time.
+
+Why one place, and why a window: kazoo wakes its connection greenlet with one
+byte per request, sent through a socket pair that holds only about 280 of
+them.  A greenlet that issues more requests than that without yielding blocks
+on the full pair; any other greenlet or hub callback issuing a request
+meanwhile fails inside kazoo (gevent refuses two waiters on one socket), and
+kazoo then leaves that request queued *without* its wake byte.  From then on
+every request waits for a later one to be sent, and nothing in the session
+notices, because pings bypass the queue.  At a few thousand nodes that lost
+changes for good.
+
+So the rules here are:
+
+* Callbacks (watch events, replies) never talk to ZooKeeper.  They only say
+  "this item needs reading" (:meth:`ReadQueue.request`), which is a flag and a
+  deque append.
+* One greenlet issues the reads, never more than ``window`` outstanding: the
+  socket pair stays far from full, whoever else uses the client.
+* Each item has at most one read queued or in flight (asking again meanwhile
+  just marks it to be read once more when the reply is in), and at most one
+  retry pending, so retry chains cannot multiply.
+* Every read has a deadline.  A read that has not completed in time is
+  abandoned, counted (:attr:`ReadQueue.timeouts`) and issued again; its late
+  reply, if any, is ignored.
+
+A read of an item is *get with a watch*; when the node does not exist the
+queue follows up with *exists with a watch* (a failed get leaves no watch),
+and when that finds the node created meanwhile, with another get.  Results go
+to a :class:`ReadSink`.
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import gevent
+import gevent.event
+from kazoo.client import KazooClient
+from kazoo.exceptions import ConnectionClosedError, ConnectionLoss, NoAuthError, NoNodeError, SessionExpiredError
+from kazoo.protocol.states import KazooState, ZnodeStat
+
+log = logging.getLogger("livedata.reads")
+
+WINDOW = 128  # reads outstanding at most: well below the ~280 wake bytes kazoo's socket pair holds
+YIELD_EVERY = 32  # reads issued between yields, so the connection greenlet ships them while more are issued
+DEADLINE_MIN = 10.0  # seconds; the deadline is the larger of this and twice the session timeout
+RETRY_FIRST = 0.1
+RETRY_MAX = 30.0
+
+DISCONNECTED = (ConnectionLoss, SessionExpiredError, ConnectionClosedError)
+
+# An item's read state (an int in a slot: there may be 50,000 items).
+IDLE, QUEUED, GETTING, CHECKING, WAITING = range(5)
+GET, EXISTS = "get", "exists"
+
+
+class Readable(Protocol):
+    """What the queue needs of an item (a mirrored node): its path, its watch, and two slots of bookkeeping."""
+
+    @property
+    def path(self) -> str: ...
+
+    active: bool  # False once removed from the configuration: its replies are dropped
+    read_state: int
+    reread: bool  # asked for again while a read was in flight: read once more when it completes
+    read_delay: float  # the next retry's backoff
+
+    def on_watch(self, event: Any) -> None: ...
+
+
+class ReadSink(Protocol):
+    """Where results go; called in the hub, so each must be quick and must not block or issue requests."""
+
+    def read_done(self, item: Any, data: bytes, stat: ZnodeStat) -> None: ...
+
+    def read_absent(self, item: Any) -> None: ...
+
+    def read_failed(self, item: Any, reason: str) -> None: ...
+
+    def read_settled(self, item: Any) -> None:
+        """The item's read is complete, with nothing more queued or in flight for it."""
+
+    def reads_idle(self) -> None:
+        """Nothing is queued or in flight any more (a burst of reads has landed)."""
+
+
+@dataclass
+class _Request:
+    item: Any
+    op: str
+    issued_at: float
+    result: Any
+
+
+def describe(error: BaseException) -> str:
+    """A failure in words an operator can act on."""
+    if isinstance(error, NoAuthError):
+        return "not allowed to read the node (check zookeeper.credentials and the node's ACL)"
+    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+
+
+class ReadQueue:
+    """Reads items on request, one greenlet, ``window`` at a time, each with a deadline and one retry at most."""
+
+    def __init__(
+        self, client: KazooClient, sink: ReadSink, window: int = WINDOW, deadline: float | None = None
+    ) -> None:
+        self.client = client
+        self.sink = sink
+        self.window = window
+        self._deadline = deadline
+        self._queue: deque[tuple[Any, str]] = deque()
+        self._in_flight: dict[int, _Request] = {}
+        self._retries: list[tuple[float, int, Any]] = []  # (due, tie-breaker, item), heap-ordered
+        self._tie = itertools.count()
+        self._wake = gevent.event.Event()
+        self._greenlet: gevent.Greenlet | None = None
+        self.timeouts = 0  # reads abandoned after their deadline
+        self.issued = 0
+
+    # --- asking for reads (any greenlet or callback) ---------------------------------------------
+
+    def request(self, item: Readable) -> None:
+        """Read ``item`` soon: now if idle or waiting for a retry, once more after a read in flight."""
+        if not item.active:
+            return
+        state = item.read_state
+        if state in (IDLE, WAITING):
+            self._enqueue(item, GET)
+        elif state in (GETTING, CHECKING):
+            item.reread = True
+
+    def request_all(self, items: Any) -> None:
+        for item in items:
+            self.request(item)
+
+    def forget(self, item: Readable) -> None:
+        """``item`` left the configuration: whatever is queued or in flight for it is dropped as it comes up."""
+        item.active = False
+
+    def pending(self) -> int:
+        """Reads queued or in flight."""
+        return len(self._queue) + len(self._in_flight)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    def _enqueue(self, item: Readable, op: str) -> None:
+        item.read_state = QUEUED
+        self._queue.append((item, op))
+        self._wake.set()
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> gevent.Greenlet:
+        self._greenlet = gevent.spawn(self._run)
+        return self._greenlet
+
+    def stop(self) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill(block=True, timeout=1)
+        self._retries.clear()
+
+    def wake(self) -> None:
+        """The connection state changed: issue what waited for a connection."""
+        self._wake.set()
+
+    # --- the issuing greenlet --------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(timeout=self._next_timer())
+            self._wake.clear()
+            now = time.monotonic()
+            self._abandon_overdue(now)
+            self._queue_due_retries(now)
+            self._issue()
+
+    def _connected(self) -> bool:
+        return bool(self.client.state == KazooState.CONNECTED)
+
+    def _issue(self) -> None:
+        issued = 0
+        while self._queue and len(self._in_flight) < self.window and self._connected():
+            item, op = self._queue.popleft()
+            if not item.active:
+                item.read_state = IDLE
+                continue
+            self._send(item, op)
+            issued += 1
+            if issued % YIELD_EVERY == 0:
+                gevent.sleep(0)
+
+    def _send(self, item: Readable, op: str) -> None:
+        call = self.client.get_async if op == GET else self.client.exists_async
+        item.read_state = GETTING if op == GET else CHECKING
+        item.reread = False
+        result = call(item.path, watch=item.on_watch)
+        self._in_flight[id(result)] = _Request(item, op, time.monotonic(), result)
+        self.issued += 1
+        result.rawlink(self._completed)
+
+    def _next_timer(self) -> float | None:
+        waits = []
+        if self._retries:
+            waits.append(max(0.0, self._retries[0][0] - time.monotonic()))
+        if self._in_flight:
+            waits.append(1.0)  # look for overdue reads once a second while any is out
+        return min(waits) if waits else None
+
+    def deadline(self) -> float:
+        if self._deadline is not None:
+            return self._deadline
+        from livedata.zookeeper import session_timeout
+
+        return max(DEADLINE_MIN, 2 * session_timeout(self.client))
+
+    def _abandon_overdue(self, now: float) -> None:
+        if not self._in_flight or not self._connected():
+            return  # while disconnected kazoo fails every read itself; a reconnection re-reads all
+        limit = now - self.deadline()
+        overdue = [key for key, request in self._in_flight.items() if request.issued_at < limit]
+        for key in overdue:
+            request = self._in_flight.pop(key)
+            self.timeouts += 1
+            log.warning("%s: no reply to a read within %.0fs; issuing it again", request.item.path, self.deadline())
+            if request.item.active:
+                self._enqueue(request.item, GET)
+            else:
+                request.item.read_state = IDLE
+        if overdue:
+            self._maybe_idle()
+
+    def _queue_due_retries(self, now: float) -> None:
+        while self._retries and self._retries[0][0] <= now:
+            _, _, item = heapq.heappop(self._retries)
+            if item.read_state == WAITING and item.active:  # anything else: read since, or removed
+                self._enqueue(item, GET)
+
+    # --- replies (hub callbacks) -----------------------------------------------------------------
+
+    def _completed(self, result: Any) -> None:
+        request = self._in_flight.pop(id(result), None)
+        self._wake.set()  # a slot of the window is free
+        if request is None:
+            return  # abandoned after its deadline, and issued again
+        try:
+            self._handle(request.item, request.op, result)
+        finally:
+            self._maybe_idle()
+
+    def _handle(self, item: Any, op: str, result: Any) -> None:
+        if not item.active:
+            item.read_state = IDLE
+            return
+        if result.successful():
+            if op == GET:
+                data, stat = result.value
+                self.sink.read_done(item, data or b"", stat)
+                self._finish(item)
+            elif result.value is not None:
+                self._enqueue(item, GET)  # created between our get and our exists
+            else:
+                self._finish(item)
+            return
+        error = result.exception
+        if isinstance(error, NoNodeError) and op == GET:
+            self.sink.read_absent(item)
+            self._enqueue(item, EXISTS)  # leaves a watch that fires on creation
+        elif isinstance(error, DISCONNECTED):
+            self._enqueue(item, GET)  # issued again once connected
+        else:
+            item.read_state = WAITING
+            item.reread = False
+            due = time.monotonic() + item.read_delay
+            item.read_delay = min(item.read_delay * 2, RETRY_MAX)
+            heapq.heappush(self._retries, (due, next(self._tie), item))
+            self.sink.read_failed(item, describe(error))
+
+    def _finish(self, item: Any) -> None:
+        item.read_delay = RETRY_FIRST
+        if item.reread:
+            self._enqueue(item, GET)
+        else:
+            item.read_state = IDLE
+            self.sink.read_settled(item)
+
+    def _maybe_idle(self) -> None:
+        if not self._queue and not self._in_flight:
+            self.sink.reads_idle()
+
+
+def reset_backoff(items: Any, first: float = RETRY_FIRST) -> None:
+    """Retry soon again (new credentials may make refused reads succeed)."""
+    for item in items:
+        item.read_delay = first
+
