@@ -241,7 +241,8 @@ class FileWatcher(Generic[T]):
         # This is the call applications make per request, so it is written flat: one tuple read, no
         # lock, one stat (none within check_interval) and two integer comparisons. A helper call would
         # cost about as much as the whole check, hence the near-copy in get_data_and_mtime.
-        until, ctime_ns, ino, value, mtime = self._fast
+        fast = self._fast
+        until, ctime_ns, ino, value, mtime = fast
         if until and until > _monotonic():
             return value
         try:
@@ -253,9 +254,7 @@ class FileWatcher(Generic[T]):
         # timestamp tick, is covered by the racy window, during which the ctime here is -1.
         if st.st_ctime_ns == ctime_ns and st.st_ino == ino:
             if until:
-                # Lock-free on purpose: this tuple was just verified against the file, so even if it
-                # overwrites a newer one, what it re-arms was current at our stat.
-                self._fast = (_monotonic() + self._interval, ctime_ns, ino, value, mtime)
+                self._rearm(fast)
             return value
         return self._resolve(_signature_of(st))[3]
 
@@ -264,7 +263,8 @@ class FileWatcher(Generic[T]):
 
         Heartbeat touches do not move this mtime, so it is a sound cache key for derived data.
         """
-        until, ctime_ns, ino, value, mtime = self._fast
+        fast = self._fast
+        until, ctime_ns, ino, value, mtime = fast
         if until and until > _monotonic():
             return value, mtime
         try:
@@ -274,10 +274,22 @@ class FileWatcher(Generic[T]):
             return fast[3], fast[4]
         if st.st_ctime_ns == ctime_ns and st.st_ino == ino:
             if until:
-                self._fast = (_monotonic() + self._interval, ctime_ns, ino, value, mtime)
+                self._rearm(fast)
             return value, mtime
         fast = self._resolve(_signature_of(st))
         return fast[3], fast[4]
+
+    def _rearm(self, seen: _Fast[T]) -> None:
+        """Serve ``seen`` for another interval: a stat just confirmed it, unless a refresh replaced it meanwhile.
+
+        Under the lock, and only if ``seen`` is still the current tuple: a stat
+        taken before a concurrent refresh must not put the older value back,
+        or a caller could see a value older than one already returned.  It
+        runs once per interval, so the lock costs nothing measurable.
+        """
+        with self._lock:
+            if self._fast is seen:
+                self._fast = (_monotonic() + self._interval, *seen[1:])
 
     def _resolve(self, signature: _Signature) -> _Fast[T]:
         """Slow path: reload if the file moved on (or may have), and raise if nothing good was loaded."""
@@ -285,7 +297,9 @@ class FileWatcher(Generic[T]):
         if signature != state.signature or state.racy:
             state = self._refresh()
         elif self._interval:
-            self._fast = self._fast_for(state)
+            with self._lock:
+                if self._state is state:  # a concurrent refresh may have moved on: never re-arm an older state
+                    self._fast = self._fast_for(state)
         loaded = state.loaded
         if loaded is None:
             error = state.error

@@ -569,3 +569,40 @@ def test_check_interval_does_not_delay_the_first_load(path: Path) -> None:
         watcher.get_data()
     path.write_text("v1")
     assert watcher.get_data() == "v1"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.usefixtures("no_racy_window")
+def test_check_interval_never_goes_back_to_an_older_value(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stat taken before a concurrent refresh must not re-arm the older value once a newer one was returned."""
+    interval = 0.2
+    path.write_text("v1")
+    watcher = FileWatcher(str(path), CountingParser(), check_interval=interval)
+    assert watcher.get_data() == "v1"
+
+    slow_thread_stated = threading.Event()
+    release = threading.Event()
+    real_stat = file_watcher._stat
+
+    def slowed_stat(target: str) -> os.stat_result:  # only the slow thread's stat is held up, after it was taken
+        result = real_stat(target)
+        if threading.current_thread().name == "slow-reader":
+            slow_thread_stated.set()
+            release.wait(10)
+        return result
+
+    monkeypatch.setattr(file_watcher, "_stat", slowed_stat)
+    expired = watcher._fast[0]
+    wait_for(lambda: time.monotonic() > expired, 5, "the interval to pass")
+    slow = threading.Thread(target=watcher.get_data, name="slow-reader")
+    slow.start()
+    assert slow_thread_stated.wait(10)  # it holds a stat of v1 and is about to re-arm v1
+
+    write_atomic(path, b"v2")
+    expired = watcher._fast[0]
+    wait_for(lambda: time.monotonic() > expired, 5, "the interval to pass")
+    assert watcher.get_data() == "v2"
+    release.set()
+    slow.join(10)
+    for _ in range(100):  # within the next interval: must never serve v1 again
+        assert watcher.get_data() == "v2"
