@@ -21,6 +21,7 @@ from kazoo.security import make_digest_acl
 
 from livedata import files
 from tests.harness import ZooKeeperServer, free_ports, start_standalone, wait_for
+from tests.test_metrics import Endpoint
 from tests.watcher_process import node_settings, read_bytes, wait_for_content, write_ini
 
 pytestmark = pytest.mark.timeout(60)
@@ -404,3 +405,26 @@ def test_writer_over_tls(pki, tls_server, workdir):
     finally:
         admin.delete("/tls-writer")
         admin.stop()
+
+
+@pytest.mark.timeout(60)
+def test_an_unreadable_node_has_one_retry_chain_whatever_the_resyncs(
+    zk_server, zk, protected, workdir, start_watcher
+):
+    """Resyncs each read an unreadable node once; they never start retry chains of their own that pile up."""
+    port = free_ports(1)[0]
+    settings = base(zk_server.address)  # no credentials: the protected nodes are unreadable
+    for name in protected.names:
+        settings.update(node_settings(name, f"{protected.root}/{name}", f"{workdir}/out/{name}"))
+    settings.update({"watcher.resync_interval": "200 milliseconds", "watcher.metrics_address": f"127.0.0.1:{port}"})
+    start_watcher(settings)
+    metrics = Endpoint(port)
+    metrics.wait_at_least("livedata_resyncs_total", 20)
+    failures = metrics.value("livedata_read_failures_total", reason="NoAuthError") or 0
+    resyncs = metrics.value("livedata_resyncs_total") or 0
+    metrics.wait_at_least("livedata_resyncs_total", resyncs + 15)
+    more_failures = (metrics.value("livedata_read_failures_total", reason="NoAuthError") or 0) - failures
+    more_resyncs = (metrics.value("livedata_resyncs_total") or 0) - resyncs
+    nodes = len(protected.names)
+    # One read per node per resync, plus what one backoff chain per node (0.1 s, doubling) adds meanwhile.
+    assert more_failures <= nodes * (more_resyncs + 1 + 6), (more_failures, more_resyncs)

@@ -146,6 +146,31 @@ def chattr(flag: str, path: str) -> None:
         pytest.skip(f"chattr is not usable here: {result.stderr.strip()}")
 
 
+def test_an_untouchable_file_does_not_stop_the_heartbeat_of_the_others(
+    zk_server, zk, zk_path, workdir, start_watcher
+):
+    zk.create(f"{zk_path}/stuck", b"stuck")
+    zk.create(f"{zk_path}/ok", b"ok")
+    stuck, ok = f"{workdir}/a-stuck", f"{workdir}/z-ok"  # the stuck file comes first in the pass
+    settings = base(zk_server, heartbeat_interval="300 milliseconds")
+    settings.update(node_settings("stuck", f"{zk_path}/stuck", stuck))
+    settings.update(node_settings("ok", f"{zk_path}/ok", ok))
+    watcher = start_watcher(settings)
+    wait_for_content(stuck, b"stuck")
+    wait_for_content(ok, b"ok")
+    chattr("+i", stuck)  # even root cannot touch it now
+    try:
+        for _ in range(3):
+            before = os.stat(ok).st_mtime_ns
+            wait_for(lambda before=before: os.stat(ok).st_mtime_ns > before, 10, "a heartbeat of the other file")
+        watcher.wait_for_log("stuck: heartbeat:")
+        assert watcher.output().count("stuck: heartbeat:") == 1, "logged once, not on every heartbeat"
+    finally:
+        subprocess.run(["chattr", "-i", stuck], check=True)
+    watcher.wait_for_log("stuck: heartbeat touches")
+    assert watcher.alive()
+
+
 def test_failed_write_is_retried_and_withholds_the_heartbeat(
     zk_server, zk, zk_path, workdir, immutable_dir, start_watcher
 ):
