@@ -53,6 +53,7 @@ _TEMP_FLAGS = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXE
 # O_NONBLOCK: a FIFO planted at a dest must not hang the daemon when we look at it.
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+MAX_ID = 2**32 - 2  # the largest uid/gid chown accepts: (uid_t)-1 means "leave unchanged"
 
 
 @dataclass(frozen=True)
@@ -664,6 +665,6 @@ def _spec_problem(spec: FileSpec) -> str | None:
         return "path must be normalised (no '.', '..', '//' or trailing '/') and name a file"
     if not 0 <= spec.mode <= 0o7777:
         return f"mode {spec.mode:#o} is not a permission mode"
-    if any(value is not None and value < 0 for value in (spec.owner, spec.group)):
-        return "owner and group must be ids >= 0, or None to leave them as created"
+    if any(value is not None and not 0 <= value <= MAX_ID for value in (spec.owner, spec.group)):
+        return f"owner and group must be ids from 0 to {MAX_ID}, or None to leave them as created"
     return None
