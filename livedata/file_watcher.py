@@ -242,7 +242,7 @@ class FileWatcher(Generic[T]):
         # lock, one stat (none within check_interval) and two integer comparisons. A helper call would
         # cost about as much as the whole check, hence the near-copy in get_data_and_mtime.
         fast = self._fast
-        until, ctime_ns, ino, value, mtime = fast
+        until, ctime_ns, ino, value, _ = fast
         if until and until > _monotonic():
             return value
         try:

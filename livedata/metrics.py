@@ -194,8 +194,8 @@ class Metrics(MirrorObserver):
                         reads.in_flight)  # fmt: skip
             yield gauge("livedata_zookeeper_requests_queued", "Reads waiting to be issued (at most 128 are in flight).",
                         reads.pending() - reads.in_flight)  # fmt: skip
-            yield counter("livedata_zookeeper_request_timeouts", "Reads abandoned after their deadline and issued "
-                          "again (a reply that never came).", reads.timeouts)  # fmt: skip
+            yield counter("livedata_zookeeper_request_timeouts", "Reads still unanswered after their deadline "
+                          "(kazoo's sender is woken again for each).", reads.timeouts)  # fmt: skip
 
     def _failure_families(self, family: Any) -> Iterator[Metric]:
         by_step = {

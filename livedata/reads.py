@@ -20,9 +20,10 @@ So the rules here are:
 * Each item has at most one read queued or in flight (asking again meanwhile
   just marks it to be read once more when the reply is in), and at most one
   retry pending, so retry chains cannot multiply.
-* Every read has a deadline.  A read that has not completed in time is
-  abandoned, counted (:attr:`ReadQueue.timeouts`) and issued again; its late
-  reply, if any, is ignored.
+* Every read has a deadline.  A read still unanswered by then is counted
+  (:attr:`ReadQueue.timeouts`) and kazoo's sender is woken once more, which
+  is what a request stuck without its wake byte needs (see
+  :meth:`ReadQueue._nudge_overdue`).
 
 A read of an item is *get with a watch*; when the node does not exist the
 queue follows up with *exists with a watch* (a failed get leaves no watch),
@@ -121,7 +122,7 @@ class ReadQueue:
         self._tie = itertools.count()
         self._wake = gevent.event.Event()
         self._greenlet: gevent.Greenlet | None = None
-        self.timeouts = 0  # reads abandoned after their deadline
+        self.timeouts = 0  # reads found unanswered after their deadline (each one nudged)
         self.issued = 0
 
     # --- asking for reads (any greenlet or callback) ---------------------------------------------
@@ -179,7 +180,7 @@ class ReadQueue:
             self._wake.wait(timeout=self._next_timer())
             self._wake.clear()
             now = time.monotonic()
-            self._abandon_overdue(now)
+            self._nudge_overdue(now)
             self._queue_due_retries(now)
             self._issue()
 
@@ -222,21 +223,38 @@ class ReadQueue:
 
         return max(DEADLINE_MIN, 2 * session_timeout(self.client))
 
-    def _abandon_overdue(self, now: float) -> None:
+    def _nudge_overdue(self, now: float) -> None:
+        """Wake kazoo's sender once more for every read that is overdue.
+
+        While connected, ZooKeeper answers every request in order (a dead
+        connection is noticed by kazoo's pings and fails every read, which
+        the reconnection re-issues), so an overdue read is one sitting in
+        kazoo's queue without its wake byte: kazoo lost it when a send on the
+        full socket pair failed, typically because another user of the same
+        client (an application sharing it) issued a burst.  One spare byte
+        makes kazoo send the next queued request; an extra byte with nothing
+        queued is discarded by kazoo itself.  Each nudge is counted.
+        """
         if not self._in_flight or not self._connected():
             return  # while disconnected kazoo fails every read itself; a reconnection re-reads all
         limit = now - self.deadline()
-        overdue = [key for key, request in self._in_flight.items() if request.issued_at < limit]
-        for key in overdue:
-            request = self._in_flight.pop(key)
+        overdue = [request for request in self._in_flight.values() if request.issued_at < limit]
+        for request in overdue:
             self.timeouts += 1
-            log.warning("%s: no reply to a read within %.0fs; issuing it again", request.item.path, self.deadline())
-            if request.item.active:
-                self._enqueue(request.item, GET)
-            else:
-                request.item.read_state = IDLE
-        if overdue:
-            self._maybe_idle()
+            request.issued_at = now  # nudged again only after another deadline
+            log.warning("%s: no reply to a read within %.0fs; waking kazoo's sender", request.item.path,
+                        self.deadline())  # fmt: skip
+            self._spare_wake_byte()
+
+    def _spare_wake_byte(self) -> None:
+        connection = getattr(self.client, "_connection", None)
+        write_sock = getattr(connection, "_write_sock", None)
+        if write_sock is None:
+            return
+        try:
+            write_sock.send(b"\0")
+        except Exception as e:  # a closing connection: the reconnection re-reads everything anyway
+            log.debug("could not wake kazoo's sender: %r", e)
 
     def _queue_due_retries(self, now: float) -> None:
         while self._retries and self._retries[0][0] <= now:
@@ -247,10 +265,9 @@ class ReadQueue:
     # --- replies (hub callbacks) -----------------------------------------------------------------
 
     def _completed(self, result: Any) -> None:
-        request = self._in_flight.pop(id(result), None)
-        self._wake.set()  # a slot of the window is free
-        if request is None:
-            return  # abandoned after its deadline, and issued again
+        request = self._in_flight.pop(id(result))
+        if len(self._in_flight) <= self.window // 2:
+            self._wake.set()  # room for a new slice of the queue; waking on every reply would cost a switch each
         try:
             self._handle(request.item, request.op, result)
         finally:
@@ -282,6 +299,7 @@ class ReadQueue:
             due = time.monotonic() + item.read_delay
             item.read_delay = min(item.read_delay * 2, RETRY_MAX)
             heapq.heappush(self._retries, (due, next(self._tie), item))
+            self._wake.set()  # the issuing greenlet's timer must account for this retry
             self.sink.read_failed(item, describe(error))
 
     def _finish(self, item: Any) -> None:

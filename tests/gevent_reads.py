@@ -1,0 +1,124 @@
+"""ReadQueue scenarios run in a gevent monkey-patched process, as the daemon runs it (by tests/test_reads.py).
+
+Usage: ``python -m tests.gevent_reads SCENARIO HOSTS ROOT``.  Prints a JSON report on success; a failed check
+exits non-zero with the reason on stderr.
+"""
+from __future__ import annotations
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import json  # noqa: E402 -- after patching, like any gevent program
+import sys  # noqa: E402
+from typing import Any  # noqa: E402
+
+import gevent  # noqa: E402
+from kazoo.protocol.serialization import GetData  # noqa: E402
+
+from livedata.reads import IDLE, RETRY_FIRST, ReadQueue  # noqa: E402
+from livedata.zookeeper import zookeeper_client_from_config  # noqa: E402
+from tests.harness import wait_for  # noqa: E402  (its time.sleep is gevent's now)
+
+
+class Item:
+    """The smallest thing the queue can read: a path and the queue's bookkeeping."""
+
+    def __init__(self, path: str, queue: list[ReadQueue]) -> None:
+        self.path = path
+        self.active = True
+        self.read_state = IDLE
+        self.reread = False
+        self.read_delay = RETRY_FIRST
+        self._queue = queue
+
+    def on_watch(self, event: Any) -> None:
+        self._queue[0].request(self)
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.data: dict[str, bytes | None] = {}
+        self.failures: list[str] = []
+        self.max_in_flight = 0
+        self.queue: ReadQueue | None = None
+
+    def read_done(self, item: Item, data: bytes, stat: Any) -> None:
+        self.data[item.path] = data
+        self._sample()
+
+    def read_absent(self, item: Item) -> None:
+        self.data[item.path] = None
+
+    def read_failed(self, item: Item, reason: str) -> None:
+        self.failures.append(f"{item.path}: {reason}")
+
+    def read_settled(self, item: Item) -> None:
+        pass
+
+    def reads_idle(self) -> None:
+        pass
+
+    def _sample(self) -> None:
+        assert self.queue is not None
+        self.max_in_flight = max(self.max_in_flight, self.queue.in_flight)
+
+
+def setup(hosts: str, deadline: float | None = None) -> tuple[Any, ReadQueue, Sink, list[ReadQueue]]:
+    client = zookeeper_client_from_config(None, {"zookeeper.hosts": hosts})
+    client.start(timeout=30)
+    sink = Sink()
+    holder: list[ReadQueue] = []
+    queue = ReadQueue(client, sink, deadline=deadline)
+    sink.queue = queue
+    holder.append(queue)
+    queue.start()
+    return client, queue, sink, holder
+
+
+def wedge(hosts: str, root: str) -> dict[str, Any]:
+    """A request queued without its wake byte (what kazoo leaves after a failed send) must not hold ours back."""
+    client, queue, sink, holder = setup(hosts, deadline=1.0)
+    client.create(f"{root}/a", b"alpha", makepath=True)
+    # Exactly the state kazoo's _call leaves when its wake-byte send fails: queued, no byte sent.
+    client._queue.append((GetData(f"{root}/a", None), client.handler.async_result()))
+    item = Item(f"{root}/a", holder)
+    queue.request(item)
+    wait_for(lambda: sink.data.get(item.path) == b"alpha", 20, "the read behind the wedged request")
+    return {"timeouts": queue.timeouts, "failures": sink.failures, "in_flight": queue.in_flight}
+
+
+def shared(hosts: str, root: str) -> dict[str, Any]:
+    """Thousands of reads while another greenlet bursts its own requests on the same client: nothing is lost."""
+    client, queue, sink, holder = setup(hosts)
+    count = 3000
+    for start in range(0, count, 500):
+        results = [client.create_async(f"{root}/n{i}", f"v{i}".encode()) for i in range(start, start + 500)]
+        for result in results:
+            result.get(timeout=30)
+    items = [Item(f"{root}/n{i}", holder) for i in range(count)]
+    other_done = []
+
+    def application_burst() -> None:  # an embedding app's own requests, in bursts of 100 between yields
+        for _ in range(10):
+            results = [client.exists_async(f"{root}/n{i}") for i in range(100)]
+            gevent.sleep(0)
+            other_done.append(sum(1 for result in results if result.get(timeout=30) is not None))
+
+    burst = gevent.spawn(application_burst)
+    queue.request_all(items)
+    wait_for(lambda: len(sink.data) == count, 60, "every read")
+    burst.join(60)
+    wrong = [item.path for item in items if sink.data[item.path] != f"v{item.path.rsplit('n', 1)[1]}".encode()]
+    return {"read": len(sink.data), "wrong": wrong[:5], "max_in_flight": sink.max_in_flight,
+            "window": queue.window, "other": other_done, "timeouts": queue.timeouts, "pending": queue.pending()}
+
+
+def main() -> None:
+    scenario, hosts, root = sys.argv[1:4]
+    report = {"wedge": wedge, "shared": shared}[scenario](hosts, root)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""The read queue (livedata.reads) in a gevent process, as the daemon runs it, against a real ZooKeeper."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def run_scenario(name: str, hosts: str, root: str) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.gevent_reads", name, hosts, root], capture_output=True, text=True, timeout=100
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_a_request_stuck_in_kazoos_queue_is_noticed_and_woken(zk_server, zk_path):
+    report = run_scenario("wedge", zk_server.address, zk_path)
+    assert report["timeouts"] >= 1, "the overdue read must be counted"
+    assert report["failures"] == []
+    assert report["in_flight"] == 0
+
+
+def test_thousands_of_reads_beside_an_applications_own_bursts(zk_server, zk_path):
+    report = run_scenario("shared", zk_server.address, zk_path)
+    assert report["read"] == 3000 and report["wrong"] == []
+    assert report["max_in_flight"] <= report["window"], "never more reads outstanding than the window"
+    assert report["other"] == [100] * 10, "the application's own requests all completed"
+    assert report["timeouts"] == 0 and report["pending"] == 0
