@@ -195,7 +195,8 @@ class Envelope:
         parts = list(chunks) if self.chunk_names else [self.inline]
         stored = sum(len(part) for part in parts)
         if stored != self.stored_size:
-            raise TruncatedError(f"encoded body is {stored:,} bytes, header says {self.stored_size:,}")
+            error = TruncatedError if stored < self.stored_size else BadEnvelopeError
+            raise error(f"encoded body is {stored:,} bytes, header says {self.stored_size:,}")
         data = _inflate(parts, self.size) if self.codec == "zlib" else b"".join(parts)
         if len(data) != self.size:
             raise TruncatedError(f"decoded {len(data):,} bytes, header says {self.size:,}")

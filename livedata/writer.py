@@ -376,13 +376,13 @@ def push(client: KazooClient, path: str, data: bytes, label: str, out: TextIO, *
         out.write(render_diff(old, data, f"{path} (current)", f"{label} (new)"))
     if dry_run:
         if stored.envelope is not None:
-            print(f"Would be {describe_stored(stored)}.", file=out)
+            print(f"would be {describe_stored(stored)}", file=out)
         print(DRY_RUN, file=out)
         return
     new_version = store(client, path, stored, current)
     log.debug("wrote %s: version %d -> %d", path, current.version, new_version)
     if stored.envelope is not None:
-        print(describe_stored(stored)[0].upper() + describe_stored(stored)[1:] + ".", file=out)
+        print(describe_stored(stored), file=out)
     print(WROTE, file=out)
 
 
