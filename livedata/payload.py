@@ -393,6 +393,7 @@ def _enveloped(data: bytes, codec: str, body: bytes, max_node_size: int) -> Stor
     node_data = envelope.to_bytes()
     if len(node_data) > max_node_size:
         raise PayloadTooLargeError(
-            f"the list of {len(pieces):,} chunks does not fit in a node of {max_node_size:,} bytes"
+            f"{len(data):,} bytes do not fit in nodes of {max_node_size:,} bytes even compressed and chunked "
+            f"(the list of {len(pieces):,} chunks alone needs {len(node_data):,} bytes)"
         )
     return Stored(node_data=node_data, envelope=envelope, codec=codec, stored_size=len(body), chunks=chunks)

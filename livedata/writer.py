@@ -50,7 +50,7 @@ from livedata.config import (
     source_of,
     znode_path,
 )
-from livedata.payload import DEFAULT_MAX_PAYLOAD_SIZE, MODES, PayloadError, Stored, encode
+from livedata.payload import DEFAULT_MAX_PAYLOAD_SIZE, MODES, PayloadError, PayloadTooLargeError, Stored, encode
 from livedata.payload import MAGIC as PAYLOAD_MAGIC
 
 if TYPE_CHECKING:
@@ -214,6 +214,8 @@ def stored_form(label: str, data: bytes, mode: str, max_node_size: int) -> Store
         check_size(label, data, max_node_size)
     try:
         return encode(data, mode, max_node_size)
+    except PayloadTooLargeError as e:
+        raise UnstorableError(label, f"{e} (zookeeper.max_node_size)") from None
     except PayloadError as e:
         raise UnstorableError(label, e) from None
 
@@ -358,7 +360,7 @@ def push(client: KazooClient, path: str, data: bytes, label: str, out: TextIO, *
     diff are made on decoded data, so how the node is stored never shows up as a change of its content.
     """
     if stored is None:
-        stored = encode(data, "never", max(len(data), 1))
+        stored = Stored(node_data=data, envelope=None, codec="plain", stored_size=len(data))
     current = read_current(client, path, max_payload_size)
     log.debug("read %s: %d bytes at version %d", path, len(current.node_data), current.version)
     if current.data == data and current.node_data == stored.node_data:
