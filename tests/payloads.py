@@ -79,7 +79,8 @@ def experiments_json(size: int, seed: int = 13) -> bytes:
                 "targeting": {"country": rng.sample(["US", "DE", "FR", "JP", "BR", "IN", "GB"], 2)},
             })
         text = json.dumps({"version": 3, "experiments": entries}, indent=1).encode("utf-8")
-    return text
+    count = max(1, int(len(entries) * size / len(text)))  # entries are alike in size: trim to about ``size``
+    return json.dumps({"version": 3, "experiments": entries[:count]}, indent=1).encode("utf-8")
 
 
 def incompressible(size: int) -> bytes:
