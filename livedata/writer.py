@@ -244,8 +244,38 @@ def render_diff(old: bytes, new: bytes, old_label: str, new_label: str) -> str:
         old_text, new_text = old.decode("utf-8"), new.decode("utf-8")
     except UnicodeDecodeError:
         return f"Binary data: {old_label} is {len(old)} bytes, {new_label} is {len(new)} bytes.\n"
-    lines = difflib.unified_diff(_split_lines(old_text), _split_lines(new_text), old_label, new_label)
+    lines = _unified_diff(_split_lines(old_text), _split_lines(new_text), old_label, new_label)
     return "".join(_terminated(line) for line in lines)
+
+
+_DIFF_CONTEXT = 3  # difflib's default
+_HUNK = re.compile(r"@@ -(\d+)(,\d+)? \+(\d+)(,\d+)? @@")
+
+
+def _unified_diff(old: list[str], new: list[str], old_label: str, new_label: str) -> Iterator[str]:
+    """difflib's unified diff, with the common head and tail left out of the matching.
+
+    difflib takes many seconds on megabytes of lines (a large JSON document with one line changed took 15 s),
+    and a writer that long without a ZooKeeper heartbeat loses its session. The lines kept on each side of the
+    change are the context difflib would show anyway, and its hunk headers are shifted back by what was cut.
+    """
+    head = 0
+    while head < min(len(old), len(new)) and old[head] == new[head]:
+        head += 1
+    tail = 0
+    while tail < min(len(old), len(new)) - head and old[-1 - tail] == new[-1 - tail]:
+        tail += 1
+    start = max(0, head - _DIFF_CONTEXT)
+    keep_tail = max(0, tail - _DIFF_CONTEXT)
+    lines = difflib.unified_diff(old[start : len(old) - keep_tail], new[start : len(new) - keep_tail], old_label,
+                                 new_label, n=_DIFF_CONTEXT)  # fmt: skip
+    for line in lines:
+        match = _HUNK.fullmatch(line.rstrip("\n")) if line.startswith("@@") else None
+        if match is None or not start:
+            yield line
+            continue
+        old_start, old_len, new_start, new_len = match.groups()
+        yield f"@@ -{int(old_start) + start}{old_len or ''} +{int(new_start) + start}{new_len or ''} @@\n"
 
 
 @contextmanager
