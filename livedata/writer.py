@@ -363,6 +363,11 @@ def store(client: KazooClient, path: str, stored: Stored, current: Current) -> i
                 raise NodeChangedError(path, current.version) from None
             except chunks.ChunkVanishedError as e:
                 raise WriterError(f"{e}; nothing written") from None
+            except (ConnectionLoss, SessionExpiredError):
+                raise ConnectionFailedError(
+                    f"lost the connection to ZooKeeper while writing {path}: the write may or may not have been "
+                    "applied; check the node (tools/read_node --stat) before running again"
+                ) from None
         log.debug("%s: created %d chunks", path, len(created))
     if stored.envelope is not None or current.data is None or current.node_data.startswith(PAYLOAD_MAGIC):
         _remove_old_chunks(client, path, stored)

@@ -360,3 +360,29 @@ def test_live_node_bounds_the_decoded_size(zk, zk_server, node):
     finally:
         app.stop()
         app.close()
+
+
+@pytest.mark.timeout(120)
+def test_live_node_during_rewrites_sees_only_whole_versions(zk, zk_server, node):
+    """Chunked versions replaced back to back (old chunks removed each time): every value parsed is one written."""
+    shared = incompressible(LIMIT)  # every version's first chunk: it must survive each cleanup
+    versions = [shared + incompressible(LIMIT) + bytes([i]) * 1000 for i in range(8)]  # 3 chunks each
+    parsed: list[bytes] = []
+
+    def record(f: IO[bytes]) -> bytes:
+        data = f.read()
+        parsed.append(data)
+        return data
+
+    app = make_client(zk_server.address)
+    try:
+        with LiveNode(app, node, record, binary=True, timeout=10) as live:
+            for data in versions:
+                push(zk, node, data, "v", io.StringIO(), stored=encode(data, "auto", LIMIT))
+            wait_for(lambda: live.get_data() == versions[-1], timeout=30, message="the last version")
+    finally:
+        app.stop()
+        app.close()
+    assert parsed[0] == OLD
+    assert all(value in versions for value in parsed[1:])
+    assert chunk_children(zk, node) == sorted(encode(versions[-1], "auto", LIMIT).chunks)
