@@ -21,7 +21,7 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
@@ -321,6 +321,21 @@ def write_node(client: KazooClient, path: str, data: bytes, expected_version: in
     return version
 
 
+def _off_the_loop(function: Callable[..., str], *args: object) -> str:
+    """Run CPU-heavy work (diffing megabytes) in a native thread when gevent runs the process.
+
+    Run on the gevent loop it would starve kazoo's heartbeats and cost the session before our write.
+    """
+    from livedata.zookeeper import gevent_is_active
+
+    if not gevent_is_active():
+        return function(*args)
+    import gevent
+
+    result: str = gevent.get_hub().threadpool.apply(function, args)
+    return result
+
+
 @dataclass(frozen=True)
 class Current:
     """The node as it is: its stored bytes and version, and the data they decode to (``None`` if they do not)."""
@@ -410,7 +425,7 @@ def push(client: KazooClient, path: str, data: bytes, label: str, out: TextIO, *
     if current.data == data:
         print("The data is the same; only the way it is stored changes.", file=out)
     else:
-        out.write(render_diff(old, data, f"{path} (current)", f"{label} (new)"))
+        out.write(_off_the_loop(render_diff, old, data, f"{path} (current)", f"{label} (new)"))
     if dry_run:
         if stored.envelope is not None:
             print(f"would be {describe_stored(stored)}", file=out)
