@@ -30,9 +30,10 @@ def envelope(header: dict[str, Any], body: bytes = b"", version: int = VERSION, 
     return magic + struct.pack(">BI", version, len(raw)) + raw + body
 
 
-def header(data: bytes, body: bytes, codec: str = "zlib", chunks: list[str] | None = None, **changes: Any) -> dict[
-    str, Any
-]:
+def header(
+    data: bytes, body: bytes, codec: str = "zlib", chunks: list[str] | None = None, **changes: Any
+) -> dict[str, Any]:
+    """A correct header for ``data`` encoded as ``body``; ``changes`` overrides fields to make it wrong."""
     fields: dict[str, Any] = {
         "codec": codec,
         "size": len(data),
