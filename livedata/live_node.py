@@ -250,7 +250,8 @@ class LiveNode(Generic[T]):
         if data is None:
             return self._failed(state, ValueError("node holds no data (null)"))
         try:
-            decoded = read_decoded(self._client, self._path, self._max_payload_size, data, stat)
+            # Retried through a lost connection like DataWatch's own read: it would not call us again for it.
+            decoded = self._client.retry(read_decoded, self._client, self._path, self._max_payload_size, data, stat)
         except Exception as exc:  # bad stored data, or the node gone while reading its chunks
             return self._failed(state, exc)
         data, stat = decoded.data, decoded.stat
