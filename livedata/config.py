@@ -141,6 +141,30 @@ def integer(text: str) -> int:
         raise ValueError(f"{text!r} is not an integer") from None
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "bytes": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
+_SIZE = re.compile(r"(?P<count>\d+)\s*(?P<unit>[a-z]*)")
+
+
+def byte_size(text: str) -> int:
+    """A size in bytes: ``1048576``, or with a binary unit, ``64 MiB`` (KiB, MiB, GiB; case does not matter)."""
+    match = _SIZE.fullmatch(text.strip().lower())
+    if not match or match.group("unit") not in _SIZE_UNITS:
+        raise ValueError(f"{text.strip()!r} is not a size in bytes (like '1048576' or '64 MiB')")
+    return int(match.group("count")) * _SIZE_UNITS[match.group("unit")]
+
+
+def one_of(*choices: str) -> Parser:
+    """One of a fixed set of words, compared without regard to case."""
+
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in choices:
+            raise ValueError(f"{text.strip()!r} is not one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
 def boolean(text: str) -> bool:
     value = text.strip().lower()
     if value in ("true", "yes", "on", "1"):

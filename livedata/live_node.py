@@ -13,7 +13,11 @@ How it is built, and why:
 * The callback runs on the client's handler (a greenlet with the gevent handler), one call at a time per
   watch, so parsing there needs no lock. It must stay cheap (a slow callback delays every other watch of the
   client) and must never raise (kazoo would only log the exception), so everything it does is caught.
-* The parser runs only when the bytes differ from the last good version: a ``set()`` of identical bytes
+* Stored data is decoded through :mod:`livedata.payload` (compressed or chunked nodes, see the README's
+  "Large data"): chunks are read in the callback, verified and inflated with a bound of ``max_payload_size``
+  decoded bytes. Bad stored data fails the version like a parser error does; a chunk found missing sends
+  the read back to the node, since that only means a newer version was published meanwhile.
+* The parser runs only when the decoded bytes differ from the last good version: a ``set()`` of identical bytes
   keeps both the value and its mtime, so application caches keyed on the mtime survive it.
 * Once a good version has been loaded it is served through deletions, bad data, disconnects and session
   expiry: stale data beats an outage.
@@ -34,7 +38,9 @@ from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import KazooState
 from kazoo.recipe.watchers import DataWatch
 
+from livedata.chunks import read_decoded
 from livedata.file_watcher import ContentReader, WatchedFileNotAvailableError
+from livedata.payload import DEFAULT_MAX_PAYLOAD_SIZE
 
 __all__ = ["LiveNode", "WatchedFileNotAvailableError"]
 
@@ -46,7 +52,7 @@ _NOTHING_YET = "no data received from ZooKeeper yet"
 
 
 class _Loaded(Generic[T]):
-    """One successfully parsed version: the value, the znode mtime of its content, and the bytes it came from."""
+    """One successfully parsed version: the value, the znode mtime of its content, and the decoded bytes."""
 
     __slots__ = ("content", "mtime", "value")
 
@@ -80,6 +86,9 @@ class LiveNode(Generic[T]):
     (normally one round trip, cut short if the connection drops), so an existing node is readable as soon
     as the constructor returns, as an existing file is.
 
+    ``max_payload_size`` bounds the decoded size of a compressed or chunked node (64 MiB by default): a
+    bigger one is refused like unparsable data, before any chunk is read.
+
     ``backoff`` and ``check_interval`` are accepted for compatibility with FileWatcher and otherwise unused:
     changes are pushed by the watch, and reads never touch ZooKeeper.
 
@@ -98,6 +107,7 @@ class LiveNode(Generic[T]):
         newline: str | None = None,
         backoff: float | None = None,
         check_interval: float = 0.0,
+        max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE,
     ) -> None:
         self._reader = ContentReader.from_arguments(
             "LiveNode", path, binary, encoding, newline, timeout, backoff, check_interval
@@ -105,6 +115,7 @@ class LiveNode(Generic[T]):
         self._client = client
         self._path = path
         self._parser = parser
+        self._max_payload_size = max_payload_size
         self._state: _State[T] = _State(None, _NOTHING_YET)
         self._lock = threading.Lock()  # guards the two flags below
         self._watch_started = False
@@ -238,6 +249,12 @@ class LiveNode(Generic[T]):
             return self._failed(state, NoNodeError("node does not exist"))
         if data is None:
             return self._failed(state, ValueError("node holds no data (null)"))
+        try:
+            # Retried through a lost connection like DataWatch's own read: it would not call us again for it.
+            decoded = self._client.retry(read_decoded, self._client, self._path, self._max_payload_size, data, stat)
+        except Exception as exc:  # bad stored data, or the node gone while reading its chunks
+            return self._failed(state, exc)
+        data, stat = decoded.data, decoded.stat
         loaded = state.loaded
         if loaded is not None and data == loaded.content:
             self._log_recovery(state)

@@ -21,8 +21,9 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 
 # Only exception classes: importing them opens no socket and starts no thread, so it is safe before gevent patches.
@@ -37,7 +38,20 @@ from kazoo.exceptions import (
 )
 
 from livedata.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ArgumentParser, CommandError, fail, setup_logging
-from livedata.config import ConfigError, ConfigNamespace, RawConfig, read_config, source_of, znode_path
+from livedata.config import (
+    ConfigError,
+    ConfigNamespace,
+    Optional,
+    RawConfig,
+    byte_size,
+    one_of,
+    parse_config,
+    read_config,
+    source_of,
+    znode_path,
+)
+from livedata.payload import DEFAULT_MAX_PAYLOAD_SIZE, MODES, PayloadError, PayloadTooLargeError, Stored, encode
+from livedata.payload import parse as parse_payload
 
 if TYPE_CHECKING:
     import argparse
@@ -57,6 +71,14 @@ WROTE = "Wrote data to ZooKeeper."
 DRY_RUN = "Dry run: not writing."
 
 log = logging.getLogger("livedata.writer")  # not __name__, which is "__main__" under python -m
+
+# The writer's own keys; it reads only these (and zookeeper.*), so it can share a file with other programs.
+WRITER_SPEC = {
+    "writer": {
+        "compress": Optional(one_of(*MODES), "auto"),
+        "max_payload_size": Optional(byte_size, DEFAULT_MAX_PAYLOAD_SIZE),
+    }
+}
 
 
 class WriterError(CommandError):
@@ -84,6 +106,20 @@ class TooLargeError(WriterError):
             f"{label} is {size} bytes but a node holds at most {limit} bytes (zookeeper.max_node_size); "
             "nothing written"
         )
+
+
+class PayloadTooBigError(WriterError):
+    """Over ``writer.max_payload_size``: every host would have to hold and inflate it, so stop here."""
+
+    def __init__(self, label: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"{label} is {size:,} bytes, above writer.max_payload_size ({limit:,} bytes); nothing written"
+        )
+
+
+class UnstorableError(WriterError):
+    def __init__(self, label: str, reason: object) -> None:
+        super().__init__(f"cannot store {label}: {reason}; nothing written")
 
 
 class EmptyInputError(WriterError):
@@ -167,6 +203,31 @@ def check_size(label: str, data: bytes, limit: int) -> None:
         raise TooLargeError(label, len(data), limit)
 
 
+def check_payload_size(label: str, data: bytes, limit: int) -> None:
+    if len(data) > limit:
+        raise PayloadTooBigError(label, len(data), limit)
+
+
+def stored_form(label: str, data: bytes, mode: str, max_node_size: int) -> Stored:
+    """How the data will be stored for ``mode``, decided before connecting; ``never`` keeps today's refusal."""
+    if mode == "never":
+        check_size(label, data, max_node_size)
+    try:
+        return encode(data, mode, max_node_size)
+    except PayloadTooLargeError as e:
+        raise UnstorableError(label, f"{e} (zookeeper.max_node_size)") from None
+    except PayloadError as e:
+        raise UnstorableError(label, e) from None
+
+
+def describe_stored(stored: Stored) -> str:
+    """The output line for an envelope, e.g. ``stored as zlib, 4,812,331 -> 612,004 bytes in 1 chunk``."""
+    assert stored.envelope is not None
+    count = len(stored.envelope.chunk_names)
+    where = "in the node" if count == 0 else f"in {count} chunk{'' if count == 1 else 's'}"
+    return f"stored as {stored.codec}, {stored.envelope.size:,} -> {stored.stored_size:,} bytes {where}"
+
+
 def _split_lines(text: str) -> list[str]:
     """Lines split on ``\\n`` only, ends kept: ``str.splitlines`` would also split on form feeds and U+2028."""
     return re.findall(r"[^\n]*\n|[^\n]+", text)
@@ -183,8 +244,79 @@ def render_diff(old: bytes, new: bytes, old_label: str, new_label: str) -> str:
         old_text, new_text = old.decode("utf-8"), new.decode("utf-8")
     except UnicodeDecodeError:
         return f"Binary data: {old_label} is {len(old)} bytes, {new_label} is {len(new)} bytes.\n"
-    lines = difflib.unified_diff(_split_lines(old_text), _split_lines(new_text), old_label, new_label)
+    start, old_end, new_end = _changed_region(old_text, new_text)
+    lines = _unified_diff(
+        _split_lines(old_text[start:old_end]), _split_lines(new_text[start:new_end]), old_label, new_label,
+        offset=old_text.count("\n", 0, start),
+    )
     return "".join(_terminated(line) for line in lines)
+
+
+_DIFF_CONTEXT = 3  # difflib's default
+_HUNK = re.compile(r"@@ -(\d+)(,\d+)? \+(\d+)(,\d+)? @@")
+
+
+def _common_prefix(a: str, b: str) -> int:
+    """Length of the common prefix, compared a block at a time at C speed (a character loop is far slower)."""
+    limit, block, lo = min(len(a), len(b)), 1 << 16, 0
+    while lo < limit:
+        hi = min(limit, lo + block)
+        if a[lo:hi] != b[lo:hi]:
+            while hi - lo > 1:  # a[lo:hi] differs somewhere: halve it
+                mid = (lo + hi) // 2
+                if a[lo:mid] == b[lo:mid]:
+                    lo = mid
+                else:
+                    hi = mid
+            return lo
+        lo = hi
+    return limit
+
+
+def _changed_region(old: str, new: str) -> tuple[int, int, int]:
+    """``(start, old_end, new_end)``: whole lines around what differs, with more than a diff's context each side.
+
+    Before and after the region both texts are identical, so only the region needs splitting into lines.
+    """
+    head = _common_prefix(old, new)
+    tail = min(_common_prefix(old[::-1], new[::-1]), min(len(old), len(new)) - head)
+    start = old.rfind("\n", 0, head) + 1
+    for _ in range(_DIFF_CONTEXT):
+        if start == 0:
+            break
+        start = old.rfind("\n", 0, start - 1) + 1
+    end = len(old) - tail
+    for _ in range(_DIFF_CONTEXT + 1):
+        found = old.find("\n", end)
+        end = len(old) if found < 0 else found + 1
+    return start, end, end - len(old) + len(new)
+
+
+def _unified_diff(old: list[str], new: list[str], old_label: str, new_label: str, offset: int = 0) -> Iterator[str]:
+    """difflib's unified diff, with the common head and tail left out of the matching.
+
+    difflib takes many seconds on megabytes of lines (a large JSON document with one line changed took 15 s),
+    and a writer that long without a ZooKeeper heartbeat loses its session. The lines kept on each side of the
+    change are the context difflib would show anyway, and its hunk headers are shifted back by what was cut.
+    """
+    head = 0
+    while head < min(len(old), len(new)) and old[head] == new[head]:
+        head += 1
+    tail = 0
+    while tail < min(len(old), len(new)) - head and old[-1 - tail] == new[-1 - tail]:
+        tail += 1
+    start = max(0, head - _DIFF_CONTEXT)
+    keep_tail = max(0, tail - _DIFF_CONTEXT)
+    shift = start + offset
+    lines = difflib.unified_diff(old[start : len(old) - keep_tail], new[start : len(new) - keep_tail], old_label,
+                                 new_label, n=_DIFF_CONTEXT)  # fmt: skip
+    for line in lines:
+        match = _HUNK.fullmatch(line.rstrip("\n")) if line.startswith("@@") else None
+        if match is None or not shift:
+            yield line
+            continue
+        old_start, old_len, new_start, new_len = match.groups()
+        yield f"@@ -{int(old_start) + shift}{old_len or ''} +{int(new_start) + shift}{new_len or ''} @@\n"
 
 
 @contextmanager
@@ -230,23 +362,126 @@ def write_node(client: KazooClient, path: str, data: bytes, expected_version: in
     return version
 
 
+def _off_the_loop(function: Callable[..., str], *args: object) -> str:
+    """Run CPU-heavy work (diffing megabytes) in a native thread when gevent runs the process.
+
+    Run on the gevent loop it would starve kazoo's heartbeats and cost the session before our write.
+    """
+    from livedata.zookeeper import gevent_is_active
+
+    if not gevent_is_active():
+        return function(*args)
+    import gevent
+
+    result: str = gevent.get_hub().threadpool.apply(function, args)
+    return result
+
+
+@dataclass(frozen=True)
+class Current:
+    """The node as it is: its stored bytes and version, and the data they decode to (``None`` if they do not)."""
+
+    node_data: bytes
+    version: int
+    data: bytes | None
+    problem: str = ""
+
+
+def read_current(client: KazooClient, path: str, max_size: int) -> Current:
+    """The node decoded as every reader sees it, so the diff and the identical check speak of the data itself.
+
+    Undecodable stored data is not an error here: replacing it is how an operator repairs the node.
+    """
+    from livedata.chunks import read_decoded
+
+    with _zookeeper_errors("read", path):
+        try:
+            decoded = read_decoded(client, path, max_size)
+        except PayloadError as e:
+            node_data, version = read_node(client, path)
+            return Current(node_data, version, None, str(e))
+    return Current(decoded.node_data, decoded.stat.version, decoded.data)
+
+
+def store(client: KazooClient, path: str, stored: Stored, current: Current) -> int:
+    """Compare-and-set the stored form (chunks first), then remove chunks nothing refers to any more."""
+    from kazoo.exceptions import BadVersionError as ChunkedBadVersion
+
+    from livedata import chunks
+
+    if not stored.chunks:
+        new_version = write_node(client, path, stored.node_data, current.version)
+    else:
+        with _zookeeper_errors("write chunks of", path):
+            try:
+                new_version, created = chunks.publish(client, path, stored, current.version)
+            except ChunkedBadVersion:
+                raise NodeChangedError(path, current.version) from None
+            except chunks.ChunkVanishedError as e:
+                raise WriterError(f"{e}; nothing written") from None
+            except (ConnectionLoss, SessionExpiredError):
+                raise ConnectionFailedError(
+                    f"lost the connection to ZooKeeper while writing {path}: the write may or may not have been "
+                    "applied; check the node (tools/read_node --stat) before running again"
+                ) from None
+        log.debug("%s: created %d chunks", path, len(created))
+    if stored.chunks or current.data is None or _had_chunks(current.node_data):
+        _remove_old_chunks(client, path, stored)
+    return new_version
+
+
+def _had_chunks(node_data: bytes) -> bool:
+    """Whether the data just replaced listed chunks (orphans of a dead writer go with the next chunked write)."""
+    envelope = parse_payload(node_data)
+    return envelope is not None and envelope.chunked
+
+
+def _remove_old_chunks(client: KazooClient, path: str, stored: Stored) -> None:
+    """The new data is in place: failing to clean up is worth a warning, never a failed run."""
+    from livedata.chunks import remove_unreferenced
+
+    try:
+        removed = remove_unreferenced(client, path, stored.chunks)
+    except KazooException as e:
+        log.warning("%s: written, but old chunks could not be removed: %s %s", path, type(e).__name__, e)
+        return
+    log.debug("%s: removed %d old chunks", path, len(removed))
+
+
 def push(client: KazooClient, path: str, data: bytes, label: str, out: TextIO, *,
-         allow_empty: bool = False, dry_run: bool = False) -> None:
-    """Compare, show, and (unless ``dry_run``) compare-and-set: every refusal happens before the write."""
-    current, version = read_node(client, path)
-    log.debug("read %s: %d bytes at version %d", path, len(current), version)
-    if current == data:
+         allow_empty: bool = False, dry_run: bool = False, stored: Stored | None = None,
+         max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE) -> None:
+    """Compare, show, and (unless ``dry_run``) compare-and-set: every refusal happens before the write.
+
+    ``stored`` is the form chosen by :func:`stored_form` (plain data when not given); the comparison and the
+    diff are made on decoded data, so how the node is stored never shows up as a change of its content.
+    """
+    if stored is None:
+        stored = Stored(node_data=data, envelope=None, codec="plain", stored_size=len(data))
+    current = read_current(client, path, max_payload_size)
+    log.debug("read %s: %d bytes at version %d", path, len(current.node_data), current.version)
+    if current.data == data and current.node_data == stored.node_data:
         print(NO_CHANGES, file=out)
         return
+    old = current.data if current.data is not None else b""
     if not data and not allow_empty:
-        raise EmptyInputError(label, path, len(current))
+        raise EmptyInputError(label, path, len(current.data if current.data is not None else current.node_data))
     print(f"Writing {label} to ZooKeeper {path}...", file=out)
-    out.write(render_diff(current, data, f"{path} (current)", f"{label} (new)"))
+    if current.data is None:
+        print(f"The current data of {path} cannot be decoded ({current.problem}); replacing it.", file=out)
+    if current.data == data:
+        print("The data is the same; only the way it is stored changes.", file=out)
+    else:
+        out.write(_off_the_loop(render_diff, old, data, f"{path} (current)", f"{label} (new)"))
     if dry_run:
+        if stored.envelope is not None:
+            print(f"would be {describe_stored(stored)}", file=out)
         print(DRY_RUN, file=out)
         return
-    new_version = write_node(client, path, data, version)
-    log.debug("wrote %s: version %d -> %d", path, version, new_version)
+    new_version = store(client, path, stored, current)
+    log.debug("wrote %s: version %d -> %d", path, current.version, new_version)
+    if stored.envelope is not None:
+        print(describe_stored(stored), file=out)
     print(WROTE, file=out)
 
 
@@ -311,6 +546,10 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--allow-empty", action="store_true", help="allow empty input to replace non-empty data")
     parser.add_argument("--debug", action="store_true", help="log each step and kazoo's own messages on stderr")
+    parser.add_argument(
+        "--compress", choices=MODES, help="auto: compress (and chunk) only what does not fit in one node; always: "
+        "whenever smaller; never: store as is (default: writer.compress, else auto)",
+    )
     return parser.parse_args(argv)
 
 
@@ -320,13 +559,18 @@ def run(args: argparse.Namespace, out: TextIO) -> None:
 
     config = read_config(args.config)
     settings = parse_zookeeper_config(config)
+    writer = parse_config(config, WRITER_SPEC).writer
     label = source_label(args.source)
     data = read_source(args.source)
+    check_payload_size(label, data, writer.max_payload_size)
     if args.validate and wants_json_validation(args.source):
         validate_json(label, data)
-    check_size(label, data, settings.max_node_size)
+    stored = stored_form(label, data, args.compress or writer.compress, settings.max_node_size)
     with connected_client(config, settings) as client:
-        push(client, args.node, data, label, out, allow_empty=args.allow_empty, dry_run=args.dry_run)
+        push(
+            client, args.node, data, label, out, allow_empty=args.allow_empty, dry_run=args.dry_run,
+            stored=stored, max_payload_size=writer.max_payload_size,
+        )
 
 
 def _patch_gevent() -> None:

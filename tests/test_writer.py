@@ -285,7 +285,7 @@ def test_empty_input_is_refused_even_in_a_dry_run(tmp_path, config, zk, node):
 def test_data_over_max_node_size_is_refused_with_both_sizes(tmp_path, zk_server, zk, node):
     write_config(tmp_path, zk_server.address, **{"zookeeper.max_node_size": "100"})
     (tmp_path / "big.txt").write_bytes(b"x" * 101)
-    refused = run_writer(tmp_path, "writer.ini", "big.txt", node)
+    refused = run_writer(tmp_path, "writer.ini", "big.txt", node, "--compress", "never")  # auto would compress it
     assert_one_line_failure(refused, 1, "big.txt", "101 bytes", "100 bytes", "zookeeper.max_node_size")
     assert zk.get(node)[0] == OLD_JSON
 
@@ -298,7 +298,7 @@ def test_data_over_max_node_size_is_refused_with_both_sizes(tmp_path, zk_server,
 @pytest.mark.timeout(60)
 def test_default_size_limit_stops_what_the_server_would_reject(tmp_path, config, zk, node):
     (tmp_path / "huge.txt").write_bytes(b"y" * (1024 * 1024 + 1))
-    result = run_writer(tmp_path, "writer.ini", "huge.txt", node)
+    result = run_writer(tmp_path, "writer.ini", "huge.txt", node, "--compress", "never")
     assert_one_line_failure(result, 1, str(1024 * 1024 + 1), "1047552")
     assert zk.get(node)[0] == OLD_JSON
 

@@ -21,7 +21,7 @@ from tools.benchmark import measure, report, scenarios, targets
 from tools.benchmark.scenarios import Bench, Metric
 from tools.benchmark.targets import BenchError, Target
 
-SCENARIOS = ("startup", "propagation", "burst", "fanout", "filewatcher", "idle")
+SCENARIOS = ("startup", "propagation", "burst", "fanout", "filewatcher", "idle", "payloads")
 
 # Full-run defaults (about ten minutes for ours alone) and the tiny ones of --smoke (seconds; used by the tests).
 FULL = {
@@ -31,12 +31,14 @@ FULL = {
     "fanout_processes": 20, "fanout_changes": 200, "fanout_payload": 200,
     "filewatcher_calls": 100_000, "filewatcher_interval": 1.0, "filewatcher_payload": 200,
     "idle_nodes": 5000, "idle_seconds": 60.0, "idle_payload": 200,
+    "payloads_sizes": [100 * 1024, 900 * 1024, 5 * 1024 * 1024], "payloads_changes": 30, "payloads_writer_runs": 5,
 }  # fmt: skip
 SMOKE = {
     **FULL,
     "startup_nodes": [20], "startup_repeats": 1, "propagation_changes": 10, "burst_sets": 50, "burst_rounds": 1,
     "fanout_processes": 3, "fanout_changes": 5, "filewatcher_calls": 1000, "filewatcher_interval": 0.05,
-    "idle_nodes": 20, "idle_seconds": 1.0,
+    "idle_nodes": 20, "idle_seconds": 1.0, "payloads_sizes": [100 * 1024], "payloads_changes": 3,
+    "payloads_writer_runs": 1,
 }  # fmt: skip
 
 
@@ -53,8 +55,14 @@ _SIZE_FLAGS = [
     ("filewatcher-interval", "SECONDS", "the check_interval measured"),
     ("idle-nodes", "N", "nodes the idle watcher holds"),
     ("idle-seconds", "SECONDS", "length of the quiet window"),
-    *((f"{name}-payload", "BYTES", f"bytes per node ({name})") for name in SCENARIOS),
+    ("payloads-sizes", "BYTES", "sizes of the JSON documents"),
+    ("payloads-changes", "K", "changes timed per size and stored form"),
+    ("payloads-writer-runs", "K", "tools/write_node runs timed per size"),
+    *((f"{name}-payload", "BYTES", f"bytes per node ({name})") for name in SCENARIOS if name != "payloads"),
 ]
+
+
+_LISTS = ("startup_nodes", "payloads_sizes")  # flags that take several values
 
 
 def _shown(value: object) -> str:
@@ -83,7 +91,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for flag, metavar, meaning in _SIZE_FLAGS:
         key = flag.replace("-", "_")
         sizes.add_argument(
-            f"--{flag}", type=float if metavar == "SECONDS" else int, nargs="+" if key == "startup_nodes" else None,
+            f"--{flag}", type=float if metavar == "SECONDS" else int, nargs="+" if key in _LISTS else None,
             metavar=metavar, help=f"{meaning} ({_shown(FULL[key])} / {_shown(SMOKE[key])})",
         )  # fmt: skip
     args = parser.parse_args(argv)
@@ -110,6 +118,7 @@ def runners(args: argparse.Namespace) -> dict[str, Callable[[Bench, Target], lis
             b, t, a.filewatcher_calls, a.filewatcher_interval, a.filewatcher_payload
         ),
         "idle": lambda b, t: scenarios.idle(b, t, a.idle_nodes, a.idle_seconds, a.idle_payload),
+        "payloads": lambda b, t: scenarios.payloads(b, t, a.payloads_sizes, a.payloads_changes, a.payloads_writer_runs),
     }
 
 

@@ -76,6 +76,15 @@ CHECKS = [
         lambda ours, _t, _s: ours.get("reference_ns"),
     ),
     Check("idle", "cpu_percent", "idle CPU < 1% of a core", _const(1.0)),
+    *(
+        Check("payloads", f"kib{kib}_ratio", f"{name} JSON stored >= 5x smaller compressed", _const(5.0), at_least=True)
+        for kib, name in ((100, "100 KiB"), (900, "900 KiB"), (5120, "5 MiB"))
+    ),
+    Check(
+        "payloads", "kib900_live_zlib_p50_ms", "900 KiB JSON reaches LiveNode no slower compressed than plain",
+        lambda ours, _t, _s: ours.get("kib900_live_plain_p50_ms"),
+    ),
+    Check("payloads", "kib5120_start_to_live_s", "5 MiB JSON from writer start to LiveNode < 1 s", _const(1.0)),
 ]
 
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from kazoo.client import KazooClient
 
@@ -352,3 +353,140 @@ def scratch_root(parent: str | None, keep: bool) -> Iterator[str]:
     finally:
         if not keep:
             shutil.rmtree(path, ignore_errors=True)
+
+
+# --- payloads: compressed and chunked nodes -------------------------------------------------------------
+
+
+def payloads(bench: Bench, target: Target, sizes: Sequence[int], changes: int, writer_runs: int) -> list[Metric]:
+    """Per JSON size: stored bytes plain vs compressed, the writer's wall time, and set-to-decoded latency.
+
+    The decoded side is an in-process LiveNode (the watcher's own decoding is measured once it has it); the
+    latency runs from just before the store (chunks, then envelope) to the LiveNode's parser holding the
+    new bytes, for the same changes stored plain and compressed. Ours only: the incumbent has no such form.
+    """
+    if target.name != "ours":
+        return []
+    metrics: list[Metric] = []
+    for size in sizes:
+        metrics += _payload_size(bench, size, changes, writer_runs)
+    return metrics
+
+
+def _payload_size(bench: Bench, size: int, changes: int, writer_runs: int) -> list[Metric]:
+    from livedata.payload import encode
+    from tests.payloads import LIMIT, experiments_json
+
+    base = experiments_json(size, seed=size)
+    variants = [base.replace(b'"version": 3', b'"version": 1%06d' % i, 1) for i in range(_WARMUP + changes)]
+    compressed = encode(base, "always", LIMIT)
+    fits = len(base) <= LIMIT
+    key, label = f"kib{size // 1024}", f"{_size_label(size)} JSON"
+    path = f"/bench/payloads-{key}"
+    bench.zk.ensure_path(path)
+    plain_ms = _live_latencies(bench, path, variants, "never") if fits else None
+    zlib_ms = _live_latencies(bench, path, variants, "always")
+    writer_s, start_to_live_s = _writer_runs(bench, path, base, writer_runs)
+    plain_p50 = percentile(plain_ms, 50) if plain_ms else None
+    rows = [
+        ("plain_bytes", "stored plain", "count", float(len(base)) if fits else None),
+        ("zlib_bytes", "stored compressed (node + chunks)", "count", float(compressed.total_bytes)),
+        ("ratio", "plain / compressed bytes", "x", len(base) / compressed.total_bytes),
+        ("chunks", "chunks when compressed", "count", float(len(compressed.chunks))),
+        ("live_plain_p50_ms", "store to LiveNode, plain, p50", "ms", plain_p50),
+        ("live_zlib_p50_ms", "store to LiveNode, compressed, p50", "ms", percentile(zlib_ms, 50)),
+        ("live_zlib_p99_ms", "store to LiveNode, compressed, p99", "ms", percentile(zlib_ms, 99)),
+        ("writer_s", "tools/write_node run, compressed, median", "s", writer_s),
+        ("start_to_live_s", "writer start to LiveNode decoded, median", "s", start_to_live_s),
+    ]
+    return [Metric(f"{key}_{name}", f"{label}: {text}", unit, value) for name, text, unit, value in rows]
+
+
+def _size_label(size: int) -> str:
+    return f"{size / 1024 / 1024:g} MiB" if size >= 1024 * 1024 else f"{size / 1024:g} KiB"
+
+
+class _Arrivals:
+    """A LiveNode parser that records when each value arrived, so waiting adds no polling delay to the figure."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.condition = threading.Condition()
+        self.seen: dict[bytes, float] = {}
+
+    def __call__(self, f: Any) -> bytes:
+        data: bytes = f.read()
+        with self.condition:
+            self.seen[data] = time.perf_counter()
+            self.condition.notify_all()
+        return data
+
+    def wait(self, data: bytes, timeout: float) -> float:
+        with self.condition:
+            if not self.condition.wait_for(lambda: data in self.seen, timeout):
+                raise BenchError("a payload change never reached the LiveNode")
+            return self.seen.pop(data)
+
+
+def _live_latencies(bench: Bench, path: str, variants: Sequence[bytes], mode: str) -> list[float]:
+    """ms from the start of each store to the LiveNode's parser holding the new data."""
+    from livedata.live_node import LiveNode
+    from livedata.payload import encode
+    from livedata.writer import read_current, store
+    from tests.payloads import LIMIT
+
+    arrivals = _Arrivals()
+    app = KazooClient(hosts=bench.hosts, timeout=10.0)
+    app.start(timeout=30)
+    timings = []
+    try:
+        with LiveNode(app, path, arrivals, binary=True):
+            for i, data in enumerate(variants):
+                stored = encode(data, mode, LIMIT)
+                current = read_current(bench.zk, path, len(data) * 2)
+                start = time.perf_counter()
+                store(bench.zk, path, stored, current)
+                arrived = arrivals.wait(data, _CHANGE_TIMEOUT)
+                if i >= _WARMUP:
+                    timings.append((arrived - start) * 1000)
+                bench.gap()
+    finally:
+        app.stop()
+        app.close()
+    return timings
+
+
+def _writer_runs(bench: Bench, path: str, base: bytes, runs: int) -> tuple[float, float]:
+    """Median wall time of ``python -m livedata.writer --compress always``, and from its start to LiveNode."""
+    import sys
+
+    from livedata.live_node import LiveNode
+
+    directory = bench.scratch(f"payloads-writer-{len(base)}")
+    config = os.path.join(directory, "writer.ini")
+    with open(config, "w") as f:
+        f.write(f"[live-data]\nzookeeper.hosts = {bench.hosts}\n")
+    arrivals = _Arrivals()
+    app = KazooClient(hosts=bench.hosts, timeout=10.0)
+    app.start(timeout=30)
+    wall, to_live = [], []
+    try:
+        with LiveNode(app, path, arrivals, binary=True):
+            for i in range(runs):
+                data = base.replace(b'"version": 3', b'"version": 2%06d' % i, 1)
+                source = os.path.join(directory, "experiments.json")
+                with open(source, "wb") as f:
+                    f.write(data)
+                argv = [sys.executable, "-m", "livedata.writer", config, source, path, "--compress", "always"]
+                start = time.perf_counter()
+                done = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=directory)
+                finished = time.perf_counter()
+                if done.returncode != 0:
+                    raise BenchError(f"the writer failed: {done.stderr.strip()}")
+                wall.append(finished - start)
+                to_live.append(arrivals.wait(data, _CHANGE_TIMEOUT) - start)
+    finally:
+        app.stop()
+        app.close()
+    return statistics.median(wall), statistics.median(to_live)

@@ -1,0 +1,399 @@
+"""The stored form of data too big (or worth compressing) for one plain znode: a versioned envelope.
+
+Standard library only: the watcher, :class:`~livedata.LiveNode`, the writer and the reader all decode through
+this one module, and tools in other languages can follow the byte layout below.
+
+Stored form (all integers big-endian)::
+
+    offset 0   4 bytes  magic  b"\\x00LDP"   (NUL first: no text or JSON starts with it; zlib starts 0x78,
+                                             gzip 0x1f 0x8b, so neither is ever mistaken for an envelope)
+    offset 4   1 byte   format version, 1
+    offset 5   4 bytes  header length H (unsigned)
+    offset 9   H bytes  header: a UTF-8 JSON object
+                          "codec":   "zlib" (RFC 1950 stream) or "identity" (bytes as they are)
+                          "size":    decoded size in bytes
+                          "sha256":  hex sha256 of the decoded bytes
+                          "stored":  encoded size in bytes (inline body, or all chunks together)
+                          "chunks":  list of chunk names, in order; empty when the body is inline
+                        other keys are ignored (room for additions within version 1)
+    offset 9+H          inline body (the whole encoded body) when "chunks" is empty, else nothing
+
+A chunk is a child znode of the node, named ``.livedata-chunk-<hex sha256 of the chunk's bytes>``; the encoded
+body is the chunks' bytes concatenated in the header's order.  Children rather than siblings: they carry the
+node's own ACL, need no CREATE right on the parent, move and get deleted with the node (a recursive delete),
+and can never collide with another node's chunks.  Content-addressed names make chunks immutable (a name
+always means the same bytes, so a reader needs no watch on them and verifies each one by its name) and let
+an unchanged part of the data reuse its chunk.
+
+Data that does not start with the magic is *plain*: copied byte for byte, whatever it looks like (gzip or zlib
+data included).  That is what keeps nodes written before this format, and nodes written in ``auto`` mode
+that fit, readable by old and new readers alike.
+
+The API, kept small on purpose:
+
+* :func:`encode` ``(data, mode, max_node_size) -> Stored``: what to store: ``node_data`` for the node itself,
+  ``chunks`` (name -> bytes) for its children, ``envelope`` (``None`` when stored plain), ``codec`` and
+  ``stored_size``.  ``mode`` is one of :data:`MODES`.
+* :func:`parse` ``(node_data) -> Envelope | None``: ``None`` for plain data.
+* :attr:`Envelope.chunk_names` and :meth:`Envelope.decode` ``(chunks, max_size) -> bytes``: verify and inflate
+  once the chunks have been read (the watcher reads them asynchronously).
+* :func:`decode_node` ``(node_data, read_chunk, max_size) -> bytes``: the same in one call for synchronous
+  readers; ``read_chunk(name)`` returns the chunk's bytes or ``None`` when the chunk does not exist.
+
+Every refusal raises a :class:`PayloadError` subclass whose message is one line naming the reason.  Decoding
+is bounded: the declared size is checked against ``max_size`` before any work, and the inflate is streamed
+with ``max_length`` so that a decompression bomb never produces more than the declared size plus one byte.
+
+Only zlib: it is always there, and the node's bytes cross the network once per host while inflating
+5 MiB of JSON takes a few milliseconds, so a faster codec would buy little for an optional dependency.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "CHUNK_PREFIX",
+    "CODECS",
+    "MAGIC",
+    "MODES",
+    "VERSION",
+    "BadChunkError",
+    "BadEnvelopeError",
+    "DecodedTooLargeError",
+    "Envelope",
+    "HashMismatchError",
+    "InflateBombError",
+    "MissingChunkError",
+    "PayloadError",
+    "PayloadTooLargeError",
+    "Stored",
+    "TruncatedError",
+    "UnknownCodecError",
+    "UnknownVersionError",
+    "chunk_name",
+    "decode_node",
+    "encode",
+    "parse",
+]
+
+MAGIC = b"\x00LDP"
+VERSION = 1
+CHUNK_PREFIX = ".livedata-chunk-"
+CODECS = ("zlib", "identity")
+MODES = ("auto", "always", "never")
+DEFAULT_MAX_PAYLOAD_SIZE = 64 * 1024 * 1024
+
+_PREFIX = struct.Struct(">4sBI")  # magic, version, header length
+_ZLIB_LEVEL = 6  # zlib's default: level 9 costs the writer about twice the time for under 3% fewer bytes
+_HEX = frozenset("0123456789abcdef")
+_INFLATE_STEP = 1 << 20  # output produced per call, so no single call allocates much past the bound
+
+
+class PayloadError(ValueError):
+    """Stored data that cannot be decoded (or data that cannot be stored); the message is one line."""
+
+
+class BadEnvelopeError(PayloadError):
+    """The magic is there but what follows is not a well-formed envelope."""
+
+
+class UnknownVersionError(PayloadError):
+    def __init__(self, version: int) -> None:
+        super().__init__(f"stored with envelope format version {version}, this reader knows only {VERSION}")
+
+
+class UnknownCodecError(PayloadError):
+    def __init__(self, codec: object) -> None:
+        super().__init__(f"stored with codec {codec!r}, this reader knows only {', '.join(CODECS)}")
+
+
+class MissingChunkError(PayloadError):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"chunk {name} does not exist")
+
+
+class BadChunkError(PayloadError):
+    """A chunk whose bytes do not match its content-addressed name."""
+
+
+class HashMismatchError(PayloadError):
+    """The decoded bytes are not the ones the writer hashed."""
+
+
+class TruncatedError(PayloadError):
+    """The encoded body ends before the data does."""
+
+
+class DecodedTooLargeError(PayloadError):
+    def __init__(self, size: int, max_size: int) -> None:
+        super().__init__(f"decoded data would be {size:,} bytes, above the limit of {max_size:,} bytes")
+
+
+class InflateBombError(PayloadError):
+    def __init__(self, size: int) -> None:
+        super().__init__(f"compressed stream inflates past its declared {size:,} bytes (decompression bomb?)")
+
+
+class PayloadTooLargeError(PayloadError):
+    """The data cannot be stored within the node size limit (mode ``never``, or a limit too small for chunks)."""
+
+
+# --- the envelope -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A parsed envelope: what the header promises, and the inline body when there are no chunks."""
+
+    codec: str
+    size: int
+    sha256: str
+    stored_size: int
+    chunk_names: list[str]
+    inline: bytes = b""
+
+    @property
+    def chunked(self) -> bool:
+        return bool(self.chunk_names)
+
+    def to_bytes(self) -> bytes:
+        """The node data for this envelope (the inverse of :func:`parse`)."""
+        header = {
+            "codec": self.codec,
+            "size": self.size,
+            "sha256": self.sha256,
+            "stored": self.stored_size,
+            "chunks": self.chunk_names,
+        }
+        raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        return _PREFIX.pack(MAGIC, VERSION, len(raw)) + raw + self.inline
+
+    def check_size(self, max_size: int) -> None:
+        """Refuse before reading any chunk when the data would be bigger than the caller accepts."""
+        if self.size > max_size:
+            raise DecodedTooLargeError(self.size, max_size)
+
+    def decode(self, chunks: Sequence[bytes], max_size: int) -> bytes:
+        """The decoded data, from the chunks' bytes in :attr:`chunk_names` order (nothing when inline).
+
+        Checks, in order: the size limit, each chunk against its name, the stored size, then a bounded
+        inflate, the decoded size and its sha256.
+        """
+        self.check_size(max_size)
+        if len(chunks) != len(self.chunk_names):
+            raise BadEnvelopeError(f"{len(self.chunk_names)} chunks listed but {len(chunks)} given")
+        for name, chunk in zip(self.chunk_names, chunks):
+            if chunk_name(chunk) != name:
+                raise BadChunkError(f"chunk {name} holds other bytes (sha256 {chunk_name(chunk)[len(CHUNK_PREFIX):]})")
+        parts = list(chunks) if self.chunk_names else [self.inline]
+        stored = sum(len(part) for part in parts)
+        if stored != self.stored_size:
+            error = TruncatedError if stored < self.stored_size else BadEnvelopeError
+            raise error(f"encoded body is {stored:,} bytes, header says {self.stored_size:,}")
+        data = _inflate(parts, self.size) if self.codec == "zlib" else b"".join(parts)
+        if len(data) != self.size:
+            raise TruncatedError(f"decoded {len(data):,} bytes, header says {self.size:,}")
+        if hashlib.sha256(data).hexdigest() != self.sha256:
+            raise HashMismatchError("decoded data does not match its sha256")
+        return data
+
+
+def _inflate(parts: Sequence[bytes], size: int) -> bytes:
+    """Inflate a zlib stream spread over ``parts``, never producing more than ``size + 1`` bytes."""
+    inflater = zlib.decompressobj()
+    out = bytearray()
+    try:
+        for part in parts:
+            pending = part
+            while pending or not inflater.eof:
+                if inflater.eof:
+                    raise BadEnvelopeError("bytes follow the end of the compressed stream")
+                room = min(size + 1 - len(out), _INFLATE_STEP)
+                piece = inflater.decompress(pending, room)
+                out += piece
+                if len(out) > size:
+                    raise InflateBombError(size)
+                pending = inflater.unconsumed_tail
+                if not pending and len(piece) < room:
+                    break  # this part is used up and nothing is held back: on to the next one
+    except zlib.error as e:
+        raise BadEnvelopeError(f"corrupt compressed stream: {e}") from None
+    if not inflater.eof:
+        raise TruncatedError("compressed stream ends early")
+    if inflater.unused_data:
+        raise BadEnvelopeError("bytes follow the end of the compressed stream")
+    return bytes(out)
+
+
+def parse(node_data: bytes) -> Envelope | None:
+    """The envelope stored in a node, or ``None`` when the node holds plain data (no magic prefix)."""
+    if not node_data.startswith(MAGIC):
+        return None
+    if len(node_data) < _PREFIX.size:
+        raise BadEnvelopeError(f"envelope cut short: {len(node_data)} bytes")
+    _, version, header_length = _PREFIX.unpack_from(node_data)
+    if version != VERSION:
+        raise UnknownVersionError(version)
+    end = _PREFIX.size + header_length
+    if end > len(node_data):
+        raise BadEnvelopeError(f"header of {header_length:,} bytes does not fit in {len(node_data):,} bytes")
+    try:
+        header = json.loads(node_data[_PREFIX.size : end].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise BadEnvelopeError(f"header is not JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise BadEnvelopeError("header is not a JSON object")
+    envelope = Envelope(
+        codec=_codec(header.get("codec")),
+        size=_count(header, "size"),
+        sha256=_hex_digest(header.get("sha256"), "sha256"),
+        stored_size=_count(header, "stored"),
+        chunk_names=_chunk_names(header.get("chunks")),
+        inline=node_data[end:],
+    )
+    if envelope.chunk_names and envelope.inline:
+        raise BadEnvelopeError("both chunks and an inline body")
+    if envelope.stored_size > envelope.size + envelope.size // 1000 + 64:
+        raise BadEnvelopeError(f"stored size {envelope.stored_size:,} is implausible for {envelope.size:,} bytes")
+    return envelope
+
+
+def _codec(value: Any) -> str:
+    if value not in CODECS:
+        raise UnknownCodecError(value)
+    return str(value)
+
+
+def _count(header: dict[str, Any], key: str) -> int:
+    value = header.get(key)
+    if type(value) is not int or value < 0:
+        raise BadEnvelopeError(f"header {key!r} is not a byte count: {value!r}")
+    return value
+
+
+def _hex_digest(value: Any, what: str) -> str:
+    if not isinstance(value, str) or len(value) != 64 or not _HEX.issuperset(value):
+        raise BadEnvelopeError(f"header {what!r} is not a lowercase hex sha256: {value!r}")
+    return value
+
+
+def _chunk_names(value: Any) -> list[str]:
+    if not isinstance(value, list):
+        raise BadEnvelopeError("header 'chunks' is not a list")
+    names = []
+    for name in value:
+        if not isinstance(name, str) or not name.startswith(CHUNK_PREFIX):
+            raise BadEnvelopeError(f"header lists a chunk that is not a chunk name: {name!r}")
+        _hex_digest(name[len(CHUNK_PREFIX) :], "chunks")
+        names.append(name)
+    return names
+
+
+def chunk_name(chunk: bytes) -> str:
+    """The content-addressed child name of a chunk."""
+    return CHUNK_PREFIX + hashlib.sha256(chunk).hexdigest()
+
+
+def decode_node(node_data: bytes, read_chunk: Callable[[str], bytes | None], max_size: int) -> bytes:
+    """The decoded data of a node: plain data as is, an envelope verified and inflated.
+
+    ``read_chunk(name)`` returns a chunk's bytes, or ``None`` when it does not exist; chunks are only read
+    once the declared size has passed ``max_size``.
+    """
+    envelope = parse(node_data)
+    if envelope is None:
+        return node_data
+    envelope.check_size(max_size)
+    chunks = []
+    for name in envelope.chunk_names:
+        chunk = read_chunk(name)
+        if chunk is None:
+            raise MissingChunkError(name)
+        chunks.append(chunk)
+    return envelope.decode(chunks, max_size)
+
+
+# --- encoding -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stored:
+    """How to store some data: ``node_data`` into the node, ``chunks`` (name -> bytes) as its children.
+
+    ``envelope`` is ``None`` when the data is stored plain (then ``node_data`` is the data itself and
+    ``codec`` is ``"plain"``); ``stored_size`` counts the bytes that carry the data (the node's data when
+    plain, else the encoded body, inline or in chunks).
+    """
+
+    node_data: bytes
+    envelope: Envelope | None
+    codec: str
+    stored_size: int
+    chunks: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def total_bytes(self) -> int:
+        """Everything written: the node's data and every chunk (what one change costs each reading host)."""
+        return len(self.node_data) + sum(len(chunk) for chunk in self.chunks.values())
+
+
+def encode(data: bytes, mode: str, max_node_size: int) -> Stored:
+    """Choose the stored form of ``data`` for ``mode`` (see :data:`MODES`) and nodes of ``max_node_size`` bytes.
+
+    ``never`` stores plain or raises :class:`PayloadTooLargeError`; ``auto`` stores plain what fits and
+    compresses (then chunks) the rest; ``always`` compresses whenever that makes the stored form smaller.
+    Plain data that happens to start with :data:`MAGIC` is wrapped (``identity``) unless ``mode`` is
+    ``never``, which refuses it: stored plain, every new reader would misread it.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}, expected one of {', '.join(MODES)}")
+    ambiguous = data.startswith(MAGIC)
+    if mode == "never":
+        if ambiguous:
+            raise PayloadError("data starts with livedata's envelope magic (\\x00LDP): use --compress auto")
+        if len(data) > max_node_size:
+            raise PayloadTooLargeError(
+                f"{len(data):,} bytes do not fit in a node of {max_node_size:,} bytes and compression is off"
+            )
+        return _plain(data)
+    fits = len(data) <= max_node_size
+    if mode == "auto" and fits and not ambiguous:
+        return _plain(data)
+    compressed = zlib.compress(data, _ZLIB_LEVEL)
+    if len(compressed) >= len(data):
+        if fits and not ambiguous:
+            return _plain(data)
+        return _enveloped(data, "identity", data, max_node_size)
+    stored = _enveloped(data, "zlib", compressed, max_node_size)
+    if mode == "always" and fits and not ambiguous and stored.total_bytes >= len(data):
+        return _plain(data)  # the header outweighed what compression saved
+    return stored
+
+
+def _plain(data: bytes) -> Stored:
+    return Stored(node_data=data, envelope=None, codec="plain", stored_size=len(data))
+
+
+def _enveloped(data: bytes, codec: str, body: bytes, max_node_size: int) -> Stored:
+    digest = hashlib.sha256(data).hexdigest()
+    inline = Envelope(codec, len(data), digest, len(body), [], body)
+    node_data = inline.to_bytes()
+    if len(node_data) <= max_node_size:
+        return Stored(node_data=node_data, envelope=inline, codec=codec, stored_size=len(body))
+    pieces = [body[i : i + max_node_size] for i in range(0, len(body), max_node_size)]
+    chunks = {chunk_name(piece): piece for piece in pieces}
+    envelope = Envelope(codec, len(data), digest, len(body), [chunk_name(piece) for piece in pieces])
+    node_data = envelope.to_bytes()
+    if len(node_data) > max_node_size:
+        raise PayloadTooLargeError(
+            f"{len(data):,} bytes do not fit in nodes of {max_node_size:,} bytes even compressed and chunked "
+            f"(the list of {len(pieces):,} chunks alone needs {len(node_data):,} bytes)"
+        )
+    return Stored(node_data=node_data, envelope=envelope, codec=codec, stored_size=len(body), chunks=chunks)

@@ -1,0 +1,133 @@
+"""The reader: print a node's data as every livedata reader sees it, decoded, so nobody needs zkCli.
+
+``tools/read_node CONFIG /node`` writes the decoded bytes to standard output (compressed and chunked
+nodes reassembled, verified and inflated exactly as the watcher and ``LiveNode`` do it); ``--stat``
+prints how the node is stored instead.  It shares the writer's connection handling, error messages and
+exit statuses: one line on stderr, 1 for a failure, 2 for configuration and usage errors.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, BinaryIO
+
+from kazoo.exceptions import NoNodeError
+
+from livedata.cli import EXIT_OK, EXIT_USAGE, ArgumentParser, CommandError, fail, setup_logging
+from livedata.config import ConfigError, byte_size, read_config, znode_path
+from livedata.payload import DEFAULT_MAX_PAYLOAD_SIZE, PayloadError
+from livedata.writer import WriterError, _patch_gevent, _zookeeper_errors, connected_client
+
+if TYPE_CHECKING:
+    import argparse
+
+    from kazoo.client import KazooClient
+
+    from livedata.chunks import Decoded
+
+PROG = "livedata.reader"
+
+log = logging.getLogger("livedata.reader")
+
+
+class ReaderError(WriterError):
+    """An expected reason to stop without output; the message is the whole report."""
+
+
+def read(client: KazooClient, path: str, max_size: int) -> Decoded:
+    """The node decoded; a node that does not exist or does not decode is a one-line :class:`ReaderError`."""
+    from livedata.chunks import read_decoded
+
+    with _zookeeper_errors("read", path):
+        try:
+            return read_decoded(client, path, max_size)
+        except NoNodeError:
+            raise ReaderError(f"{path} does not exist in ZooKeeper") from None
+        except PayloadError as e:
+            raise ReaderError(f"{path} holds data that cannot be decoded: {e}") from None
+
+
+def describe(path: str, decoded: Decoded) -> str:
+    """``--stat``: one ``key: value`` line each, stable enough for scripts to grep."""
+    envelope = decoded.envelope
+    chunks = envelope.chunk_names if envelope is not None else []
+    digest = envelope.sha256 if envelope is not None else hashlib.sha256(decoded.data).hexdigest()
+    lines = [
+        ("node", path),
+        ("version", str(decoded.stat.version)),
+        ("codec", envelope.codec if envelope is not None else "plain"),
+        ("stored", f"{envelope.stored_size if envelope is not None else len(decoded.node_data):,} bytes"),
+        ("node bytes", f"{len(decoded.node_data):,}"),
+        ("decoded", f"{len(decoded.data):,} bytes"),
+        ("chunks", str(len(chunks))),
+        ("sha256", digest),
+    ]
+    return "".join(f"{key}: {value}\n" for key, value in lines)
+
+
+def _node_argument(text: str) -> str:
+    import argparse
+
+    try:
+        return znode_path(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _size_argument(text: str) -> int:
+    import argparse
+
+    try:
+        return byte_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = ArgumentParser(prog=PROG, description="Print the decoded data of a ZooKeeper node.")
+    parser.add_argument("config", metavar="CONFIG", help="INI file with a [live-data] section (zookeeper.*, secrets.*)")
+    parser.add_argument("node", metavar="NODE", type=_node_argument, help="absolute path of the znode")
+    parser.add_argument("--stat", action="store_true", help="print how the node is stored instead of its data")
+    parser.add_argument(
+        "--max-size", type=_size_argument, default=DEFAULT_MAX_PAYLOAD_SIZE, metavar="BYTES",
+        help="refuse data that decodes to more than this (default 64 MiB)",
+    )
+    parser.add_argument("--debug", action="store_true", help="log each step and kazoo's own messages on stderr")
+    return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace, out: BinaryIO) -> None:
+    from livedata.zookeeper import parse_zookeeper_config
+
+    config = read_config(args.config)
+    settings = parse_zookeeper_config(config)
+    with connected_client(config, settings) as client:
+        decoded = read(client, args.node, args.max_size)
+    out.write(describe(args.node, decoded).encode("utf-8") if args.stat else decoded.data)
+    out.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line only: like the writer's, it gevent-patches the whole process."""
+    args = parse_arguments(argv)
+    _patch_gevent()
+    setup_logging(args.debug)
+    if not args.debug:
+        logging.getLogger("kazoo").setLevel(logging.CRITICAL + 1)
+    try:
+        run(args, sys.stdout.buffer)
+    except ConfigError as e:
+        return fail(PROG, e, EXIT_USAGE)
+    except CommandError as e:
+        return fail(PROG, e, e.status)
+    except BrokenPipeError:
+        return EXIT_OK  # `read_node ... | head` stopped reading: not our failure
+    except KeyboardInterrupt:
+        return fail(PROG, "interrupted", 130)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
