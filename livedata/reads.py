@@ -27,8 +27,14 @@ So the rules here are:
 
 A read of an item is *get with a watch*; when the node does not exist the
 queue follows up with *exists with a watch* (a failed get leaves no watch),
-and when that finds the node created meanwhile, with another get.  Results go
-to a :class:`ReadSink`.
+and when that finds the node created meanwhile, with another get.  Data in
+livedata's stored format (:mod:`livedata.payload`) is decoded here, so every
+sink receives the application's bytes: a chunked node's chunks are read
+through the same window (no watch: chunks never change), then verified and
+inflated (in gevent's thread pool when large).  A missing chunk sends the
+read back to the node, whose envelope a writer may just have replaced; a
+chunk still missing under the same envelope, like any bad stored data, is a
+read failure.  Results go to a :class:`ReadSink`.
 """
 from __future__ import annotations
 
@@ -46,6 +52,9 @@ from kazoo.client import KazooClient
 from kazoo.exceptions import ConnectionClosedError, ConnectionLoss, NoAuthError, NoNodeError, SessionExpiredError
 from kazoo.protocol.states import KazooState, ZnodeStat
 
+from livedata import payload
+from livedata.payload import Envelope, MissingChunkError, PayloadError
+
 log = logging.getLogger("livedata.reads")
 
 WINDOW = 128  # reads outstanding at most: well below the ~280 wake bytes kazoo's socket pair holds
@@ -53,12 +62,14 @@ YIELD_EVERY = 32  # reads issued between yields, so the connection greenlet ship
 DEADLINE_MIN = 10.0  # seconds; the deadline is the larger of this and twice the session timeout
 RETRY_FIRST = 0.1
 RETRY_MAX = 30.0
+MAX_PAYLOAD_SIZE = 64 * 1024 * 1024  # decoded bytes accepted from one node (watcher.max_payload_size)
+INLINE_DECODE = 256 * 1024  # stored envelopes larger than this are verified and inflated in the thread pool
 
 DISCONNECTED = (ConnectionLoss, SessionExpiredError, ConnectionClosedError)
 
 # An item's read state (an int in a slot: there may be 50,000 items).
 IDLE, QUEUED, GETTING, CHECKING, WAITING = range(5)
-GET, EXISTS = "get", "exists"
+GET, EXISTS, CHUNK, DECODE = "get", "exists", "chunk", "decode"
 
 
 class Readable(Protocol):
@@ -92,11 +103,28 @@ class ReadSink(Protocol):
 
 
 @dataclass
+class _Assembly:
+    """A chunked node being read: its envelope, and the chunks that have arrived so far."""
+
+    envelope: Envelope
+    node_data: bytes
+    stat: ZnodeStat
+    parts: list[bytes | None]
+    missing: int
+
+    @classmethod
+    def start(cls, envelope: Envelope, node_data: bytes, stat: ZnodeStat) -> _Assembly:
+        return cls(envelope, node_data, stat, [None] * len(envelope.chunk_names), len(envelope.chunk_names))
+
+
+@dataclass
 class _Request:
     item: Any
     op: str
     issued_at: float
     result: Any
+    assembly: _Assembly | None = None
+    index: int = 0
 
 
 def describe(error: BaseException) -> str:
@@ -110,14 +138,22 @@ class ReadQueue:
     """Reads items on request, one greenlet, ``window`` at a time, each with a deadline and one retry at most."""
 
     def __init__(
-        self, client: KazooClient, sink: ReadSink, window: int = WINDOW, deadline: float | None = None
+        self,
+        client: KazooClient,
+        sink: ReadSink,
+        window: int = WINDOW,
+        deadline: float | None = None,
+        max_payload_size: int = MAX_PAYLOAD_SIZE,
     ) -> None:
         self.client = client
         self.sink = sink
         self.window = window
+        self.max_payload_size = max_payload_size
         self._deadline = deadline
-        self._queue: deque[tuple[Any, str]] = deque()
+        self._queue: deque[tuple[Any, str, Any]] = deque()  # (item, op, the assembly of a chunk read or decode)
         self._in_flight: dict[int, _Request] = {}
+        self._assembling: dict[int, _Assembly] = {}  # id(item) -> its chunked read under way
+        self._missing_under: dict[int, bytes] = {}  # id(item) -> envelope whose chunk was missing: re-read once
         self._retries: list[tuple[float, int, Any]] = []  # (due, tie-breaker, item), heap-ordered
         self._tie = itertools.count()
         self._wake = gevent.event.Event()
@@ -146,8 +182,8 @@ class ReadQueue:
         item.active = False
 
     def pending(self) -> int:
-        """Reads queued or in flight."""
-        return len(self._queue) + len(self._in_flight)
+        """Reads queued or in flight (a chunked node being assembled counts as one at least)."""
+        return max(len(self._queue) + len(self._in_flight), len(self._assembling))
 
     @property
     def in_flight(self) -> int:
@@ -155,7 +191,12 @@ class ReadQueue:
 
     def _enqueue(self, item: Readable, op: str) -> None:
         item.read_state = QUEUED
-        self._queue.append((item, op))
+        self._queue.append((item, op, None))
+        self._wake.set()
+
+    def _enqueue_part(self, item: Readable, op: str, assembly: _Assembly, index: int = 0) -> None:
+        """A step of a chunked read: the item stays GETTING (a request meanwhile marks it for a re-read)."""
+        self._queue.append((item, op, (assembly, index)))
         self._wake.set()
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -190,21 +231,37 @@ class ReadQueue:
     def _issue(self) -> None:
         issued = 0
         while self._queue and len(self._in_flight) < self.window and self._connected():
-            item, op = self._queue.popleft()
+            item, op, part = self._queue.popleft()
             if not item.active:
                 item.read_state = IDLE
+                self._assembling.pop(id(item), None)
                 continue
-            self._send(item, op)
+            if part is not None and self._assembling.get(id(item)) is not part[0]:
+                continue  # a step of a chunked read that was given up (disconnection, newer envelope)
+            if op == DECODE:
+                self._decode(item, part[0])
+                continue
+            self._send(item, op, part)
             issued += 1
             if issued % YIELD_EVERY == 0:
                 gevent.sleep(0)
+        if not self._queue:
+            self._maybe_idle()
 
-    def _send(self, item: Readable, op: str) -> None:
-        call = self.client.get_async if op == GET else self.client.exists_async
-        item.read_state = GETTING if op == GET else CHECKING
-        item.reread = False
-        result = call(item.path, watch=item.on_watch)
-        self._in_flight[id(result)] = _Request(item, op, time.monotonic(), result)
+    def _send(self, item: Readable, op: str, part: tuple[_Assembly, int] | None) -> None:
+        if op == CHUNK:
+            assert part is not None
+            assembly, index = part
+            name = assembly.envelope.chunk_names[index]
+            result = self.client.get_async(f"{item.path.rstrip('/')}/{name}")  # no watch: chunks never change
+            request = _Request(item, op, time.monotonic(), result, assembly, index)
+        else:
+            call = self.client.get_async if op == GET else self.client.exists_async
+            item.read_state = GETTING if op == GET else CHECKING
+            item.reread = False
+            result = call(item.path, watch=item.on_watch)
+            request = _Request(item, op, time.monotonic(), result)
+        self._in_flight[id(result)] = request
         self.issued += 1
         result.rawlink(self._completed)
 
@@ -269,7 +326,10 @@ class ReadQueue:
         if len(self._in_flight) <= self.window // 2:
             self._wake.set()  # room for a new slice of the queue; waking on every reply would cost a switch each
         try:
-            self._handle(request.item, request.op, result)
+            if request.op == CHUNK:
+                self._chunk_arrived(request, result)
+            else:
+                self._handle(request.item, request.op, result)
         finally:
             self._maybe_idle()
 
@@ -280,8 +340,7 @@ class ReadQueue:
         if result.successful():
             if op == GET:
                 data, stat = result.value
-                self.sink.read_done(item, data or b"", stat)
-                self._finish(item)
+                self._got(item, data or b"", stat)
             elif result.value is not None:
                 self._enqueue(item, GET)  # created between our get and our exists
             else:
@@ -294,13 +353,87 @@ class ReadQueue:
         elif isinstance(error, DISCONNECTED):
             self._enqueue(item, GET)  # issued again once connected
         else:
-            item.read_state = WAITING
-            item.reread = False
-            due = time.monotonic() + item.read_delay
-            item.read_delay = min(item.read_delay * 2, RETRY_MAX)
-            heapq.heappush(self._retries, (due, next(self._tie), item))
-            self._wake.set()  # the issuing greenlet's timer must account for this retry
-            self.sink.read_failed(item, describe(error))
+            self._fail(item, error)
+
+    def _fail(self, item: Any, error: BaseException) -> None:
+        """Report the failure and retry later, with backoff: one pending retry per item at most."""
+        self._assembling.pop(id(item), None)
+        item.read_state = WAITING
+        item.reread = False
+        due = time.monotonic() + item.read_delay
+        item.read_delay = min(item.read_delay * 2, RETRY_MAX)
+        heapq.heappush(self._retries, (due, next(self._tie), item))
+        self._wake.set()  # the issuing greenlet's timer must account for this retry
+        self.sink.read_failed(item, describe(error))
+
+    # --- decoding livedata's stored format --------------------------------------------------------
+
+    def _got(self, item: Any, data: bytes, stat: ZnodeStat) -> None:
+        """The node's own bytes: plain data is delivered as is, an envelope is decoded first."""
+        try:
+            envelope = payload.parse(data)
+            if envelope is not None:
+                envelope.check_size(self.max_payload_size)
+        except PayloadError as e:
+            self._fail(item, e)
+            return
+        if envelope is None:
+            self._deliver(item, data, stat)
+            return
+        assembly = _Assembly.start(envelope, data, stat)
+        self._assembling[id(item)] = assembly
+        if not envelope.chunked:
+            self._enqueue_part(item, DECODE, assembly)
+        for index in range(len(envelope.chunk_names)):
+            self._enqueue_part(item, CHUNK, assembly, index)
+
+    def _chunk_arrived(self, request: _Request, result: Any) -> None:
+        item, assembly = request.item, request.assembly
+        assert assembly is not None
+        if not item.active or self._assembling.get(id(item)) is not assembly:
+            return  # given up meanwhile
+        if result.successful():
+            assembly.parts[request.index] = result.value[0] or b""
+            assembly.missing -= 1
+            if assembly.missing == 0:
+                self._enqueue_part(item, DECODE, assembly)
+            return
+        del self._assembling[id(item)]
+        error = result.exception
+        if isinstance(error, DISCONNECTED):
+            self._enqueue(item, GET)
+        elif isinstance(error, NoNodeError):
+            name = assembly.envelope.chunk_names[request.index]
+            if self._missing_under.get(id(item)) == assembly.node_data:
+                self._fail(item, MissingChunkError(name))  # the same envelope, and the chunk still missing
+            else:
+                # A writer replaces an envelope, then removes the chunks only the old one used: read the node again.
+                self._missing_under[id(item)] = assembly.node_data
+                self._enqueue(item, GET)
+        else:
+            self._fail(item, error)
+
+    def _decode(self, item: Any, assembly: _Assembly) -> None:
+        """Verify and inflate; large ones in the thread pool, so the hub keeps serving meanwhile."""
+        chunks = [part or b"" for part in assembly.parts]
+        try:
+            if assembly.envelope.stored_size > INLINE_DECODE:
+                data = gevent.get_hub().threadpool.apply(assembly.envelope.decode, (chunks, self.max_payload_size))
+            else:
+                data = assembly.envelope.decode(chunks, self.max_payload_size)
+        except PayloadError as e:
+            if self._assembling.get(id(item)) is assembly:
+                self._fail(item, e)
+            return
+        if self._assembling.get(id(item)) is not assembly or not item.active:
+            return  # given up while decoding
+        del self._assembling[id(item)]
+        self._deliver(item, data, assembly.stat)
+
+    def _deliver(self, item: Any, data: bytes, stat: ZnodeStat) -> None:
+        self._missing_under.pop(id(item), None)
+        self.sink.read_done(item, data, stat)
+        self._finish(item)
 
     def _finish(self, item: Any) -> None:
         item.read_delay = RETRY_FIRST
@@ -311,7 +444,7 @@ class ReadQueue:
             self.sink.read_settled(item)
 
     def _maybe_idle(self) -> None:
-        if not self._queue and not self._in_flight:
+        if not self._queue and not self._in_flight and not self._assembling:
             self.sink.reads_idle()
 
 
