@@ -260,6 +260,7 @@ class _Published:
 @dataclass
 class _Plan:
     keep: list[str] = field(default_factory=list)
+    kept_inodes: dict[str, int] = field(default_factory=dict)
     write: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     dirty: bool = False  # the current snapshot holds something it should not
@@ -375,10 +376,12 @@ class _Run:
             name_max = os.fpathconf(self.dest_fd, "PC_NAME_MAX")
         except (OSError, ValueError):
             name_max = _DEFAULT_NAME_MAX
+        published = self.publisher._published
+        known = published.data if published is not None else {}
         wanted: dict[str, bytes] = {}
         skipped: list[ChildNameError] = []
         for name, data in children.items():
-            problem = child_name_problem(name, name_max)
+            problem = None if name in known else child_name_problem(name, name_max)
             if problem is None:
                 wanted[name] = data
             else:
@@ -410,6 +413,7 @@ class _Run:
                 plan.write.append(name)
             elif (trusted and _same(published, name, entry.inode(), data)) or self._verify(old_fd, name, data, plan):
                 plan.keep.append(name)
+                plan.kept_inodes[name] = entry.inode()
             else:
                 plan.write.append(name)
         for name in entries:
@@ -436,16 +440,27 @@ class _Run:
             os.close(fd)
 
     def _switch(self, old_fd: int | None, plan: _Plan, wanted: dict[str, bytes]) -> str:
-        """Build the new snapshot, make it durable and point ``..data`` at it; return its name."""
+        """Build the new snapshot, make it durable and point ``..data`` at it; return its name.
+
+        Nothing is flushed until everything is in place (files, links, visible names), so that on a
+        journalling filesystem the first flush commits it all and the directory fsyncs after it are cheap.
+        """
         name = f"..{_stamp()}.{files.unique_suffix()}"
         path = os.path.join(self.dest, name)
         files.note_in_flight(path)
         try:
-            inodes = self._build(name, old_fd, plan, wanted)
-            self.step = "creating the visible names of new children"
-            links = self._place_links(set(wanted))
-            self.step = "making the new snapshot durable"
-            _fsync(self.dest_fd)
+            self.step = "creating the snapshot directory"
+            os.mkdir(name, 0o700, dir_fd=self.dest_fd)
+            new_fd = os.open(name, _DIR_FLAGS, dir_fd=self.dest_fd)
+            try:
+                inodes = self._fill(new_fd, old_fd, plan, wanted)
+                self.step = "creating the visible names of new children"
+                links = self._place_links(set(wanted))
+                self.step = "flushing the new snapshot to disk"
+                self._flush(new_fd, plan.write)
+                _fsync(self.dest_fd)
+            finally:
+                os.close(new_fd)
             self.step = "switching ..data to the new snapshot"
             self._swap(name)
         except OSError as exc:
@@ -460,36 +475,30 @@ class _Run:
             raise _error(self.dest, "making the switch durable (the new snapshot is already in place)", exc) from exc
         return name
 
-    def _build(self, name: str, old_fd: int | None, plan: _Plan, wanted: dict[str, bytes]) -> dict[str, int]:
-        self.step = "creating the snapshot directory"
-        os.mkdir(name, 0o700, dir_fd=self.dest_fd)
-        new_fd = os.open(name, _DIR_FLAGS, dir_fd=self.dest_fd)
-        try:
-            _fix_directory(new_fd, self.spec)
-            per_file = len(plan.write) <= files.SYNCFS_THRESHOLD
-            inodes: dict[str, int] = {}
-            self.step = "writing the changed children"
-            for child in plan.write:
-                inodes[child] = files.create_file(new_fd, child, self.spec.child(child), wanted[child], per_file).st_ino
-            self.step = "linking the unchanged children"
-            for child in plan.keep:
-                assert old_fd is not None, "only an existing snapshot has children to keep"
-                os.link(child, child, src_dir_fd=old_fd, dst_dir_fd=new_fd, follow_symlinks=False)
-            self.step = "flushing the new snapshot to disk"
-            if not per_file and not _syncfs_or_false(new_fd):
-                for child in plan.write:
-                    fd = os.open(child, _READ_FLAGS, dir_fd=new_fd)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
-            _fsync(new_fd)
-            if plan.keep:
-                for entry in os.scandir(new_fd):
-                    inodes.setdefault(entry.name, entry.inode())
-            return inodes
-        finally:
-            os.close(new_fd)
+    def _fill(self, new_fd: int, old_fd: int | None, plan: _Plan, wanted: dict[str, bytes]) -> dict[str, int]:
+        """Write the changed children and hard-link the kept ones; return child -> inode."""
+        _fix_directory(new_fd, self.spec)
+        inodes: dict[str, int] = {}
+        self.step = "writing the changed children"
+        for child in plan.write:
+            inodes[child] = files.create_file(new_fd, child, self.spec.child(child), wanted[child], False).st_ino
+        self.step = "linking the unchanged children"
+        for child in plan.keep:
+            assert old_fd is not None, "only an existing snapshot has children to keep"
+            os.link(child, child, src_dir_fd=old_fd, dst_dir_fd=new_fd, follow_symlinks=False)
+        inodes.update(plan.kept_inodes)
+        return inodes
+
+    def _flush(self, new_fd: int, written: list[str]) -> None:
+        """New files' data, then the snapshot's entries: one syncfs for many files, else one fsync each."""
+        if len(written) <= files.SYNCFS_THRESHOLD or not _syncfs_or_false(new_fd):
+            for child in written:
+                fd = os.open(child, _READ_FLAGS, dir_fd=new_fd)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        _fsync(new_fd)
 
     def _swap(self, snapshot: str) -> None:
         """One rename of a fresh symlink over ``..data``: readers see the old snapshot or the new one."""

@@ -449,3 +449,13 @@ def test_publish_json_keeps_the_old_file_on_a_binary_child(tmp_path: Path) -> No
 def test_invalid_specs_are_refused(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="invalid TreeSpec"):
         TreeSpec(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(60)
+def test_publish_cost_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:
+    """tools/benchmark/tree_publish.py is called by the trees scenario; keep it from rotting."""
+    from tools.benchmark.tree_publish import publish_costs
+
+    metrics = {metric.key: metric.value for metric in publish_costs(str(tmp_path), sizes=(5, 20), changes=2)}
+    assert set(metrics) >= {"tree5_initial_s", "tree20_change_p50_ms", "tree20_reload_p50_ms"}
+    assert "tree_change_us_per_child" in metrics and os.listdir(tmp_path) == []
