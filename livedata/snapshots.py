@@ -411,7 +411,7 @@ class _Run:
             if entry is None or not entry.is_file(follow_symlinks=False):
                 plan.dirty |= entry is not None
                 plan.write.append(name)
-            elif (trusted and _same(published, name, entry.inode(), data)) or self._verify(old_fd, name, data, plan):
+            elif _same(published, name, entry.inode(), data) if trusted else self._verify(old_fd, name, data, plan):
                 plan.keep.append(name)
                 plan.kept_inodes[name] = entry.inode()
             else:
