@@ -218,7 +218,27 @@ def publish_json(spec: TreeSpec, children: Mapping[str, bytes]) -> files.Outcome
         data = render_json(children)
     except TreeRenderError as exc:
         raise TreeRenderError(f"tree {spec.dest!r}: {exc}; keeping the old file") from None
+    _remove_directory_tree(spec.dest)
     return files.sync_file(FileSpec(spec.dest, spec.mode, spec.owner, spec.group), data)
+
+
+def _remove_directory_tree(dest: str) -> None:
+    """A tree switched from ``directory`` to ``json``: its old directory (recognised by ``..data``) makes way."""
+    try:
+        if not stat.S_ISLNK(os.lstat(os.path.join(dest, DATA_LINK)).st_mode) or os.path.islink(dest):
+            return
+    except OSError:
+        return  # no directory tree there: the usual case
+    parent, name = os.path.split(dest)
+    try:
+        parent_fd = os.open(parent, _DIR_FLAGS)
+        try:
+            _remove_tree_at(parent_fd, name)
+        finally:
+            os.close(parent_fd)
+    except OSError as exc:
+        raise _error(dest, "removing the directory tree that the json file replaces", exc) from exc
+    log.info("removed %r: the tree's format is now json", dest)
 
 
 def child_name_problem(name: object, name_max: int = _DEFAULT_NAME_MAX) -> str | None:

@@ -459,3 +459,23 @@ def test_publish_cost_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:
     metrics = {metric.key: metric.value for metric in publish_costs(str(tmp_path), sizes=(5, 20), changes=2)}
     assert set(metrics) >= {"tree5_initial_s", "tree20_change_p50_ms", "tree20_reload_p50_ms"}
     assert "tree_change_us_per_child" in metrics and os.listdir(tmp_path) == []
+
+
+@pytest.mark.timeout(30)
+def test_switching_formats_replaces_the_dest_both_ways(spec: TreeSpec) -> None:
+    publish(spec, {"a": b"1"})
+    assert publish_json(spec, {"a": b"2"}) is Outcome.WRITTEN
+    with open(spec.dest, "rb") as f:
+        assert json.load(f) == {"a": "2"}
+    outcome = publish(spec, {"a": b"3"})
+    assert outcome.cleaned == (spec.dest,)
+    assert_clean(spec.dest, {"a": b"3"})
+
+
+@pytest.mark.timeout(30)
+def test_publish_json_leaves_a_directory_it_did_not_write(tmp_path: Path) -> None:
+    dest = os.path.join(tmp_path, "tree")
+    os.makedirs(os.path.join(dest, "theirs"))
+    with pytest.raises(FileWriteError):
+        publish_json(TreeSpec(dest), {"a": b"1"})
+    assert os.listdir(dest) == ["theirs"]
