@@ -279,3 +279,35 @@ def test_importing_tree_watcher_pulls_neither_kazoo_nor_gevent() -> None:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run([sys.executable, "-c", script], check=True, cwd=root, env=dict(os.environ, PYTHONPATH=root))
     assert livedata.TreeWatcher is TreeWatcher
+
+
+@pytest.mark.timeout(60)
+def test_a_listing_cut_short_by_the_writer_deleting_the_snapshot_is_not_served(tmp_path: Path) -> None:
+    """The writer deletes a replaced snapshot while a reader may still be listing it: the reader then gets
+    a short listing whose every file still reads fine. Only re-checking ``..data`` afterwards can tell.
+
+    Made deterministic by doing the writer's part from inside the parser, while the reader is between
+    getdents batches: entries past the first 4,096 (more than libc buffers at once) are deleted."""
+    dest = tmp_path / "tree"
+    count = 8192
+    old, new = dest / "..old", dest / "..new"
+    for directory, value in [(old, b"old"), (new, b"new")]:
+        directory.mkdir(parents=True)
+        for i in range(count):
+            (directory / f"c{i:05d}").write_bytes(value)
+    os.symlink(old.name, dest / DATA_LINK)
+    fired = threading.Event()
+
+    def parser(f: IO[Any]) -> str:
+        value: str = f.read()
+        if value == "old" and not fired.is_set():
+            fired.set()
+            os.symlink(new.name, dest / "..swap")
+            os.rename(dest / "..swap", dest / DATA_LINK)
+            for name in os.listdir(old)[count // 2 :]:
+                os.unlink(old / name)
+        return value
+
+    watcher = TreeWatcher(str(dest), parser, check_interval=3600)  # serves what the constructor loaded
+    assert fired.is_set()
+    assert watcher.get_data() == {f"c{i:05d}": "new" for i in range(count)}
