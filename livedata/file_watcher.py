@@ -398,20 +398,35 @@ class FileWatcher(Generic[T]):
             logger.info("%s: loadable again after: %s", self._path, state.error)
 
     def _wait_for_first_load(self, timeout: float, backoff: float) -> None:
-        deadline = _monotonic() + timeout
-        delay = backoff
-        while True:
-            state = self._refresh()
-            if state.loaded is not None:
-                return
-            remaining = deadline - _monotonic()
-            error = state.error if state.error is not None else "not loaded yet"
-            if remaining <= 0:
-                raise WatchedFileNotAvailableError(self._path, error) from (
-                    error if isinstance(error, BaseException) else None
-                )
-            pause = min(delay, remaining)
-            logger.debug("%s: not loadable yet (%s); retrying in %.3fs", self._path, error, pause)
-            # Looked up on each call so gevent's patched sleep is used even if patching came after import.
-            time.sleep(pause)
-            delay = min(delay * 2, max(_MAX_BACKOFF, backoff))
+        wait_for_first_load(self._path, self._refresh_outcome, timeout, backoff)
+
+    def _refresh_outcome(self) -> tuple[bool, BaseException | str | None]:
+        state = self._refresh()
+        return state.loaded is not None, state.error
+
+
+def wait_for_first_load(
+    path: str, refresh: Callable[[], tuple[bool, BaseException | str | None]], timeout: float, backoff: float
+) -> None:
+    """Call ``refresh`` (which says whether something good is loaded, and the latest error) with exponential
+    backoff until it succeeds; raise WatchedFileNotAvailableError once ``timeout`` seconds have passed.
+
+    Shared by FileWatcher and TreeWatcher so both wait, and fail, the same way.
+    """
+    deadline = _monotonic() + timeout
+    delay = backoff
+    while True:
+        loaded, error = refresh()
+        if loaded:
+            return
+        remaining = deadline - _monotonic()
+        error = error if error is not None else "not loaded yet"
+        if remaining <= 0:
+            raise WatchedFileNotAvailableError(path, error) from (
+                error if isinstance(error, BaseException) else None
+            )
+        pause = min(delay, remaining)
+        logger.debug("%s: not loadable yet (%s); retrying in %.3fs", path, error, pause)
+        # Looked up on each call so gevent's patched sleep is used even if patching came after import.
+        time.sleep(pause)
+        delay = min(delay * 2, max(_MAX_BACKOFF, backoff))

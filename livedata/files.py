@@ -668,3 +668,79 @@ def _spec_problem(spec: FileSpec) -> str | None:
     if any(value is not None and not 0 <= value <= MAX_ID for value in (spec.owner, spec.group)):
         return f"owner and group must be ids from 0 to {MAX_ID}, or None to leave them as created"
     return None
+
+
+# ------------------------------------------------------------------ primitives shared with livedata.snapshots
+# The snapshot writer (tree dests) is built from these, so each safety and durability rule is written once.
+
+
+def unique_suffix() -> str:
+    """``<pid>.<random hex>``: what makes a temp or snapshot name unique, and tells cleanup who made it."""
+    return f"{os.getpid()}.{secrets.token_hex(_RANDOM_BYTES)}"
+
+
+def create_file(dir_fd: int, name: str, spec: FileSpec, data: bytes, flush: bool) -> os.stat_result:
+    """Create ``name`` in directory ``dir_fd`` holding ``data`` with ``spec``'s owner and mode; return its status.
+
+    The same rules as a temp file: O_EXCL|O_NOFOLLOW (an existing name or a planted symlink fails, never
+    followed), owner-only bits at creation, fchown then fchmod, and only then the data. ``spec.path`` is
+    what the file is published as; it is not opened. ``flush`` fsyncs the file before returning.
+    """
+    fd = os.open(name, _TEMP_FLAGS, spec.mode & 0o600, dir_fd=dir_fd)
+    try:
+        _set_metadata(fd, spec)
+        _write_all(fd, data)
+        if flush:
+            os.fsync(fd)
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def holds(fd: int, data: bytes) -> bool:
+    """True if the open file is a regular file holding exactly ``data``."""
+    return _status_if_holding(fd, data) is not None
+
+
+def fix_metadata(fd: int, spec: FileSpec) -> bool:
+    """Bring the open file's owner, group and mode to ``spec`` in place (owner first); True if anything changed."""
+    return _fix_metadata(fd, os.fstat(fd), spec)
+
+
+def fsync_directory(directory: str) -> None:
+    """fsync a directory so the entries made or removed in it survive a crash (no-op where unsupported)."""
+    _fsync_directory(directory)
+
+
+def make_directories(directory: str) -> None:
+    """Create ``directory`` and missing ancestors (DIRECTORY_MODE, whatever the umask), durably."""
+    created_parents: set[str] = set()
+    _make_directories(directory, created_parents)
+    for parent in sorted(created_parents):
+        _fsync_directory(parent)
+
+
+def syncfs(fd: int) -> bool:
+    """Flush the whole filesystem holding ``fd`` (one journal commit for many files); False if unavailable.
+
+    Linux reports a writeback error to syncfs only if it happened after ``fd`` was opened: open it first.
+    """
+    function = _load_syncfs()
+    if function is None:
+        return False
+    function(fd)
+    return True
+
+
+def note_in_flight(path: str) -> None:
+    """Register a temp (or snapshot directory) this process is building, so no cleanup here removes it."""
+    _note_in_flight(path)
+
+
+def forget_in_flight(path: str) -> None:
+    _forget_in_flight(path)
+
+
+def writer_is_gone(path: str, pid: int) -> bool:
+    """The ``cleanup_stale_temp_files`` rule for ``path`` made by process ``pid``: may it be removed now?"""
+    return _is_stale(path, pid)

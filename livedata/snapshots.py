@@ -1,0 +1,805 @@
+"""The one place that writes tree dests: a znode's children mirrored as a directory that switches atomically.
+
+Layout of a ``directory`` tree at ``dest`` (the shape of Kubernetes' AtomicWriter)::
+
+    dest/
+      ..data -> ..2026_11_26_03_01_02.123456789.4242.0f3a9c1e5b7d2a64   (symlink, relative)
+      ..2026_11_26_03_01_02.123456789.4242.0f3a9c1e5b7d2a64/           (the current snapshot)
+          alpha                                                           (regular files, one per child)
+          beta
+      alpha -> ..data/alpha                                               (one visible symlink per child)
+      beta -> ..data/beta
+
+A new snapshot is a fresh directory holding every child: children whose bytes changed are written (with the
+rules of ``livedata.files``: O_EXCL|O_NOFOLLOW, fchown then fchmod before any data), unchanged children are
+hard links to the previous snapshot's file (one syscall, no rewrite: same inode, same mtime, same bytes). Once
+its files and entries are on disk, ``..data`` is switched to it with one rename of a temporary symlink, the
+directory is fsynced, visible names of removed children are dropped and the old snapshot is deleted.
+
+What a reader may rely on:
+
+* ``dest/..data`` always resolves to one complete snapshot: the set of files and their bytes switch together.
+  To read several children consistently, resolve ``..data`` once (``os.readlink``) and read them through
+  ``dest/<that name>/``; list children there, never in ``dest`` (which also holds our own entries).
+* A replaced snapshot is deleted right after the switch. A reader that resolved it just before may find a
+  file gone (ENOENT) or the listing short: if ``..data`` no longer names the snapshot it read, retry. A file
+  already open stays readable. ``livedata.TreeWatcher`` does all of this.
+* Files inside a snapshot are never modified in place (only their mode or owner, when the configuration
+  changes them): a new content is a new inode. An unchanged child keeps its inode, size and mtime across
+  snapshots, but each switch changes its ctime (hard links count), so a ``FileWatcher`` on one child re-reads
+  its bytes once per switch; it does not reparse.
+* ``dest/<child>`` resolves exactly when the current snapshot holds that child: names of new children are
+  created (dangling) just before the switch, names of removed children dropped just after it.
+* Names starting with ``.`` are livedata's own; child names never start with ``.``.
+
+The writer owns ``dest``: anything in it that livedata did not write (files, symlinks, directories) is
+removed at the next snapshot, and a symlink planted anywhere in it is replaced, never followed. All work
+inside ``dest`` goes through a directory fd opened with O_NOFOLLOW, so nothing is ever written outside it.
+
+Crash safety: a killed run leaves at most an unfinished snapshot directory (``..<stamp>.<pid>.<random>``)
+and temporary symlinks (``livedata.files`` temp names), never a half-switched ``..data``. ``cleanup`` (and
+every publish) removes those whose writer is gone, with the same rule as ``cleanup_stale_temp_files``: two
+overlapping instances never remove each other's work in progress.
+
+Also here: the ``json`` format, where ``dest`` is one file holding ``{child: text}``, written by
+``livedata.files`` like a node. Linux only; stdlib only (no kazoo or gevent).
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import re
+import stat
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from livedata import files
+from livedata.files import FileSpec, FileWriteError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DATA_LINK",
+    "ChildNameError",
+    "TreeOutcome",
+    "TreePublisher",
+    "TreeRenderError",
+    "TreeSpec",
+    "TreeWriteError",
+    "child_name_problem",
+    "cleanup",
+    "is_snapshot_name",
+    "publish",
+    "publish_json",
+    "render_json",
+    "touch",
+]
+
+DATA_LINK = "..data"
+_SNAPSHOT = re.compile(r"\.\.\d{4}(?:_\d\d){5}\.\d{9}\.(?P<pid>[1-9][0-9]{0,9})\.[0-9a-f]{16}")
+# What a znode name may not hold (ZooKeeper's own rules), plus '/', which a single name never holds.
+_UNSAFE_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f/\ud800-\uf8ff\ufff0-\uffff]")
+_DEFAULT_NAME_MAX = 255
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+# --------------------------------------------------------------------------------------------- public API
+
+
+@dataclass(frozen=True)
+class TreeSpec:
+    """Where a tree lives and the metadata of what it holds: ``mode`` is the files' mode; directories get
+    the same read bits plus search (x) wherever a read bit is set, and are always owner-writable."""
+
+    dest: str
+    mode: int = 0o400
+    owner: int | None = None
+    group: int | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            FileSpec(self.dest, self.mode, self.owner, self.group)  # the same rules as a node's dest
+        except ValueError as exc:
+            raise ValueError(str(exc).replace("FileSpec", "TreeSpec", 1)) from None
+
+    def child(self, name: str) -> FileSpec:
+        """The metadata a child's file gets, under the name readers see it by."""
+        return FileSpec(os.path.join(self.dest, name), self.mode, self.owner, self.group)
+
+    @property
+    def directory_mode(self) -> int:
+        readable = self.mode & 0o444
+        return 0o700 | readable | (readable >> 2)
+
+
+class TreeWriteError(FileWriteError):
+    """A tree could not be brought up to date; unless ``step`` says otherwise the old snapshot is intact."""
+
+    def __str__(self) -> str:
+        return f"cannot update tree {self.path!r} while {self.step}: {self.reason}"
+
+
+class ChildNameError(ValueError):
+    """A child whose name cannot be a file name in the tree; it is skipped, the rest of the tree is written."""
+
+    def __init__(self, dest: str, child: str, reason: str) -> None:
+        super().__init__(dest, child, reason)
+        self.dest = dest
+        self.child = child
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"tree {self.dest!r}: skipping child {self.child!r}: {self.reason}"
+
+
+class TreeRenderError(ValueError):
+    """The children cannot be rendered as the ``json`` format (a child is not UTF-8 text)."""
+
+
+@dataclass(frozen=True)
+class TreeOutcome:
+    """What a publish did. ``switched`` is what readers notice (run ``on_change`` hooks on it)."""
+
+    snapshot: str  # the current snapshot directory's name inside dest
+    switched: bool  # a new snapshot replaced the old one
+    written: tuple[str, ...] = ()  # children added or changed: their files were written
+    removed: tuple[str, ...] = ()  # children gone from the tree
+    kept: int = 0  # unchanged children carried into the new snapshot by hard link, not rewritten
+    skipped: tuple[ChildNameError, ...] = ()  # children not written: their names are unsafe
+    cleaned: tuple[str, ...] = ()  # paths removed that were not part of the tree (foreign files, debris)
+    metadata_fixed: bool = False  # a mode or owner was corrected in place
+
+
+def publish(spec: TreeSpec, children: Mapping[str, bytes]) -> TreeOutcome:
+    """Make ``spec.dest`` hold exactly ``children`` (name -> bytes) as one atomic snapshot.
+
+    Stateless: unchanged children are recognised by reading the current files. A long-lived caller
+    should keep a ``TreePublisher`` instead, which remembers what it published and skips those reads.
+    """
+    return TreePublisher(spec).publish(children)
+
+
+def cleanup(spec: TreeSpec) -> list[str]:
+    """Remove what a killed run left in ``spec.dest`` and repair visible names; return the removed paths.
+
+    Run it at start: unfinished snapshots and temporary symlinks of dead writers go, as do foreign
+    entries and visible names not backed by the current snapshot; missing visible names are recreated.
+    A dest that does not exist is left alone. Failures are logged, not raised (housekeeping).
+    """
+    return TreePublisher(spec).cleanup()
+
+
+def touch(spec: TreeSpec) -> bool:
+    """Heartbeat: bump the mtime of ``dest`` itself (readers of children see nothing); False if it is missing.
+
+    A switch moves that mtime too, so ``stat -c %Y dest`` is when the tree was last known in sync.
+    """
+    try:
+        if not stat.S_ISDIR(os.lstat(spec.dest).st_mode):
+            return False
+        os.utime(spec.dest, follow_symlinks=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        raise _error(spec.dest, "updating its modification time", exc) from exc
+    return True
+
+
+def render_json(children: Mapping[str, bytes]) -> bytes:
+    """The ``json`` format: one object {child name: child data as text}, keys sorted, so equal trees give
+    equal bytes (and the file is not rewritten). Raises TreeRenderError naming the first non-UTF-8 child."""
+    texts: dict[str, str] = {}
+    for name in sorted(children):
+        try:
+            texts[name] = children[name].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise TreeRenderError(
+                f"child {name!r} is not UTF-8 text (byte {exc.start}): the json format holds text only"
+            ) from None
+    try:
+        return (json.dumps(texts, ensure_ascii=False, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise TreeRenderError(f"a child name cannot be written as UTF-8: {exc.reason}") from None
+
+
+def publish_json(spec: TreeSpec, children: Mapping[str, bytes]) -> files.Outcome:
+    """Write the ``json`` format to ``spec.dest`` with the single-file rules of ``livedata.files``.
+
+    Raises TreeRenderError (nothing written, the old file kept) or FileWriteError.
+    """
+    try:
+        data = render_json(children)
+    except TreeRenderError as exc:
+        raise TreeRenderError(f"tree {spec.dest!r}: {exc}; keeping the old file") from None
+    _remove_directory_tree(spec.dest)
+    return files.sync_file(FileSpec(spec.dest, spec.mode, spec.owner, spec.group), data)
+
+
+def _remove_directory_tree(dest: str) -> None:
+    """A tree switched from ``directory`` to ``json``: its old directory (recognised by ``..data``) makes way."""
+    try:
+        if not stat.S_ISLNK(os.lstat(os.path.join(dest, DATA_LINK)).st_mode) or os.path.islink(dest):
+            return
+    except OSError:
+        return  # no directory tree there: the usual case
+    parent, name = os.path.split(dest)
+    try:
+        parent_fd = os.open(parent, _DIR_FLAGS)
+        try:
+            _remove_tree_at(parent_fd, name)
+        finally:
+            os.close(parent_fd)
+    except OSError as exc:
+        raise _error(dest, "removing the directory tree that the json file replaces", exc) from exc
+    log.info("removed %r: the tree's format is now json", dest)
+
+
+def child_name_problem(name: object, name_max: int = _DEFAULT_NAME_MAX) -> str | None:
+    """Why ``name`` cannot be a child's file name, or None if it can."""
+    if not isinstance(name, str):
+        return f"a name must be text, not {type(name).__name__}"
+    if not name:
+        return "the name is empty"
+    if name.startswith("."):
+        return "a leading '.' is reserved for livedata's own entries (..data, snapshots, temporary files)"
+    unsafe = _UNSAFE_CHARACTER.search(name)
+    if unsafe is not None:
+        return f"it contains {unsafe.group()!r}, which a file name or a znode name cannot hold"
+    size = len(os.fsencode(name))
+    if size > name_max:
+        return f"it is {size} bytes long, more than the {name_max} this file system allows in a name"
+    return None
+
+
+def is_snapshot_name(name: str) -> bool:
+    """True for a snapshot directory's name (what ``..data`` points to)."""
+    return _SNAPSHOT.fullmatch(name) is not None
+
+
+# ------------------------------------------------------------------------------------------- the publisher
+
+
+@dataclass
+class _Published:
+    """What this publisher last put in place, so the next publish trusts it instead of reading it back."""
+
+    snapshot: str
+    metadata: tuple[int, int | None, int | None]
+    data: dict[str, bytes]
+    inodes: dict[str, int]  # child -> inode of its file in ``snapshot``
+    links: dict[str, int] = field(default_factory=dict)  # child -> inode of its visible symlink in dest
+
+
+@dataclass
+class _Plan:
+    keep: list[str] = field(default_factory=list)
+    kept_inodes: dict[str, int] = field(default_factory=dict)
+    write: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    dirty: bool = False  # the current snapshot holds something it should not
+    metadata_fixed: bool = False
+
+
+class TreePublisher:
+    """Publishes snapshots of one tree dest. Keep one per tree: it remembers what it published (bytes and
+    inodes), so a later publish of 10,000 children with one change reads nothing back from disk and costs
+    a hard link per unchanged child. Publishes of the same dest are serialised, in and across instances of
+    this process. Plain blocking syscalls: a gevent caller should run large trees in a thread pool.
+    """
+
+    def __init__(self, spec: TreeSpec) -> None:
+        self.spec = spec
+        self._published: _Published | None = None
+
+    def publish(self, children: Mapping[str, bytes]) -> TreeOutcome:
+        """Make dest hold exactly the children with safe names; raise TreeWriteError if impossible."""
+        with _lock_for(self.spec.dest):
+            dest_fd, cleaned = self._open_dest()
+            try:
+                return _Run(self, dest_fd, cleaned).publish(children)
+            finally:
+                os.close(dest_fd)
+
+    def cleanup(self) -> list[str]:
+        """See the module-level ``cleanup``."""
+        with _lock_for(self.spec.dest):
+            try:
+                dest_fd = os.open(self.spec.dest, _DIR_FLAGS)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    log.warning("cannot clean up tree %r: %s", self.spec.dest, exc.strerror or exc)
+                return []
+            try:
+                return _Run(self, dest_fd, []).repair()
+            finally:
+                os.close(dest_fd)
+
+    def _open_dest(self) -> tuple[int, list[str]]:
+        """dest as an O_NOFOLLOW directory fd, created if missing; a non-directory there is replaced."""
+        dest = self.spec.dest
+        cleaned: list[str] = []
+        step = "creating the tree directory"
+        try:
+            try:
+                status = os.lstat(dest)
+            except FileNotFoundError:
+                status = None
+            if status is not None and not stat.S_ISDIR(status.st_mode):
+                step = "replacing what is at the tree's path (not a directory)"
+                os.unlink(dest)
+                cleaned.append(dest)
+                status = None
+            if status is None:
+                files.make_directories(os.path.dirname(dest))
+                with contextlib.suppress(FileExistsError):  # an overlapping instance made it first
+                    os.mkdir(dest, 0o700)
+                files.fsync_directory(os.path.dirname(dest))
+            step = "opening the tree directory"
+            fd = os.open(dest, _DIR_FLAGS)
+        except OSError as exc:
+            raise _error(dest, step, exc) from exc
+        try:
+            _fix_directory(fd, self.spec)
+        except OSError as exc:
+            os.close(fd)
+            raise _error(dest, "setting the tree directory's mode and ownership", exc) from exc
+        return fd, cleaned
+
+
+class _Run:
+    """One publish or cleanup of one dest, all of it relative to ``dest_fd``."""
+
+    def __init__(self, publisher: TreePublisher, dest_fd: int, cleaned: list[str]) -> None:
+        self.publisher = publisher
+        self.spec = publisher.spec
+        self.dest = publisher.spec.dest
+        self.dest_fd = dest_fd
+        self.cleaned = cleaned
+        self.step = "reading the current snapshot"
+
+    # ------------------------------------------------------------------------------------------ publish
+
+    def publish(self, children: Mapping[str, bytes]) -> TreeOutcome:
+        wanted, skipped = self._check_names(children)
+        try:
+            current = _current_snapshot(self.dest_fd)
+            old_fd = os.open(current, _DIR_FLAGS, dir_fd=self.dest_fd) if current else None
+        except OSError as exc:
+            raise _error(self.dest, self.step, exc) from exc
+        try:
+            plan = self._plan(old_fd, current, wanted)
+            if current is not None and old_fd is not None and not (plan.write or plan.removed or plan.dirty):
+                self._tidy(current, set(wanted))
+                return TreeOutcome(
+                    current, False, kept=len(plan.keep), skipped=skipped,
+                    cleaned=tuple(self.cleaned), metadata_fixed=plan.metadata_fixed,
+                )
+            snapshot = self._switch(old_fd, plan, wanted)
+        finally:
+            if old_fd is not None:
+                os.close(old_fd)
+        self._tidy(snapshot, set(wanted), replaced=current)
+        return TreeOutcome(
+            snapshot, True, tuple(sorted(plan.write)), tuple(sorted(plan.removed)), len(plan.keep), skipped,
+            tuple(self.cleaned), plan.metadata_fixed,
+        )
+
+    def _check_names(self, children: Mapping[str, bytes]) -> tuple[dict[str, bytes], tuple[ChildNameError, ...]]:
+        try:
+            name_max = os.fpathconf(self.dest_fd, "PC_NAME_MAX")
+        except (OSError, ValueError):
+            name_max = _DEFAULT_NAME_MAX
+        published = self.publisher._published
+        known = published.data if published is not None else {}
+        wanted: dict[str, bytes] = {}
+        skipped: list[ChildNameError] = []
+        for name, data in children.items():
+            problem = None if name in known else child_name_problem(name, name_max)
+            if problem is None:
+                wanted[name] = data
+            else:
+                skipped.append(ChildNameError(self.dest, repr(name) if not isinstance(name, str) else name, problem))
+        return wanted, tuple(skipped)
+
+    def _plan(self, old_fd: int | None, current: str | None, wanted: dict[str, bytes]) -> _Plan:
+        """Sort children into kept (hard link) and written; note removed ones and foreign content."""
+        plan = _Plan()
+        if old_fd is None:
+            plan.write = list(wanted)
+            return plan
+        try:
+            _fix_directory(old_fd, self.spec)
+        except OSError as exc:
+            raise _error(self.dest, "setting the snapshot directory's mode and ownership", exc) from exc
+        published = self.publisher._published
+        trusted = published is not None and published.snapshot == current
+        if published is not None and published.metadata != _metadata(self.spec):
+            trusted = False  # verify (and fix) every kept file's mode and owner
+        try:
+            entries = {entry.name: entry for entry in os.scandir(old_fd)}
+        except OSError as exc:
+            raise _error(self.dest, self.step, exc) from exc
+        for name, data in wanted.items():
+            entry = entries.pop(name, None)
+            if entry is None or not entry.is_file(follow_symlinks=False):
+                plan.dirty |= entry is not None
+                plan.write.append(name)
+            elif _same(published, name, entry.inode(), data) if trusted else self._verify(old_fd, name, data, plan):
+                plan.keep.append(name)
+                plan.kept_inodes[name] = entry.inode()
+            else:
+                plan.write.append(name)
+        for name in entries:
+            if child_name_problem(name) is None:
+                plan.removed.append(name)
+            else:
+                plan.dirty = True  # something we did not write; it goes with the old snapshot
+        return plan
+
+    def _verify(self, old_fd: int, name: str, data: bytes, plan: _Plan) -> bool:
+        """Does the old snapshot's file hold exactly ``data``? If so, fix its mode and owner in place."""
+        try:
+            fd = os.open(name, _READ_FLAGS, dir_fd=old_fd)
+        except OSError:
+            return False
+        try:
+            if not files.holds(fd, data):
+                return False
+            plan.metadata_fixed |= files.fix_metadata(fd, self.spec.child(name))
+            return True
+        except OSError as exc:
+            raise _error(self.spec.child(name).path, "checking the current file", exc) from exc
+        finally:
+            os.close(fd)
+
+    def _switch(self, old_fd: int | None, plan: _Plan, wanted: dict[str, bytes]) -> str:
+        """Build the new snapshot, make it durable and point ``..data`` at it; return its name.
+
+        Nothing is flushed until everything is in place (files, links, visible names), so that on a
+        journalling filesystem the first flush commits it all and the directory fsyncs after it are cheap.
+        """
+        name = f"..{_stamp()}.{files.unique_suffix()}"
+        path = os.path.join(self.dest, name)
+        files.note_in_flight(path)
+        try:
+            self.step = "creating the snapshot directory"
+            os.mkdir(name, 0o700, dir_fd=self.dest_fd)
+            new_fd = os.open(name, _DIR_FLAGS, dir_fd=self.dest_fd)
+            try:
+                inodes = self._fill(new_fd, old_fd, plan, wanted)
+                self.step = "creating the visible names of new children"
+                links = self._place_links(set(wanted))
+                self.step = "flushing the new snapshot to disk"
+                self._flush(new_fd, plan.write)
+                _fsync(self.dest_fd)
+            finally:
+                os.close(new_fd)
+            self.step = "switching ..data to the new snapshot"
+            self._swap(name)
+        except OSError as exc:
+            self._discard(name)
+            raise _error(self.dest, self.step, exc) from exc
+        finally:
+            files.forget_in_flight(path)
+        self.publisher._published = _Published(name, _metadata(self.spec), dict(wanted), inodes, links)
+        try:
+            _fsync(self.dest_fd)
+        except OSError as exc:
+            raise _error(self.dest, "making the switch durable (the new snapshot is already in place)", exc) from exc
+        return name
+
+    def _fill(self, new_fd: int, old_fd: int | None, plan: _Plan, wanted: dict[str, bytes]) -> dict[str, int]:
+        """Write the changed children and hard-link the kept ones; return child -> inode."""
+        _fix_directory(new_fd, self.spec)
+        inodes: dict[str, int] = {}
+        self.step = "writing the changed children"
+        for child in plan.write:
+            inodes[child] = files.create_file(new_fd, child, self.spec.child(child), wanted[child], False).st_ino
+        self.step = "linking the unchanged children"
+        for child in plan.keep:
+            assert old_fd is not None, "only an existing snapshot has children to keep"
+            os.link(child, child, src_dir_fd=old_fd, dst_dir_fd=new_fd, follow_symlinks=False)
+        inodes.update(plan.kept_inodes)
+        return inodes
+
+    def _flush(self, new_fd: int, written: list[str]) -> None:
+        """New files' data, then the snapshot's entries: one syncfs for many files, else one fsync each."""
+        if len(written) <= files.SYNCFS_THRESHOLD or not _syncfs_or_false(new_fd):
+            for child in written:
+                fd = os.open(child, _READ_FLAGS, dir_fd=new_fd)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        _fsync(new_fd)
+
+    def _swap(self, snapshot: str) -> None:
+        """One rename of a fresh symlink over ``..data``: readers see the old snapshot or the new one."""
+        temp = self._temp_name(DATA_LINK)
+        os.symlink(snapshot, temp, dir_fd=self.dest_fd)
+        try:
+            try:
+                os.rename(temp, DATA_LINK, src_dir_fd=self.dest_fd, dst_dir_fd=self.dest_fd)
+            except IsADirectoryError:
+                self._remove(DATA_LINK, "a directory planted where ..data belongs", quiet=False)
+                os.rename(temp, DATA_LINK, src_dir_fd=self.dest_fd, dst_dir_fd=self.dest_fd)
+        except BaseException:
+            _unlink_quietly(self.dest_fd, temp)
+            raise
+        finally:
+            files.forget_in_flight(os.path.join(self.dest, temp))
+
+    def _discard(self, snapshot: str) -> None:
+        try:
+            _remove_tree_at(self.dest_fd, snapshot)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("cannot remove unfinished snapshot %r: %s", os.path.join(self.dest, snapshot), exc)
+
+    # ------------------------------------------------------------------------------- visible names, debris
+
+    def _place_links(self, children: set[str]) -> dict[str, int]:
+        """Make ``dest/<child>`` the symlink ``..data/<child>`` for each child; return child -> link inode."""
+        published = self.publisher._published
+        known = published.links if published is not None else {}
+        entries = {entry.name: entry for entry in os.scandir(self.dest_fd) if entry.name in children}
+        links: dict[str, int] = {}
+        for child in children:
+            entry = entries.get(child)
+            if entry is not None and entry.is_symlink() and (
+                known.get(child) == entry.inode() or self._readlink(child) == _link_target(child)
+            ):
+                links[child] = entry.inode()
+            else:
+                links[child] = self._make_link(child, entry is not None)
+        return links
+
+    def _make_link(self, child: str, exists: bool) -> int:
+        target = _link_target(child)
+        if not exists:
+            try:
+                os.symlink(target, child, dir_fd=self.dest_fd)
+                return os.stat(child, dir_fd=self.dest_fd, follow_symlinks=False).st_ino
+            except FileExistsError:
+                pass
+        # Something else holds the name (a planted file or symlink): replace it with one rename.
+        temp = self._temp_name(child)
+        os.symlink(target, temp, dir_fd=self.dest_fd)
+        try:
+            try:
+                os.rename(temp, child, src_dir_fd=self.dest_fd, dst_dir_fd=self.dest_fd)
+            except IsADirectoryError:
+                self._remove(child, "a directory planted where a child's name belongs", report=False, quiet=False)
+                os.rename(temp, child, src_dir_fd=self.dest_fd, dst_dir_fd=self.dest_fd)
+        except BaseException:
+            _unlink_quietly(self.dest_fd, temp)
+            raise
+        finally:
+            files.forget_in_flight(os.path.join(self.dest, temp))
+        self.cleaned.append(os.path.join(self.dest, child))
+        return os.stat(child, dir_fd=self.dest_fd, follow_symlinks=False).st_ino
+
+    def _tidy(self, snapshot: str, children: set[str], replaced: str | None = None) -> None:
+        """Make dest's entries match ``snapshot``: exactly one correct visible name per child, and nothing
+        else but ``..data``, ``snapshot`` and what live writers are still building.
+
+        ``replaced`` is the snapshot this publish switched away from (removed without being reported).
+        Failures are logged: the snapshot is in place, and the next publish or cleanup tries again.
+        """
+        try:
+            entries = list(os.scandir(self.dest_fd))
+        except OSError as exc:
+            log.warning("cannot list tree %r to tidy it: %s", self.dest, exc.strerror or exc)
+            return
+        published = self.publisher._published
+        links = published.links if published is not None and published.snapshot == snapshot else {}
+        missing = set(children)
+        for entry in entries:
+            name = entry.name
+            if name in children:
+                missing.discard(name)
+                if not entry.is_symlink() or (
+                    links.get(name) != entry.inode() and self._readlink(name) != _link_target(name)
+                ):
+                    self._repair_link(name, exists=True)
+                continue
+            reason, report = self._removal_reason(entry, snapshot, replaced)
+            if reason is not None:
+                self._remove(name, reason, report)
+        for name in sorted(missing):
+            self._repair_link(name, exists=False)
+
+    def _removal_reason(
+        self, entry: os.DirEntry[str], snapshot: str, replaced: str | None
+    ) -> tuple[str | None, bool]:
+        """Why an entry of dest that is not a child's visible name must go (None: keep it), and whether
+        the caller should hear of it (debris and foreign entries) or not (our own routine removals)."""
+        name = entry.name
+        if name in (DATA_LINK, snapshot):
+            return None, False
+        snapshot_match = _SNAPSHOT.fullmatch(name)
+        if snapshot_match is not None:
+            if name == replaced:
+                return "the snapshot just replaced", False
+            if files.writer_is_gone(os.path.join(self.dest, name), int(snapshot_match.group("pid"))):
+                return "a snapshot left by a writer that is gone", True
+            return None, False  # another live instance is building or has just replaced it
+        pid = files.temp_pid(name)
+        if pid is not None:
+            if files.writer_is_gone(os.path.join(self.dest, name), pid):
+                return "a temporary file left by a writer that is gone", True
+            return None, False
+        if child_name_problem(name) is None and entry.is_symlink() and self._readlink(name) == _link_target(name):
+            return "the visible name of a removed child", False
+        return "an entry livedata did not write (livedata owns this directory)", True
+
+    def _repair_link(self, name: str, exists: bool) -> None:
+        try:
+            self._make_link(name, exists)
+        except OSError as exc:
+            log.warning("cannot repair %r: %s", os.path.join(self.dest, name), exc.strerror or exc)
+
+    def _remove(self, name: str, reason: str, report: bool = True, quiet: bool = True) -> None:
+        path = os.path.join(self.dest, name)
+        try:
+            _remove_tree_at(self.dest_fd, name)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if not quiet:
+                raise
+            log.warning("cannot remove %r (%s): %s", path, reason, exc.strerror or exc)
+            return
+        if report:
+            log.info("removed %r: %s", path, reason)
+            self.cleaned.append(path)
+
+    # ------------------------------------------------------------------------------------------ cleanup
+
+    def repair(self) -> list[str]:
+        """cleanup(): make dest consistent with its current snapshot, whatever a killed run left."""
+        try:
+            current = _current_snapshot(self.dest_fd)
+        except OSError as exc:
+            log.warning("cannot read the current snapshot of %r: %s", self.dest, exc.strerror or exc)
+            return []
+        children: set[str] = set()
+        if current is not None:
+            try:
+                snapshot_fd = os.open(current, _DIR_FLAGS, dir_fd=self.dest_fd)
+                try:
+                    children = {entry.name for entry in os.scandir(snapshot_fd)
+                                if entry.is_file(follow_symlinks=False) and child_name_problem(entry.name) is None}
+                finally:
+                    os.close(snapshot_fd)
+            except OSError as exc:
+                log.warning("cannot list the current snapshot of %r: %s", self.dest, exc.strerror or exc)
+                return []
+        self._tidy(current or "", children)
+        return self.cleaned
+
+    # ------------------------------------------------------------------------------------------ helpers
+
+    def _temp_name(self, name: str) -> str:
+        temp = os.path.basename(files.temp_prefix(os.path.join(self.dest, name))) + files.unique_suffix()
+        files.note_in_flight(os.path.join(self.dest, temp))
+        return temp
+
+    def _readlink(self, name: str) -> str | None:
+        try:
+            return os.readlink(name, dir_fd=self.dest_fd)
+        except OSError:
+            return None
+
+
+# --------------------------------------------------------------------------------------------- plumbing
+
+_locks: dict[str, threading.Lock] = {}
+_locks_lock = threading.Lock()
+
+
+def _lock_for(dest: str) -> threading.Lock:
+    with _locks_lock:
+        return _locks.setdefault(dest, threading.Lock())
+
+
+def _current_snapshot(dest_fd: int) -> str | None:
+    """The snapshot ``..data`` names, if it is one of ours and a real directory; None otherwise."""
+    try:
+        target = os.readlink(DATA_LINK, dir_fd=dest_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.EINVAL):  # missing, or not a symlink
+            return None
+        raise
+    if _SNAPSHOT.fullmatch(target) is None:
+        return None
+    try:
+        if not stat.S_ISDIR(os.stat(target, dir_fd=dest_fd, follow_symlinks=False).st_mode):
+            return None
+    except FileNotFoundError:
+        return None
+    return target
+
+
+def _same(published: _Published | None, name: str, inode: int, data: bytes) -> bool:
+    if published is None or published.inodes.get(name) != inode:
+        return False
+    old = published.data.get(name)
+    return old is data or old == data
+
+
+def _metadata(spec: TreeSpec) -> tuple[int, int | None, int | None]:
+    return (spec.mode, spec.owner, spec.group)
+
+
+def _fix_directory(fd: int, spec: TreeSpec) -> None:
+    """Owner then mode, as for files; directories are searchable wherever the files are readable."""
+    status = os.fstat(fd)
+    uid = -1 if spec.owner is None or spec.owner == status.st_uid else spec.owner
+    gid = -1 if spec.group is None or spec.group == status.st_gid else spec.group
+    if uid != -1 or gid != -1:
+        os.fchown(fd, uid, gid)
+    if uid != -1 or gid != -1 or stat.S_IMODE(status.st_mode) != spec.directory_mode:
+        os.fchmod(fd, spec.directory_mode)
+
+
+def _link_target(child: str) -> str:
+    return f"{DATA_LINK}/{child}"
+
+
+def _stamp() -> str:
+    now = time.time_ns()
+    return time.strftime("%Y_%m_%d_%H_%M_%S", time.gmtime(now // 1_000_000_000)) + f".{now % 1_000_000_000:09d}"
+
+
+def _fsync(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):  # filesystems that cannot fsync a directory
+            raise
+
+
+def _syncfs_or_false(fd: int) -> bool:
+    try:
+        return files.syncfs(fd)
+    except OSError as exc:
+        log.warning("syncfs failed (%s); falling back to one fsync per file", exc.strerror or exc)
+        return False
+
+
+def _remove_tree_at(parent_fd: int, name: str) -> None:
+    """Remove ``name`` in ``parent_fd`` and, if it is a directory, all it holds, never following a symlink."""
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+            raise
+        os.unlink(name, dir_fd=parent_fd)
+        return
+    try:
+        for entry in os.scandir(fd):
+            if entry.is_dir(follow_symlinks=False):
+                _remove_tree_at(fd, entry.name)
+            else:
+                os.unlink(entry.name, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=parent_fd)
+
+
+def _unlink_quietly(dir_fd: int, name: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(name, dir_fd=dir_fd)
+
+
+def _error(path: str, step: str, exc: OSError) -> TreeWriteError:
+    return TreeWriteError(path, exc.strerror or str(exc), step, exc.errno)

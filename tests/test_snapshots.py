@@ -1,0 +1,481 @@
+"""Tests for livedata.snapshots on the real filesystem: layout, atomic switches, hostile input, crashes, scale.
+
+No ZooKeeper is needed: the publisher is given the children directly. Runs as root (chown to nobody/nogroup).
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import signal
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from livedata.files import FileWriteError, Outcome, is_temp_name
+from livedata.snapshots import (
+    DATA_LINK,
+    TreeOutcome,
+    TreePublisher,
+    TreeRenderError,
+    TreeSpec,
+    TreeWriteError,
+    child_name_problem,
+    cleanup,
+    is_snapshot_name,
+    publish,
+    publish_json,
+    render_json,
+    touch,
+)
+from livedata.tree_watcher import TreeWatcher
+from tests.harness import wait_for
+from tests.tree_publisher_process import consistency_problem, generation
+
+NOBODY = 65534
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="these tests chown to nobody: run as root")
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def read_tree(dest: str) -> dict[str, bytes]:
+    """The documented reader protocol: resolve ..data once, read through it, retry if it moved meanwhile."""
+    for _attempt in range(100):
+        snapshot = os.readlink(os.path.join(dest, DATA_LINK))
+        directory = os.path.join(dest, snapshot)
+        try:
+            children = {}
+            for name in os.listdir(directory):
+                with open(os.path.join(directory, name), "rb") as f:
+                    children[name] = f.read()
+        except FileNotFoundError:
+            continue
+        if os.readlink(os.path.join(dest, DATA_LINK)) == snapshot:
+            return children
+    raise AssertionError("the tree kept switching under the reader")
+
+
+def inodes(dest: str) -> dict[str, int]:
+    snapshot = os.path.join(dest, DATA_LINK)
+    return {name: os.lstat(os.path.join(snapshot, name)).st_ino for name in os.listdir(snapshot)}
+
+
+def assert_clean(dest: str, children: dict[str, bytes]) -> None:
+    """dest holds exactly ..data, the one snapshot it names, and one correct visible symlink per child."""
+    snapshot = os.readlink(os.path.join(dest, DATA_LINK))
+    assert is_snapshot_name(snapshot)
+    assert sorted(os.listdir(dest)) == sorted([DATA_LINK, snapshot, *children])
+    for name, data in children.items():
+        visible = os.path.join(dest, name)
+        assert os.readlink(visible) == f"{DATA_LINK}/{name}"
+        assert stat.S_ISREG(os.lstat(os.path.join(dest, snapshot, name)).st_mode)
+        with open(visible, "rb") as f:
+            assert f.read() == data
+    assert sorted(os.listdir(os.path.join(dest, snapshot))) == sorted(children)
+
+
+@pytest.fixture
+def spec(tmp_path: Path) -> TreeSpec:
+    return TreeSpec(os.path.join(tmp_path, "tree"), 0o444)
+
+
+# ---------------------------------------------------------------------------------------------- content
+
+
+@pytest.mark.timeout(30)
+def test_children_added_changed_deleted_and_all_deleted(spec: TreeSpec) -> None:
+    publisher = TreePublisher(spec)
+    steps: list[dict[str, bytes]] = [
+        {"a": b"1", "b": b"2"},
+        {"a": b"1", "b": b"2", "c": b"3"},  # added
+        {"a": b"1", "b": b"two", "c": b"3"},  # changed
+        {"a": b"1", "c": b"3"},  # deleted
+        {},  # all deleted: an empty snapshot
+        {"a": bytes(range(256)), "e": b""},  # binary and empty children, back from empty
+    ]
+    for children in steps:
+        publisher.publish(children)
+        assert read_tree(spec.dest) == children
+        assert_clean(spec.dest, children)
+
+
+@pytest.mark.timeout(30)
+def test_outcome_says_what_changed(spec: TreeSpec) -> None:
+    publisher = TreePublisher(spec)
+    first = publisher.publish({"a": b"1", "b": b"2"})
+    assert first.switched and first.written == ("a", "b") and first.kept == 0
+    second = publisher.publish({"a": b"1", "c": b"3"})
+    assert second == TreeOutcome(second.snapshot, True, written=("c",), removed=("b",), kept=1)
+    assert second.snapshot != first.snapshot and os.readlink(os.path.join(spec.dest, DATA_LINK)) == second.snapshot
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("fresh", [False, True], ids=["same-publisher", "after-restart"])
+def test_unchanged_child_is_hard_linked_not_rewritten(spec: TreeSpec, fresh: bool) -> None:
+    publisher = TreePublisher(spec)
+    publisher.publish({"same": b"unchanged", "other": b"1"})
+    before = os.stat(os.path.join(spec.dest, "same"))
+    if fresh:
+        publisher = TreePublisher(spec)  # a restarted daemon knows nothing and reads the files back
+    outcome = publisher.publish({"same": b"unchanged", "other": b"2"})
+    after = os.stat(os.path.join(spec.dest, "same"))
+    assert outcome.switched and outcome.written == ("other",) and outcome.kept == 1
+    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (before.st_ino, before.st_mtime_ns, before.st_size)
+
+
+@pytest.mark.timeout(30)
+def test_identical_children_switch_nothing(spec: TreeSpec) -> None:
+    first = publish(spec, {"a": b"1"})
+    again = publish(spec, {"a": b"1"})  # stateless: compares with the files
+    assert not again.switched and again.snapshot == first.snapshot and again.kept == 1
+
+
+@pytest.mark.timeout(60)
+def test_ten_thousand_children_then_one_change_writes_one_file(spec: TreeSpec) -> None:
+    publisher = TreePublisher(spec)
+    children = {f"child{i:05d}": f"value {i}".encode() for i in range(10_000)}
+    publisher.publish(children)
+    before = inodes(spec.dest)
+    children["child04242"] = b"changed"
+    outcome = publisher.publish(children)
+    after = inodes(spec.dest)
+    assert outcome.written == ("child04242",) and outcome.kept == 9_999
+    assert [name for name in after if after[name] != before[name]] == ["child04242"]
+    assert read_tree(spec.dest) == children
+
+
+# -------------------------------------------------------------------------------------------- metadata
+
+
+@pytest.mark.timeout(30)
+def test_owner_group_and_mode_apply_to_files_and_directories(tmp_path: Path) -> None:
+    spec = TreeSpec(os.path.join(tmp_path, "a", "tree"), 0o440, NOBODY, NOBODY)
+    publish(spec, {"x": b"1"})
+    snapshot = os.path.join(spec.dest, os.readlink(os.path.join(spec.dest, DATA_LINK)))
+    for path, mode in [(spec.dest, 0o750), (snapshot, 0o750), (os.path.join(snapshot, "x"), 0o440)]:
+        status = os.lstat(path)
+        assert (status.st_uid, status.st_gid, stat.S_IMODE(status.st_mode)) == (NOBODY, NOBODY, mode), path
+    assert stat.S_IMODE(os.stat(os.path.join(tmp_path, "a")).st_mode) == 0o755  # parents: traversable
+
+
+@pytest.mark.timeout(30)
+def test_changed_mode_and_owner_are_fixed_in_place(tmp_path: Path) -> None:
+    dest = os.path.join(tmp_path, "tree")
+    publisher = TreePublisher(TreeSpec(dest, 0o444))
+    publisher.publish({"x": b"1"})
+    inode = os.stat(os.path.join(dest, "x")).st_ino
+    publisher.spec = TreeSpec(dest, 0o400, NOBODY, 0)
+    outcome = publisher.publish({"x": b"1"})
+    status = os.stat(os.path.join(dest, "x"))
+    assert outcome.metadata_fixed and not outcome.switched
+    assert (status.st_ino, status.st_uid, status.st_gid, stat.S_IMODE(status.st_mode)) == (inode, NOBODY, 0, 0o400)
+    assert stat.S_IMODE(os.stat(dest).st_mode) == 0o700
+
+
+@pytest.mark.timeout(30)
+def test_files_are_exact_whatever_the_umask(spec: TreeSpec) -> None:
+    old = os.umask(0o077)
+    try:
+        publish(spec, {"x": b"1"})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(os.path.join(spec.dest, "x")).st_mode) == 0o444
+    assert stat.S_IMODE(os.stat(spec.dest).st_mode) == 0o755
+
+
+# ------------------------------------------------------------------------------------------ hostile input
+
+
+HOSTILE = [
+    ".hidden", DATA_LINK, "..", ".", "", "a/b", "../escape", "/abs", "nul\0byte", "tab\tname", "del\x7f",
+    "x" * 256, "é" * 128, "\ud800surrogate", "private\ue000", "\uffff",
+]
+FINE = ["plain", "with space", "é" * 127, "x" * 255, "日本語", "dash-dot.ext", "UPPER_lower"]
+
+
+@pytest.mark.timeout(30)
+def test_hostile_names_are_skipped_with_one_error_each(tmp_path: Path) -> None:
+    spec = TreeSpec(os.path.join(tmp_path, "tree"), 0o444)
+    children = {name: name.encode("utf-8", "surrogatepass") for name in HOSTILE + FINE}
+    outcome = publish(spec, children)
+    assert sorted(error.child for error in outcome.skipped) == sorted(HOSTILE)
+    for error in outcome.skipped:
+        assert "\n" not in str(error) and spec.dest in str(error)
+    assert read_tree(spec.dest) == {name: name.encode() for name in FINE}
+    assert sorted(os.listdir(tmp_path)) == ["tree"], "nothing may be written outside dest"
+
+
+def test_child_name_rules() -> None:
+    assert child_name_problem("ok") is None
+    assert "leading '.'" in str(child_name_problem(".x"))
+    assert "255" in str(child_name_problem("x" * 256))
+    assert "'/'" in str(child_name_problem("a/b"))
+    assert child_name_problem(b"bytes") is not None
+
+
+@pytest.mark.timeout(30)
+def test_planted_symlinks_are_replaced_never_followed(tmp_path: Path, spec: TreeSpec) -> None:
+    outside = os.path.join(tmp_path, "outside")
+    os.mkdir(outside)
+    with open(os.path.join(outside, "precious"), "wb") as f:
+        f.write(b"keep")
+    precious = os.stat(os.path.join(outside, "precious"))
+    os.makedirs(spec.dest)
+    os.symlink(os.path.join(outside, "precious"), os.path.join(spec.dest, "a"))  # a child's name
+    os.symlink(os.path.join(outside, "new"), os.path.join(spec.dest, "b"))  # a dangling one
+    os.symlink(outside, os.path.join(spec.dest, DATA_LINK))  # the switch itself
+    publish(spec, {"a": b"1", "b": b"2"})
+    assert_clean(spec.dest, {"a": b"1", "b": b"2"})
+    assert sorted(os.listdir(outside)) == ["precious"]
+    with open(os.path.join(outside, "precious"), "rb") as f:
+        assert f.read() == b"keep"
+    # Inside the current snapshot too: the next publish does not link through it.
+    snapshot = os.path.join(spec.dest, os.readlink(os.path.join(spec.dest, DATA_LINK)))
+    os.unlink(os.path.join(snapshot, "a"))
+    os.symlink(os.path.join(outside, "precious"), os.path.join(snapshot, "a"))
+    publish(spec, {"a": b"1", "b": b"2"})
+    assert_clean(spec.dest, {"a": b"1", "b": b"2"})
+    assert os.stat(os.path.join(outside, "precious")) == precious  # not written, re-moded or linked
+    with open(os.path.join(outside, "precious"), "rb") as f:
+        assert f.read() == b"keep"
+
+
+@pytest.mark.timeout(30)
+def test_a_symlink_at_dest_is_replaced_by_a_directory(tmp_path: Path, spec: TreeSpec) -> None:
+    outside = os.path.join(tmp_path, "outside")
+    os.mkdir(outside)
+    os.symlink(outside, spec.dest)
+    outcome = publish(spec, {"a": b"1"})
+    assert not os.path.islink(spec.dest) and os.listdir(outside) == []
+    assert outcome.cleaned == (spec.dest,)
+    assert_clean(spec.dest, {"a": b"1"})
+
+
+@pytest.mark.timeout(30)
+def test_foreign_entries_are_removed_at_the_next_snapshot(spec: TreeSpec) -> None:
+    publisher = TreePublisher(spec)
+    publisher.publish({"a": b"1"})
+    snapshot = os.path.join(spec.dest, os.readlink(os.path.join(spec.dest, DATA_LINK)))
+    planted = ["notes.txt", ".dotfile", "subdir", "link", "fifo", f"..{'9' * 4}_planted"]
+    with open(os.path.join(spec.dest, "notes.txt"), "w") as f:
+        f.write("mine")
+    with open(os.path.join(spec.dest, ".dotfile"), "w") as f:
+        f.write("mine")
+    os.makedirs(os.path.join(spec.dest, "subdir", "deeper"))
+    os.symlink("/etc", os.path.join(spec.dest, "subdir", "deeper", "etc"))
+    os.symlink("/etc/passwd", os.path.join(spec.dest, "link"))
+    os.mkfifo(os.path.join(spec.dest, "fifo"))
+    os.mkdir(os.path.join(spec.dest, planted[-1]))
+    with open(os.path.join(snapshot, "intruder"), "w") as f:  # inside the current snapshot
+        f.write("x")
+    outcome = publisher.publish({"a": b"1"})
+    assert outcome.switched, "a snapshot holding a file livedata did not write is replaced"
+    assert sorted(outcome.cleaned) == sorted(os.path.join(spec.dest, name) for name in planted)
+    assert_clean(spec.dest, {"a": b"1"})
+    assert os.path.isdir("/etc") and os.path.exists("/etc/passwd")
+
+
+@pytest.mark.timeout(30)
+def test_a_directory_planted_at_a_childs_name_is_replaced(spec: TreeSpec) -> None:
+    os.makedirs(os.path.join(spec.dest, "a", "inside"))
+    publish(spec, {"a": b"1"})
+    assert_clean(spec.dest, {"a": b"1"})
+
+
+# ------------------------------------------------------------------------------------- failures, cleanup
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[str]:
+    """A 256 KiB tmpfs, to run out of space for real."""
+    mountpoint = os.path.join(tmp_path, "small")
+    os.mkdir(mountpoint)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0755", "tmpfs", mountpoint], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+    yield mountpoint
+    subprocess.run(["umount", "-l", mountpoint], check=True)
+
+
+@pytest.mark.timeout(30)
+def test_full_disk_keeps_the_old_snapshot_and_leaves_nothing(small_fs: str) -> None:
+    spec = TreeSpec(os.path.join(small_fs, "tree"), 0o444)
+    publisher = TreePublisher(spec)
+    publisher.publish({"a": b"old", "b": b"old"})
+    with pytest.raises(TreeWriteError) as caught:
+        publisher.publish({"a": b"old", "b": os.urandom(1024 * 1024), "c": b"new"})
+    assert caught.value.errno == errno.ENOSPC and "\n" not in str(caught.value)
+    assert isinstance(caught.value, FileWriteError)
+    visible = {name for name in os.listdir(spec.dest) if not name.startswith(".")}
+    assert read_tree(spec.dest) == {"a": b"old", "b": b"old"}
+    assert len([name for name in os.listdir(spec.dest) if is_snapshot_name(name)]) == 1
+    assert not [name for name in os.listdir(spec.dest) if is_temp_name(name)]
+    assert visible <= {"a", "b", "c"}  # c's name may dangle until the next publish: it resolves to nothing
+    assert not os.path.exists(os.path.join(spec.dest, "c"))
+    publisher.publish({"a": b"old", "b": b"new", "c": b"new"})
+    assert_clean(spec.dest, {"a": b"old", "b": b"new", "c": b"new"})
+
+
+@pytest.mark.timeout(30)
+def test_cleanup_removes_debris_of_dead_writers_and_repairs_names(spec: TreeSpec) -> None:
+    publish(spec, {"a": b"1", "b": b"2"})
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)
+    unfinished = f"..2026_01_01_00_00_00.000000000.{pid}.{'ab' * 8}"
+    os.makedirs(os.path.join(spec.dest, unfinished, "a"))
+    os.symlink("whatever", os.path.join(spec.dest, f"...data.livedata-tmp.{pid}.{'cd' * 8}"))
+    alive = f"..2026_01_01_00_00_00.000000000.1.{'ef' * 8}"  # pid 1 is alive: an overlapping instance
+    os.mkdir(os.path.join(spec.dest, alive))
+    os.unlink(os.path.join(spec.dest, "a"))  # a visible name lost
+    os.symlink(f"{DATA_LINK}/gone", os.path.join(spec.dest, "gone"))  # a name left dangling
+    removed = cleanup(spec)
+    assert sorted(removed) == sorted(
+        os.path.join(spec.dest, name) for name in [unfinished, f"...data.livedata-tmp.{pid}.{'cd' * 8}"]
+    )
+    assert sorted(os.listdir(spec.dest)) == sorted([DATA_LINK, os.readlink(os.path.join(spec.dest, DATA_LINK)),
+                                                   alive, "a", "b"])
+    os.rmdir(os.path.join(spec.dest, alive))
+    assert_clean(spec.dest, {"a": b"1", "b": b"2"})
+    assert cleanup(TreeSpec(os.path.join(spec.dest + "-missing"))) == []
+
+
+@pytest.mark.timeout(120)
+def test_sigkill_while_publishing_never_shows_a_mix_and_cleanup_leaves_no_debris(spec: TreeSpec) -> None:
+    rng = random.Random(14)
+    problems: list[str] = []
+    stop = threading.Event()
+    seen: list[int] = [-1]
+
+    def read_forever() -> None:
+        watcher = TreeWatcher(spec.dest, lambda f: f.read(), binary=True, timeout=30)
+        while not stop.is_set():
+            try:
+                snapshots = (read_tree(spec.dest), watcher.get_data())
+            except Exception as exc:  # a missing ..data, a vanished file: what a reader must never see
+                problems.append(repr(exc))
+                return
+            for children in snapshots:
+                problem = consistency_problem(children)
+                if problem is not None:
+                    problems.append(problem)
+                    return
+                seen[0] = int(children["k0"].split(b":")[0])
+
+    env = dict(os.environ, PYTHONPATH=REPO)
+    start = 0
+    reader = threading.Thread(target=read_forever, daemon=True)
+    for kill in range(20):
+        process = subprocess.Popen([sys.executable, "-m", "tests.tree_publisher_process", spec.dest, str(start)],
+                                   env=env, cwd=REPO)
+        try:
+            if kill == 0:
+                wait_for(lambda: os.path.exists(os.path.join(spec.dest, DATA_LINK)), 30, "a first snapshot")
+                reader.start()
+            target = start + rng.randint(1, 30)
+            wait_for(lambda t=target: seen[0] >= t or problems, 30, f"generation {target} to be seen")
+        finally:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        assert not problems, problems
+        start = (seen[0] // 1000 + 1) * 1000
+    stop.set()
+    reader.join(30)
+    assert not problems, problems
+    before = read_tree(spec.dest)
+    cleanup(TreeSpec(spec.dest, 0o444))
+    assert read_tree(spec.dest) == before
+    assert_clean(spec.dest, before)
+    assert consistency_problem(before) is None
+    assert before == generation(int(before["k0"].split(b":")[0]))
+
+
+# ------------------------------------------------------------------------------------- heartbeat, json
+
+
+@pytest.mark.timeout(30)
+def test_touch_moves_the_dest_mtime_only(spec: TreeSpec) -> None:
+    assert not touch(spec)
+    publish(spec, {"a": b"1"})
+    child = os.stat(os.path.join(spec.dest, "a"))
+    os.utime(spec.dest, ns=(0, 0))
+    assert touch(spec)
+    assert os.stat(spec.dest).st_mtime_ns > 0
+    assert os.stat(os.path.join(spec.dest, "a")) == child
+
+
+def test_render_json_is_sorted_text() -> None:
+    data = render_json({"b": "é".encode(), "a": b'{"x": 1}'})
+    assert json.loads(data) == {"a": '{"x": 1}', "b": "é"}
+    assert data.index(b'"a"') < data.index(b'"b"')
+    assert render_json({}) == b"{}\n"
+
+
+def test_render_json_refuses_binary_children_naming_them() -> None:
+    with pytest.raises(TreeRenderError, match=r"child 'bin' is not UTF-8 text \(byte 1\)"):
+        render_json({"ok": b"fine", "bin": b"a\xff"})
+
+
+@pytest.mark.timeout(30)
+def test_publish_json_keeps_the_old_file_on_a_binary_child(tmp_path: Path) -> None:
+    spec = TreeSpec(os.path.join(tmp_path, "tree.json"), 0o440, NOBODY, NOBODY)
+    assert publish_json(spec, {"a": b"1"}) is Outcome.WRITTEN
+    assert publish_json(spec, {"a": b"1"}) is Outcome.UNCHANGED
+    inode = os.stat(spec.dest).st_ino
+    with pytest.raises(TreeRenderError, match="keeping the old file"):
+        publish_json(spec, {"a": b"\xff"})
+    assert os.stat(spec.dest).st_ino == inode
+    with open(spec.dest, "rb") as f:
+        assert json.load(f) == {"a": "1"}
+    status = os.stat(spec.dest)
+    assert (status.st_uid, status.st_gid, stat.S_IMODE(status.st_mode)) == (NOBODY, NOBODY, 0o440)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"dest": "relative"}, {"dest": "/"}, {"dest": "/a/../b"}, {"dest": "/a", "mode": 0o10000},
+     {"dest": "/a", "owner": -1}],
+)
+def test_invalid_specs_are_refused(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="invalid TreeSpec"):
+        TreeSpec(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(60)
+def test_publish_cost_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:
+    """tools/benchmark/tree_publish.py is called by the trees scenario; keep it from rotting."""
+    from tools.benchmark.tree_publish import publish_costs
+
+    metrics = {metric.key: metric.value for metric in publish_costs(str(tmp_path), sizes=(5, 20), changes=2)}
+    assert set(metrics) >= {"tree5_initial_s", "tree20_change_p50_ms", "tree20_reload_p50_ms"}
+    assert "tree_change_us_per_child" in metrics and os.listdir(tmp_path) == []
+
+
+@pytest.mark.timeout(30)
+def test_switching_formats_replaces_the_dest_both_ways(spec: TreeSpec) -> None:
+    publish(spec, {"a": b"1"})
+    assert publish_json(spec, {"a": b"2"}) is Outcome.WRITTEN
+    with open(spec.dest, "rb") as f:
+        assert json.load(f) == {"a": "2"}
+    outcome = publish(spec, {"a": b"3"})
+    assert outcome.cleaned == (spec.dest,)
+    assert_clean(spec.dest, {"a": b"3"})
+
+
+@pytest.mark.timeout(30)
+def test_publish_json_leaves_a_directory_it_did_not_write(tmp_path: Path) -> None:
+    dest = os.path.join(tmp_path, "tree")
+    os.makedirs(os.path.join(dest, "theirs"))
+    with pytest.raises(FileWriteError):
+        publish_json(TreeSpec(dest), {"a": b"1"})
+    assert os.listdir(dest) == ["theirs"]

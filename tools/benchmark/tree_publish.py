@@ -1,0 +1,88 @@
+"""What a tree snapshot costs on its own, without ZooKeeper: the disk and syscall share of the trees scenario.
+
+``publish_costs`` publishes a tree of each size, then changes one child ``changes`` times, timing each publish
+(write the child, hard-link the others, switch ``..data``, delete the old snapshot) and the TreeWatcher reload
+that follows. The trees scenario of ``tools/bench`` can put these beside its end-to-end figures, to show how
+much of a change's latency is the snapshot and how it grows from 100 to 10,000 children.
+
+Standalone: ``.venv/bin/python -m tools.benchmark.tree_publish --sizes 100 10000 --changes 20``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+
+from livedata.snapshots import TreePublisher, TreeSpec
+from livedata.tree_watcher import TreeWatcher
+from tools.benchmark.measure import payload
+from tools.benchmark.scenarios import Metric
+
+
+def publish_costs(
+    workdir: str, sizes: Sequence[int] = (100, 10_000), changes: int = 20, size: int = 200
+) -> list[Metric]:
+    """Figures per tree size: initial publish, one-child change (p50, max), reader reload after it (p50)."""
+    metrics: list[Metric] = []
+    for count in sizes:
+        dest = os.path.join(workdir, f"tree-{count}")
+        children = {f"child{i:06d}": payload("tree", i, size) for i in range(count)}
+        publisher = TreePublisher(TreeSpec(dest, 0o444))
+        start = time.perf_counter()
+        publisher.publish(children)
+        initial = time.perf_counter() - start
+        watcher = TreeWatcher(dest, lambda f: f.read(), binary=True)
+        publishes, reloads = [], []
+        for change in range(changes):
+            children["child000000"] = payload("changed", change, size)
+            start = time.perf_counter()
+            outcome = publisher.publish(children)
+            published = time.perf_counter()
+            data = watcher.get_data()
+            reloaded = time.perf_counter()
+            assert outcome.written == ("child000000",) and data["child000000"] == children["child000000"]
+            publishes.append((published - start) * 1000)
+            reloads.append((reloaded - published) * 1000)
+        label = f"tree of {count:,} children"
+        metrics += [
+            Metric(f"tree{count}_initial_s", f"{label}: initial publish", "s", initial),
+            Metric(f"tree{count}_change_p50_ms", f"{label}: one-child change, publish p50", "ms",
+                   statistics.median(publishes)),
+            Metric(f"tree{count}_change_max_ms", f"{label}: one-child change, publish max", "ms", max(publishes)),
+            Metric(f"tree{count}_reload_p50_ms", f"{label}: TreeWatcher reload after it, p50", "ms",
+                   statistics.median(reloads)),
+        ]  # fmt: skip
+        shutil.rmtree(dest)
+    if len(sizes) >= 2:
+        small, large = min(sizes), max(sizes)
+        by_key = {metric.key: metric.value for metric in metrics}
+        grown = (by_key[f"tree{large}_change_p50_ms"] or 0.0) - (by_key[f"tree{small}_change_p50_ms"] or 0.0)
+        metrics.append(Metric("tree_change_us_per_child", "one-child change: cost per extra child", "us",
+                              grown * 1000 / (large - small)))  # fmt: skip
+    return metrics
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 10_000])
+    parser.add_argument("--changes", type=int, default=20)
+    parser.add_argument("--payload", type=int, default=200)
+    parser.add_argument("--workdir", default=None, help="where to build the trees (default: a temp dir)")
+    args = parser.parse_args(argv)
+    workdir = tempfile.mkdtemp(prefix="livedata-tree-bench-", dir=args.workdir)
+    try:
+        for metric in publish_costs(workdir, args.sizes, args.changes, args.payload):
+            shown = "n/a" if metric.value is None else f"{metric.value:.3f}"
+            print(f"{metric.label:<55} {shown:>10} {metric.unit}")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
