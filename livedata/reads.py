@@ -50,7 +50,7 @@ import gevent
 import gevent.event
 from kazoo.client import KazooClient
 from kazoo.exceptions import ConnectionClosedError, ConnectionLoss, NoAuthError, NoNodeError, SessionExpiredError
-from kazoo.protocol.states import KazooState, ZnodeStat
+from kazoo.protocol.states import Callback, KazooState, ZnodeStat
 
 from livedata import payload
 from livedata.payload import Envelope, MissingChunkError, PayloadError
@@ -92,6 +92,9 @@ class ReadSink(Protocol):
     def read_done(self, item: Any, data: bytes, stat: ZnodeStat) -> None: ...
 
     def read_absent(self, item: Any) -> None: ...
+
+    def children_done(self, item: Any, names: list[str], stat: ZnodeStat) -> None:
+        """The children of an item that ``lists_children`` (a mirrored tree's source)."""
 
     def read_failed(self, item: Any, reason: str) -> None: ...
 
@@ -256,10 +259,14 @@ class ReadQueue:
             result = self.client.get_async(f"{item.path.rstrip('/')}/{name}")  # no watch: chunks never change
             request = _Request(item, op, time.monotonic(), result, assembly, index)
         else:
-            call = self.client.get_async if op == GET else self.client.exists_async
             item.read_state = GETTING if op == GET else CHECKING
             item.reread = False
-            result = call(item.path, watch=item.on_watch)
+            if op == EXISTS:
+                result = self.client.exists_async(item.path, watch=item.on_watch)
+            elif getattr(item, "lists_children", False):
+                result = self.client.get_children_async(item.path, watch=item.on_watch, include_data=True)
+            else:
+                result = self.client.get_async(item.path, watch=item.on_watch)
             request = _Request(item, op, time.monotonic(), result)
         self._in_flight[id(result)] = request
         self.issued += 1
@@ -322,7 +329,27 @@ class ReadQueue:
     # --- replies (hub callbacks) -----------------------------------------------------------------
 
     def _completed(self, result: Any) -> None:
+        """A reply is in: handle it in kazoo's callback greenlet, behind the watch events received before it.
+
+        The order matters for trees: ZooKeeper sends every event of one
+        transaction before the reply to any later read, and kazoo queues
+        events for that greenlet as it receives them.  Handling replies in the
+        same queue means that when a reply is handled, the events that came
+        before it have already asked for their reads, so a tree is never
+        taken as complete half-way through a multi-node transaction.
+        """
+        self.client.handler.dispatch_callback(Callback("livedata-reply", self._on_reply, (result,)))
+
+    def _on_reply(self, result: Any) -> None:
         request = self._in_flight.pop(id(result))
+        try:
+            self._handle_reply(request, result)
+        except Exception as e:  # a bug must not leave the item waiting for a reply that was dropped
+            log.exception("internal error while handling the reply to a read of %s", request.item.path)
+            if request.item.active:
+                self._fail(request.item, e)
+
+    def _handle_reply(self, request: _Request, result: Any) -> None:
         if len(self._in_flight) <= self.window // 2:
             self._wake.set()  # room for a new slice of the queue; waking on every reply would cost a switch each
         try:
@@ -338,7 +365,11 @@ class ReadQueue:
             item.read_state = IDLE
             return
         if result.successful():
-            if op == GET:
+            if op == GET and getattr(item, "lists_children", False):
+                names, stat = result.value
+                self.sink.children_done(item, names, stat)
+                self._finish(item)
+            elif op == GET:
                 data, stat = result.value
                 self._got(item, data or b"", stat)
             elif result.value is not None:

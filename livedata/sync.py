@@ -39,9 +39,11 @@ import gevent.event
 from kazoo.client import KazooClient
 from kazoo.protocol.states import EventType, KazooState, WatchedEvent, ZnodeStat
 
-from livedata import files
+from livedata import files, snapshots
 from livedata.files import FileSpec, FileWriteError, Outcome
-from livedata.reads import IDLE, RETRY_FIRST, ReadQueue, reset_backoff
+from livedata.payload import CHUNK_PREFIX
+from livedata.reads import IDLE, MAX_PAYLOAD_SIZE, RETRY_FIRST, ReadQueue, reset_backoff
+from livedata.snapshots import ChildNameError, TreePublisher, TreeRenderError, TreeSpec
 from livedata.zookeeper import session_timeout
 
 log = logging.getLogger("livedata.sync")
@@ -61,6 +63,24 @@ class NodeConfig:
     name: str
     source: str
     file: FileSpec
+
+
+@dataclass(frozen=True)
+class TreeConfig:
+    """One ``trees.<name>.*`` entry: whose children go to which directory (or JSON file), with which ownership.
+
+    ``file`` holds the dest and the metadata of every file (and, for ``directory``, of the directories
+    livedata makes), so hooks, probes and metrics read a tree's dest as they read a node's.
+    """
+
+    name: str
+    source: str
+    file: FileSpec
+    format: str = "directory"  # or "json": one file holding {child name: child data as text}
+
+    @property
+    def spec(self) -> TreeSpec:
+        return TreeSpec(self.file.path, self.file.mode, self.file.owner, self.file.group)
 
 
 class _Absent:
@@ -124,10 +144,11 @@ class MirroredNode:
         "written_at",
         "written_version",
     )
+    lists_children = False
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig | TreeConfig) -> None:
         self.config = config
-        self.wanted: bytes | _Absent | None = None
+        self.wanted: bytes | dict[str, bytes] | _Absent | None = None
         self.version = -1
         self.mzxid = -1
         self.in_sync = False  # the file is known to equal `wanted`: heartbeats may vouch for it
@@ -160,6 +181,64 @@ class MirroredNode:
     def path(self) -> str:
         return self.config.source
 
+    def quiet(self) -> bool:
+        """Nothing read is waiting to be taken into account."""
+        return self.read_state == IDLE
+
+
+class MirroredTree(MirroredNode):
+    """A tree: its source's children (each a :class:`TreeChild`), published as one snapshot once all are read.
+
+    ``wanted`` is the last *complete* picture, {child: bytes}: taken only when the listing and every
+    child's read have settled, with no read pending.  Replies are handled behind the watch events that
+    came before them (see ``ReadQueue._completed``), so a change of several children in one ZooKeeper
+    transaction is either wholly in a snapshot or not at all.
+    """
+
+    __slots__ = ("children", "listed", "logged_names", "publisher", "unsettled")
+    lists_children = True
+
+    def __init__(self, config: TreeConfig) -> None:
+        super().__init__(config)
+        self.children: dict[str, TreeChild] = {}
+        self.unsettled = 0  # children whose read is pending, or which were never read
+        self.listed = False  # the children are known (or the source is known to be absent)
+        self.publisher = TreePublisher(config.spec)
+        self.logged_names: set[str] = set()  # unsafe child names already logged
+
+    @property
+    def tree_config(self) -> TreeConfig:
+        assert isinstance(self.config, TreeConfig)
+        return self.config
+
+    def quiet(self) -> bool:
+        return self.read_state == IDLE and self.unsettled == 0
+
+    def complete(self) -> bool:
+        return self.listed and self.quiet()
+
+
+class TreeChild:
+    """One child of a mirrored tree: read (and watched) like a node, its data kept for the tree's snapshot."""
+
+    __slots__ = ("active", "data", "name", "path", "read_delay", "read_state", "reread", "settled", "tree")
+    lists_children = False
+
+    def __init__(self, tree: MirroredTree, name: str) -> None:
+        self.tree = tree
+        self.name = name
+        self.path = f"{tree.config.source.rstrip('/')}/{name}"
+        self.data: bytes | None = None
+        self.settled = False  # read, with nothing pending: counted out of tree.unsettled
+        self.active = True
+        self.read_state = IDLE
+        self.reread = False
+        self.read_delay = RETRY_FIRST
+
+    def on_watch(self, event: WatchedEvent) -> None:
+        if event.type != EventType.NONE and self.active and self.tree.mirror is not None:
+            self.tree.mirror._request_child(self)
+
 
 class Mirror:
     """Mirror znodes into files: start it once, then it follows the client through reconnects and expiry."""
@@ -167,9 +246,10 @@ class Mirror:
     def __init__(
         self,
         client: KazooClient,
-        nodes: Sequence[NodeConfig],
+        nodes: Sequence[NodeConfig | TreeConfig],
         observer: MirrorObserver | None = None,
         refresh_credentials: Callable[[], bool] | None = None,
+        max_payload_size: int = MAX_PAYLOAD_SIZE,
     ) -> None:
         """``refresh_credentials`` re-reads the credentials and applies them, True if they changed.
 
@@ -179,7 +259,7 @@ class Mirror:
         self.client = client
         self.observer = observer or MirrorObserver()
         self.refresh_credentials = refresh_credentials
-        self.reads = ReadQueue(client, self)
+        self.reads = ReadQueue(client, self, max_payload_size=max_payload_size)
         self._credentials_follower: gevent.Greenlet | None = None
         self._session_renewer: gevent.Greenlet | None = None
         self.nodes = [self._new_node(config) for config in nodes]
@@ -195,8 +275,8 @@ class Mirror:
         self.started_at = time.monotonic()
         self.resyncs = 0  # resync passes started
 
-    def _new_node(self, config: NodeConfig) -> MirroredNode:
-        node = MirroredNode(config)
+    def _new_node(self, config: NodeConfig | TreeConfig) -> MirroredNode:
+        node = MirroredTree(config) if isinstance(config, TreeConfig) else MirroredNode(config)
         node.mirror = self
         return node
 
@@ -204,9 +284,7 @@ class Mirror:
 
     def start(self) -> None:
         """Begin mirroring; call before or after the client connects, reads start on every (re)connection."""
-        removed = files.cleanup_stale_temp_files(node.config.file.path for node in self.nodes)
-        for path in removed:
-            log.info("removed temporary file left by an earlier run: %s", path)
+        self._clean_up_after_earlier_runs(self.nodes)
         self._writer = gevent.spawn(self._write_loop)
         self._reader = self.reads.start()
         for greenlet in (self._writer, self._reader):
@@ -217,12 +295,22 @@ class Mirror:
         if self.client.state == KazooState.CONNECTED:
             self._read_everything()
 
+    @staticmethod
+    def _clean_up_after_earlier_runs(nodes: Sequence[MirroredNode]) -> None:
+        """Temporary files (and, in trees, unfinished snapshots) that a killed run left behind."""
+        removed = files.cleanup_stale_temp_files(node.config.file.path for node in nodes)
+        for path in removed:
+            log.info("removed temporary file left by an earlier run: %s", path)
+        for node in nodes:
+            if isinstance(node, MirroredTree) and node.tree_config.format == "directory":
+                node.publisher.cleanup()
+
     def _core_died(self, greenlet: gevent.Greenlet) -> None:
         log.critical("internal error: the %s greenlet died (%r); exiting so that a supervisor restarts the watcher",
                      "writer" if greenlet is self._writer else "reader", greenlet.exception)  # fmt: skip
         self.died.set()
 
-    def update_nodes(self, configs: Sequence[NodeConfig]) -> tuple[list[str], list[str]]:
+    def update_nodes(self, configs: Sequence[NodeConfig | TreeConfig]) -> tuple[list[str], list[str]]:
         """Adopt a new node list (a reloaded config); returns the names (added, removed).
 
         A node whose settings changed counts as removed and added again, so
@@ -235,7 +323,11 @@ class Mirror:
         removed = [name for name, node in current.items() if wanted.get(name) != node.config]
         added = [name for name, config in wanted.items() if name not in current or name in removed]
         for name in removed:
-            self.reads.forget(current[name])
+            gone = current[name]
+            self.reads.forget(gone)
+            if isinstance(gone, MirroredTree):
+                for child in gone.children.values():
+                    self.reads.forget(child)
             self._dirty.pop(id(current[name]), None)
             self._retrying.pop(id(current[name]), None)
         new_nodes = [self._new_node(wanted[name]) for name in added]
@@ -247,7 +339,7 @@ class Mirror:
             if not self._pending_initial:
                 self._initial_sync_done()
         if new_nodes:
-            files.cleanup_stale_temp_files(node.config.file.path for node in new_nodes)
+            self._clean_up_after_earlier_runs(new_nodes)
             self.reads.request_all(new_nodes)
         return added, removed
 
@@ -275,11 +367,21 @@ class Mirror:
             self._session_renewer = gevent.spawn(self._renew_session_when_cut_off)
 
     def _read_everything(self) -> None:
-        """Re-read every node, and vouch for none until it is: it may have changed while we were away."""
+        """Re-read every node (and tree child), and vouch for none until it is: it may have changed meanwhile."""
         for node in self.nodes:
             node.in_sync = False
-        self.reads.request_all(self.nodes)
+            self.reads.request(node)
+            if isinstance(node, MirroredTree):
+                for child in node.children.values():
+                    self._request_child(child)
         self.reads.wake()
+
+    def _request_child(self, child: TreeChild) -> None:
+        """Read a tree's child again; until it is, the tree is not complete (no snapshot is taken)."""
+        if child.settled:
+            child.settled = False
+            child.tree.unsettled += 1
+        self.reads.request(child)
 
     def _renew_session_when_cut_off(self) -> None:
         """Start a new session once cut off from every server for longer than the session timeout.
@@ -328,34 +430,87 @@ class Mirror:
             if changed and self.connected():
                 log.info("re-reading every node with the new credentials")
                 reset_backoff(self.nodes)
-                self.reads.request_all(self.nodes)
+                self._read_everything()
 
     # --- read results (livedata.reads.ReadSink; hub callbacks) -------------------------------------
 
-    def read_done(self, node: MirroredNode, data: bytes, stat: ZnodeStat) -> None:
+    def read_done(self, node: MirroredNode | TreeChild, data: bytes, stat: ZnodeStat) -> None:
+        if isinstance(node, TreeChild):
+            node.data = data  # taken into the tree's picture once every read of the tree has settled
+            return
         node.version, node.mzxid = stat.version, stat.mzxid
         self._want(node, data)
 
-    def read_absent(self, node: MirroredNode) -> None:
-        self._want(node, ABSENT)
+    def read_absent(self, node: MirroredNode | TreeChild) -> None:
+        if isinstance(node, TreeChild):
+            self._drop_child(node)  # deleted since the listing, whose watch fires as well
+            self._tree_maybe_complete(node.tree)
+        elif isinstance(node, MirroredTree):
+            for child in list(node.children.values()):
+                self._drop_child(child)
+            node.listed = True  # a missing source is an empty tree; it fills when the node is created
+            node.version = node.mzxid = -1
+        else:
+            self._want(node, ABSENT)
 
-    def read_failed(self, node: MirroredNode, reason: str) -> None:
+    def children_done(self, tree: MirroredTree, names: list[str], stat: ZnodeStat) -> None:
+        tree.version, tree.mzxid = stat.cversion, stat.pzxid
+        tree.listed = True
+        wanted = {name for name in names if not name.startswith(CHUNK_PREFIX)}  # the source's own chunks
+        for name, child in list(tree.children.items()):
+            if name not in wanted:
+                self._drop_child(child)
+        for name in sorted(wanted - tree.children.keys()):
+            child = TreeChild(tree, name)
+            tree.children[name] = child
+            tree.unsettled += 1
+            self.reads.request(child)
+
+    def _drop_child(self, child: TreeChild) -> None:
+        tree = child.tree
+        if tree.children.get(child.name) is child:
+            del tree.children[child.name]
+        if child.active and not child.settled:
+            tree.unsettled -= 1
+        child.active = False
+
+    def read_failed(self, node: MirroredNode | TreeChild, reason: str) -> None:
+        if isinstance(node, TreeChild):
+            node, reason = node.tree, f"child {node.name}: {reason}"
         if node.failure != reason:
-            log.error("%s: cannot read %s: %s; the file is left as it is", node.name, node.config.source, reason)
+            what = "the snapshot" if isinstance(node, MirroredTree) else "the file"
+            log.error("%s: cannot read %s: %s; %s is left as it is", node.name, node.config.source, reason, what)
         node.failure = reason
         node.in_sync = False
         self.observer.failed(node, "read", reason)
         self._initial_done(node)
 
-    def read_settled(self, node: MirroredNode) -> None:
+    def read_settled(self, node: MirroredNode | TreeChild) -> None:
         """The file may be vouched for once what was read is written (a write can finish first)."""
-        if not node.dirty and node.failure is None and node.wanted is not None:
+        if isinstance(node, TreeChild):
+            if node.active and not node.settled:
+                node.settled = True
+                node.tree.unsettled -= 1
+            self._tree_maybe_complete(node.tree)
+        elif isinstance(node, MirroredTree):
+            self._tree_maybe_complete(node)
+        elif not node.dirty and node.failure is None and node.wanted is not None:
             node.in_sync = True
+
+    def _tree_maybe_complete(self, tree: MirroredTree) -> None:
+        """Every read of the tree has settled: its picture is consistent, publish it (if it changed)."""
+        if not tree.active or not tree.complete():
+            return
+        picture = {name: child.data for name, child in tree.children.items() if child.data is not None}
+        if picture == tree.wanted and not tree.dirty and tree.failure is None:
+            tree.in_sync = True
+            return
+        self._want(tree, picture)
 
     def reads_idle(self) -> None:
         self._batch_ready.set()
 
-    def _want(self, node: MirroredNode, wanted: bytes | _Absent) -> None:
+    def _want(self, node: MirroredNode, wanted: bytes | dict[str, bytes] | _Absent) -> None:
         if wanted != node.wanted:
             node.in_sync = False
         node.wanted = wanted
@@ -406,6 +561,11 @@ class Mirror:
         batch = [node for node in batch if node.active]
         for node in batch:
             node.dirty = False
+        trees = [node for node in batch if isinstance(node, MirroredTree)]
+        if trees:
+            batch = [node for node in batch if not isinstance(node, MirroredTree)]
+            for tree in trees:
+                self._publish(tree)
         items = [(node, node.config.file, node.wanted) for node in batch if isinstance(node.wanted, bytes)]
         present = [node for node, _, _ in items]
         absent = [node for node in batch if node.wanted is ABSENT]
@@ -419,6 +579,18 @@ class Mirror:
                 self._written(node, result)
         for node in absent:
             self._written(node, self._remove(node))
+
+    def _publish(self, tree: MirroredTree) -> None:
+        """One snapshot of a tree (in the thread pool: a big tree takes a while, pings must keep flowing)."""
+        if not isinstance(tree.wanted, dict):
+            return
+        result, skipped = gevent.get_hub().threadpool.apply(_publish_tree, (tree, tree.wanted))
+        for error in skipped:
+            if error.child not in tree.logged_names:
+                tree.logged_names.add(error.child)
+                log.error("%s: %s; that child is skipped", tree.name, error)
+        if tree.active:
+            self._written(tree, result)
 
     def _remove(self, node: MirroredNode) -> Outcome | FileWriteError:
         try:
@@ -442,7 +614,7 @@ class Mirror:
             node.failure = None
             node.retry_delay = RETRY_FIRST
             # A newer value may have arrived while we wrote, or a re-read may be under way (reconnection).
-            node.in_sync = not node.dirty and node.read_state == IDLE
+            node.in_sync = not node.dirty and node.quiet()
             node.written_at = time.time()
             repaired = result is not Outcome.UNCHANGED and node.written_version == node.version
             node.written_version = node.version
@@ -455,6 +627,8 @@ class Mirror:
         path = node.config.file.path
         if result is Outcome.METADATA_FIXED:
             log.info("%s: fixed mode/ownership of %s", node.name, path)
+        elif isinstance(node.wanted, dict):
+            log.info("%s: published %d children to %s", node.name, len(node.wanted), path)
         elif node.wanted is ABSENT:
             log.info("%s: node is absent: removed %s", node.name, path)
         elif isinstance(node.wanted, bytes):
@@ -516,7 +690,7 @@ class Mirror:
             return 0
         touched = 0
         for index, node in enumerate(self.nodes):
-            if node.in_sync and isinstance(node.wanted, bytes) and self._touch(node):
+            if node.in_sync and node.wanted is not None and node.wanted is not ABSENT and self._touch(node):
                 touched += 1
             if index % 1000 == 999:
                 gevent.sleep(0)
@@ -525,7 +699,10 @@ class Mirror:
 
     def _touch(self, node: MirroredNode) -> bool:
         try:
-            touched = files.touch(node.config.file.path)
+            if isinstance(node, MirroredTree) and node.tree_config.format == "directory":
+                touched = snapshots.touch(node.tree_config.spec)
+            else:
+                touched = files.touch(node.config.file.path)
         except FileWriteError as e:
             if node.touch_failure != str(e):
                 log.error("%s: heartbeat: %s; its mtime will age", node.name, e)
@@ -541,7 +718,32 @@ class Mirror:
         """Re-read every node and re-check every file, repairing local edits, deletions and drifted metadata."""
         if self.connected():
             self.resyncs += 1
+            for node in self.nodes:
+                if isinstance(node, MirroredTree):
+                    # Forget what was published, so the next snapshot checks every file on disk again.
+                    node.publisher = TreePublisher(node.tree_config.spec)
+                    node.wanted = None
             self._read_everything()
 
     def out_of_sync(self) -> Iterable[MirroredNode]:
         return (node for node in self.nodes if not node.in_sync)
+
+
+def _publish_tree(
+    tree: MirroredTree, children: dict[str, bytes]
+) -> tuple[Outcome | FileWriteError, tuple[ChildNameError, ...]]:
+    """Publish one picture of a tree; runs in a thread, so it only touches the file system and its arguments."""
+    config = tree.tree_config
+    try:
+        if config.format == "json":
+            return snapshots.publish_json(config.spec, children), ()
+        outcome = tree.publisher.publish(children)
+    except TreeRenderError as e:
+        return FileWriteError(config.file.path, str(e), step="rendering"), ()
+    except FileWriteError as e:
+        return e, ()
+    except OSError as e:
+        return FileWriteError(config.file.path, e.strerror or str(e), code=e.errno), ()
+    if outcome.switched:
+        return Outcome.WRITTEN, outcome.skipped
+    return (Outcome.METADATA_FIXED if outcome.metadata_fixed else Outcome.UNCHANGED), outcome.skipped
