@@ -132,12 +132,11 @@ def test_ready_after_initial_sync_with_status_counts_and_watchdog(
 ):
     zk.create(f"{zk_path}/a", b"alpha")
     zk.create(f"{zk_path}/b", b"beta")
-    with open(f"{workdir}/not-a-directory", "wb") as f:
-        f.write(b"a regular file where a directory should be")
     settings = base(zk_server)
     settings.update(node_settings("a", f"{zk_path}/a", f"{workdir}/out/a"))
     settings.update(node_settings("b", f"{zk_path}/b", f"{workdir}/out/b"))
-    settings.update(node_settings("broken", f"{zk_path}/a", f"{workdir}/not-a-directory/broken"))
+    # /proc exists, so the config is valid, but no file can be created in it, even by root.
+    settings.update(node_settings("broken", f"{zk_path}/a", f"/proc/livedata-test-{os.getpid()}"))
     watcher = start_watcher(settings, env={"NOTIFY_SOCKET": systemd.name, "WATCHDOG_USEC": "200000"})
 
     ready = systemd.messages[systemd.wait_for(is_ready, what="READY=1")]
