@@ -19,11 +19,12 @@ import difflib
 import io
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 # Only exception classes: importing them opens no socket and starts no thread, so it is safe before gevent patches.
 from kazoo.exceptions import (
@@ -36,8 +37,27 @@ from kazoo.exceptions import (
     SessionExpiredError,
 )
 
-from livedata.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ArgumentParser, CommandError, fail, setup_logging
-from livedata.config import ConfigError, ConfigNamespace, RawConfig, read_config, source_of, znode_path
+from livedata.cli import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    ArgumentParser,
+    CommandError,
+    add_common_arguments,
+    fail,
+    log_level,
+    setup_logging,
+)
+from livedata.config import (
+    ConfigError,
+    ConfigNamespace,
+    RawConfig,
+    check_known_keys,
+    read_config,
+    source_of,
+    znode_path,
+)
+from livedata.logs import silence_kazoo
 
 if TYPE_CHECKING:
     import argparse
@@ -45,12 +65,16 @@ if TYPE_CHECKING:
     from kazoo.client import KazooClient
 
 PROG = "livedata.writer"
+WRITER_KEYS = ("zookeeper.", "secrets.", "writer.")  # the keys the writer reads (and so expands $VARs in)
 STDIN = "-"
 STDIN_LABEL = "<stdin>"
 
 # Connecting may take one full pass over the hosts (kazoo gives each host its share of the session timeout)
 # plus a reconnect backoff; twice the session timeout covers that without hanging a CI job on a dead ensemble.
 CONNECT_TIMEOUT_FACTOR = 2.0
+
+READ_CHUNK = 1024 * 1024
+DEFAULT_DIFF_LINES = 200  # a 1 MB text would otherwise print thousands of lines into a CI log
 
 NO_CHANGES = "No changes detected. Not writing."
 WROTE = "Wrote data to ZooKeeper."
@@ -79,9 +103,11 @@ class InvalidJSONError(WriterError):
 
 
 class TooLargeError(WriterError):
-    def __init__(self, label: str, size: int, limit: int) -> None:
+    def __init__(self, label: str, size: int | None, limit: int) -> None:
+        """``size`` None: more than ``limit`` (standard input is not read further than that)."""
+        amount = f"more than {limit}" if size is None else str(size)
         super().__init__(
-            f"{label} is {size} bytes but a node holds at most {limit} bytes (zookeeper.max_node_size); "
+            f"{label} is {amount} bytes but a node holds at most {limit} bytes (zookeeper.max_node_size); "
             "nothing written"
         )
 
@@ -134,15 +160,41 @@ def source_label(source: str) -> str:
     return STDIN_LABEL if source == STDIN else source
 
 
-def read_source(source: str) -> bytes:
-    """All bytes of the file (or standard input for ``-``), exactly as they will be stored."""
+def read_source(source: str, limit: int | None = None) -> bytes:
+    """All bytes of the file (or standard input for ``-``), exactly as they will be stored.
+
+    With ``limit``, at most ``limit + 1`` bytes are read: more than the limit
+    is refused as soon as it is seen, so a runaway pipe costs no more memory
+    than one node's worth.
+    """
+    label = source_label(source)
     try:
         if source == STDIN:
-            return sys.stdin.buffer.read()
-        with open(source, "rb") as f:
-            return f.read()
+            data = _read_at_most(sys.stdin.buffer, limit)
+            size = None
+        else:
+            with open(source, "rb") as f:
+                data = _read_at_most(f, limit)
+                size = os.fstat(f.fileno()).st_size
     except OSError as e:
-        raise SourceUnreadableError(source_label(source), e.strerror or e) from None
+        raise SourceUnreadableError(label, e.strerror or e) from None
+    if limit is not None and len(data) > limit:
+        raise TooLargeError(label, size if size is not None and size > limit else None, limit)
+    return data
+
+
+def _read_at_most(stream: BinaryIO, limit: int | None) -> bytes:
+    if limit is None:
+        return stream.read()
+    chunks = []
+    remaining = limit + 1
+    while remaining > 0:
+        chunk = stream.read(min(remaining, READ_CHUNK))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
 
 
 def wants_json_validation(source: str) -> bool:
@@ -177,14 +229,31 @@ def _terminated(line: str) -> str:
     return line if line.endswith("\n") else f"{line}\n\\ No newline at end of file\n"
 
 
-def render_diff(old: bytes, new: bytes, old_label: str, new_label: str) -> str:
-    """A unified diff of two texts, or a one-line size summary when either side is not UTF-8 text."""
+def render_diff(old: bytes, new: bytes, old_label: str, new_label: str, max_lines: int | None = None) -> str:
+    """A unified diff of two texts, or a one-line size summary when either side is not UTF-8 text.
+
+    ``max_lines`` caps the diff's output lines; what is cut is summarised in
+    one line (lines added and removed in all), so a big change stays readable.
+    """
     try:
         old_text, new_text = old.decode("utf-8"), new.decode("utf-8")
     except UnicodeDecodeError:
         return f"Binary data: {old_label} is {len(old)} bytes, {new_label} is {len(new)} bytes.\n"
-    lines = difflib.unified_diff(_split_lines(old_text), _split_lines(new_text), old_label, new_label)
-    return "".join(_terminated(line) for line in lines)
+    lines = [_terminated(line)
+             for line in difflib.unified_diff(_split_lines(old_text), _split_lines(new_text), old_label, new_label)]
+    if max_lines is None or len(lines) <= max_lines:
+        return "".join(lines)
+    return "".join(lines[:max_lines]) + _diff_summary(lines, max_lines)
+
+
+def _diff_summary(lines: list[str], shown: int) -> str:
+    body = lines[2:]  # past the ---/+++ header
+    added = sum(1 for line in body if line.startswith("+"))
+    removed = sum(1 for line in body if line.startswith("-"))
+    return (
+        f"... diff cut after {shown} of {len(lines)} lines: {added} lines added, {removed} removed in all "
+        "(--full-diff shows everything, --diff-lines N more)\n"
+    )
 
 
 @contextmanager
@@ -231,7 +300,7 @@ def write_node(client: KazooClient, path: str, data: bytes, expected_version: in
 
 
 def push(client: KazooClient, path: str, data: bytes, label: str, out: TextIO, *,
-         allow_empty: bool = False, dry_run: bool = False) -> None:
+         allow_empty: bool = False, dry_run: bool = False, diff_lines: int | None = None) -> None:
     """Compare, show, and (unless ``dry_run``) compare-and-set: every refusal happens before the write."""
     current, version = read_node(client, path)
     log.debug("read %s: %d bytes at version %d", path, len(current), version)
@@ -241,7 +310,7 @@ def push(client: KazooClient, path: str, data: bytes, label: str, out: TextIO, *
     if not data and not allow_empty:
         raise EmptyInputError(label, path, len(current))
     print(f"Writing {label} to ZooKeeper {path}...", file=out)
-    out.write(render_diff(current, data, f"{path} (current)", f"{label} (new)"))
+    out.write(render_diff(current, data, f"{path} (current)", f"{label} (new)", diff_lines))
     if dry_run:
         print(DRY_RUN, file=out)
         return
@@ -310,23 +379,40 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "--no-validate", dest="validate", action="store_false", help="do not require a *.json SOURCE to parse as JSON"
     )
     parser.add_argument("--allow-empty", action="store_true", help="allow empty input to replace non-empty data")
-    parser.add_argument("--debug", action="store_true", help="log each step and kazoo's own messages on stderr")
+    diff = parser.add_mutually_exclusive_group()
+    diff.add_argument(
+        "--diff-lines", type=_positive, default=DEFAULT_DIFF_LINES, metavar="N",
+        help=f"show at most N lines of diff, then a summary (default {DEFAULT_DIFF_LINES})",
+    )  # fmt: skip
+    diff.add_argument("--full-diff", action="store_true", help="show the whole diff, however long")
+    add_common_arguments(parser)
     return parser.parse_args(argv)
+
+
+def _positive(text: str) -> int:
+    import argparse
+
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of lines")
+    return int(text)
 
 
 def run(args: argparse.Namespace, out: TextIO) -> None:
     """Every check that needs no server comes first, so a bad input never costs a connection."""
     from livedata.zookeeper import parse_zookeeper_config
 
-    config = read_config(args.config)
+    # Only the keys the writer uses are expanded: a shared file's $VARs for nodes.* need not be set here.
+    config = read_config(args.config, expand=WRITER_KEYS)
+    check_known_keys(config)
     settings = parse_zookeeper_config(config)
     label = source_label(args.source)
-    data = read_source(args.source)
+    data = read_source(args.source, settings.max_node_size)
     if args.validate and wants_json_validation(args.source):
         validate_json(label, data)
     check_size(label, data, settings.max_node_size)
     with connected_client(config, settings) as client:
-        push(client, args.node, data, label, out, allow_empty=args.allow_empty, dry_run=args.dry_run)
+        push(client, args.node, data, label, out, allow_empty=args.allow_empty, dry_run=args.dry_run,
+             diff_lines=None if args.full_diff else args.diff_lines)  # fmt: skip
 
 
 def _patch_gevent() -> None:
@@ -343,10 +429,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The diff shows the data's own text; a terminal that cannot encode it must not turn into a traceback.
         sys.stdout.reconfigure(errors="backslashreplace")
     _patch_gevent()
-    setup_logging(args.debug)
+    setup_logging(args.debug, log_level(args))
     if not args.debug:
         # kazoo logs every refused connection attempt; our one line already says what failed.
-        logging.getLogger("kazoo").setLevel(logging.CRITICAL + 1)
+        silence_kazoo()
     try:
         run(args, sys.stdout)
     except ConfigError as e:
