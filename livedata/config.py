@@ -449,7 +449,9 @@ def unknown_key_problem(known: Mapping[str, Any], key: str) -> str | None:
 
 
 def _unknown_part(parts: list[str], index: int, level: Mapping[str, Any]) -> str:
-    close = difflib.get_close_matches(parts[index], list(level), n=1, cutoff=0.6)
+    part = parts[index]
+    close = difflib.get_close_matches(part, list(level), n=1, cutoff=0.6)
+    close = close or [known for known in level if part and known.startswith(part)][:1]  # resync -> resync_interval
     if close:
         return f"unknown key; did you mean {'.'.join([*parts[:index], close[0], *parts[index + 1:]])}?"
     return f"unknown key ({'.'.join(parts[:index])}.* takes: {', '.join(level)})"
