@@ -283,9 +283,9 @@ def test_known_keys_and_other_programs_keys_are_accepted():
 
 
 def test_a_spec_adds_its_keys_by_registering():
-    from livedata.config import _known, check_known_keys, register
-
     import copy
+
+    from livedata.config import _known, check_known_keys, register
 
     saved = copy.deepcopy(_known)
     try:

@@ -7,6 +7,7 @@ precisely between our read and our write.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -601,10 +602,8 @@ def test_oversize_stdin_is_refused_without_reading_it_all(tmp_path, zk_server, z
     except BrokenPipeError:
         pass  # it stopped reading: exactly the point
     finally:
-        try:
+        with contextlib.suppress(BrokenPipeError):
             writer.stdin.close()
-        except BrokenPipeError:
-            pass
     assert writer.stderr is not None
     err = writer.stderr.read()
     writer.wait(timeout=50)
