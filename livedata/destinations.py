@@ -2,7 +2,8 @@
 
 A dest that is an existing directory can never be written (a rename cannot
 replace a directory with a file): accepting it would mean a failed write,
-retried forever.  It is refused with the configuration instead.
+retried forever.  It is refused with the configuration instead (the watcher
+never removes a directory, so this cannot cure itself).
 
 A dest whose directory does not exist yet is allowed, since the directory
 may be a tmpfs or a volume created late, but each directory created is
@@ -33,11 +34,8 @@ def dest_problem(spec: FileSpec) -> str | None:
         status = None
     if status is not None and stat.S_ISDIR(status.st_mode):
         return f"{spec.path} is a directory; a dest must name a file"
-    parent = os.path.dirname(spec.path)
-    while parent and not os.path.lexists(parent):
-        parent = os.path.dirname(parent)
-    if parent and not os.path.isdir(parent):
-        return f"{parent} is not a directory, so {spec.path} cannot be created"
+    # A regular file where a directory should be is left to the mirror: it is logged when the directories
+    # are created, and the node's writes fail and are retried (and counted) until someone removes it.
     return None
 
 

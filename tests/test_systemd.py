@@ -135,11 +135,12 @@ def test_ready_after_initial_sync_with_status_counts_and_watchdog(
 ):
     zk.create(f"{zk_path}/a", b"alpha")
     zk.create(f"{zk_path}/b", b"beta")
+    with open(f"{workdir}/not-a-directory", "wb") as f:
+        f.write(b"a regular file where a directory should be")
     settings = base(zk_server)
     settings.update(node_settings("a", f"{zk_path}/a", f"{workdir}/out/a"))
     settings.update(node_settings("b", f"{zk_path}/b", f"{workdir}/out/b"))
-    # /proc exists, so the config is valid, but no file can be created in it, even by root.
-    settings.update(node_settings("broken", f"{zk_path}/a", f"/proc/livedata-test-{os.getpid()}"))
+    settings.update(node_settings("broken", f"{zk_path}/a", f"{workdir}/not-a-directory/broken"))
     watcher = start_watcher(settings, env={"NOTIFY_SOCKET": systemd.name, "WATCHDOG_USEC": "200000"})
 
     ready = systemd.messages[systemd.wait_for(is_ready, what="READY=1")]
@@ -217,7 +218,6 @@ def test_ready_waits_for_zookeeper_and_survives_a_reload_before_it(
     ready = systemd.messages[systemd.wait_for(is_ready, 30, what="READY=1")]
     assert read_bytes(f"{workdir}/kept") == b"kept"
     assert ready["STATUS"] == "connected to ZooKeeper; 1 nodes: 1 in sync, 0 pending, 0 failing"
-
 
 
 # --- the unit file and the README's copy of it ---------------------------------------------------------------
