@@ -86,8 +86,9 @@ def test_unreachable_zookeeper_is_reported_in_our_words_once(workdir):
         listener.close()
     output = watcher.output()
     assert output.count("cannot reach ZooKeeper server") == 1, output
-    kazoo_lines = [line for line in output.splitlines() if " kazoo." in line]
-    assert len(kazoo_lines) <= 1, output  # the same kazoo complaint is not repeated within 10 minutes
+    kazoo_messages = [line.split(" kazoo.", 1)[1] for line in output.splitlines() if " kazoo." in line]
+    assert len(kazoo_messages) == len(set(kazoo_messages)), output  # none repeated within 10 minutes
+    assert len(kazoo_messages) < 3 + 1, output  # three more attempts (and more) did not each add a line
     assert "Failed connecting to Zookeeper" not in output  # not after SIGTERM either
     assert "Traceback" not in output
 
@@ -136,3 +137,43 @@ def test_journal_lines_carry_priorities_and_no_timestamps(workdir):
 def read_text(path: str) -> str:
     with open(path) as f:
         return f.read()
+
+
+def test_reminder_repeats_while_disconnected_and_stops_on_connect(caplog):
+    """The observer alone, on a real kazoo client that is never started: the reminder is its own timer."""
+    import gevent
+    from kazoo.client import KazooClient
+    from kazoo.protocol.states import KazooState
+
+    from livedata.connection_log import ConnectionLog
+
+    caplog.set_level(logging.INFO, logger="livedata.connection")
+    observer = ConnectionLog(KazooClient("127.0.0.1:1"), "127.0.0.1:1", reminder_interval=0.05)
+
+    def reminders() -> int:
+        return sum("still not connected to ZooKeeper after" in record.getMessage() for record in caplog.records)
+
+    def gevent_wait(condition, timeout: float = 10.0) -> None:  # the timer runs only while the hub does
+        deadline = gevent.get_hub().loop.now() + timeout
+        while not condition():
+            assert gevent.get_hub().loop.now() < deadline, caplog.text
+            gevent.sleep(0.01)
+
+    observer.start()
+    observer.attempting("127.0.0.1:1")
+    observer.attempt_failed("Connection dropped: socket connection error: Connection refused")
+    observer.attempt_failed("Connection dropped: socket connection error: Connection refused")
+    gevent_wait(lambda: reminders() >= 2)
+    assert caplog.text.count("cannot reach ZooKeeper server 127.0.0.1:1: Connection refused") == 1
+    assert "last attempt 127.0.0.1:1: Connection refused" in caplog.text
+
+    observer.state_changed(KazooState.CONNECTED)
+    assert "connected to ZooKeeper server 127.0.0.1:1 (read-write)" in caplog.text
+    seen = reminders()
+    gevent.sleep(0.2)  # four reminder intervals: none may come while connected
+    assert reminders() == seen
+
+    observer.state_changed(KazooState.SUSPENDED)
+    assert "lost the connection to ZooKeeper server 127.0.0.1:1" in caplog.text
+    gevent_wait(lambda: reminders() > seen)
+    observer.stop()
