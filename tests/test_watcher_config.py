@@ -181,3 +181,13 @@ def test_version_on_every_command():
         result = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=20)
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip().endswith("0.1.0") or "not installed" in result.stdout
+
+
+@pytest.mark.parametrize("name", ["prod.ini", "dev.ini"])
+def test_shipped_watcher_configs_load(monkeypatch, tmp_path, name):
+    from livedata.watcher import load_config
+
+    monkeypatch.setenv("LIVEDATA_DEV_ZK", "127.0.0.1:2181")
+    monkeypatch.setenv("LIVEDATA_DEV_DIR", str(tmp_path))
+    config = load_config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf", name))
+    assert len(config.nodes) == 2
