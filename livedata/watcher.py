@@ -4,13 +4,16 @@ One gevent process.  :func:`main` monkey-patches first (before kazoo is even
 imported), validates the whole configuration before connecting anywhere, then
 runs everything as greenlets of one hub: kazoo's (connection and watch
 callbacks), the mirror's writer, two timers (heartbeat and resync), and the
-optional parts attached to the mirror as observers: Prometheus metrics
-(:mod:`livedata.metrics`), systemd notification (:mod:`livedata.systemd`) and
-on_change hooks (:mod:`livedata.hooks`).
+parts attached to the mirror as observers: the connection log
+(:mod:`livedata.connection_log`), and optionally Prometheus metrics
+(:mod:`livedata.metrics`), systemd notification (:mod:`livedata.systemd`),
+on_change hooks (:mod:`livedata.hooks`) and the probes' state files
+(:mod:`livedata.probe_state`).
 
 Signals: SIGTERM/SIGINT close the ZooKeeper session and exit 0; SIGHUP
-re-reads the configuration (:meth:`Daemon.reload`).  ``--check`` is a
-separate, ZooKeeper-free probe of the dests (:mod:`livedata.health`).
+re-reads the configuration (:meth:`Daemon.reload`).  ``--check`` (readiness)
+and ``--alive`` (liveness) are separate, ZooKeeper-free probes
+(:mod:`livedata.health`).
 """
 from __future__ import annotations
 
