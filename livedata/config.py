@@ -414,10 +414,21 @@ def check_known_keys(config: Mapping[str, str]) -> None:
     probably meant (``did you mean zookeeper.timeout?``).
     """
     known = known_keys()
-    for key in sorted(config):
+    fine_shapes: set[tuple[str, ...]] = set()  # nodes.<any name>.source: checked once, not once per node
+    bad: dict[str, str] = {}
+    for key in config:
+        parts = key.split(".")
+        shape = (parts[0], *parts[2:]) if len(parts) > 2 and isinstance(known.get(parts[0]), DictOf) else None
+        if shape is not None and shape in fine_shapes:
+            continue
         problem = unknown_key_problem(known, key)
         if problem:
-            raise ConfigError(source_of(config), key, problem)
+            bad[key] = problem
+        elif shape is not None:
+            fine_shapes.add(shape)
+    if bad:
+        first = min(bad)
+        raise ConfigError(source_of(config), first, bad[first])
 
 
 def unknown_key_problem(known: Mapping[str, Any], key: str) -> str | None:

@@ -26,14 +26,14 @@ log = logging.getLogger("livedata.destinations")
 DIRECTORY_MODE = 0o755
 
 
-def dest_problem(spec: FileSpec) -> str | None:
-    """Why ``spec.path`` can never be a dest, judged from what exists now; None when it can be."""
+def dest_problem(path: str) -> str | None:
+    """Why ``path`` can never be a dest, judged from what exists now; None when it can be."""
     try:
-        status = os.stat(spec.path)
+        status = os.stat(path)
     except OSError:
-        status = None
-    if status is not None and stat.S_ISDIR(status.st_mode):
-        return f"{spec.path} is a directory; a dest must name a file"
+        return None
+    if stat.S_ISDIR(status.st_mode):
+        return f"{path} is a directory; a dest must name a file"
     # A regular file where a directory should be is left to the mirror: it is logged when the directories
     # are created, and the node's writes fail and are retried (and counted) until someone removes it.
     return None

@@ -155,7 +155,7 @@ def _check_nodes(raw: RawConfig, nodes: Mapping[str, Any], check_dests: bool) ->
         if node.dest in seen:
             raise ConfigError(source, f"nodes.{name}.dest", f"{node.dest} is also the dest of nodes.{seen[node.dest]}")
         seen[node.dest] = name
-        problem = dest_problem(FileSpec(node.dest, node.mode, node.owner, node.group)) if check_dests else None
+        problem = dest_problem(node.dest) if check_dests else None
         if problem:
             raise ConfigError(source, f"nodes.{name}.dest", problem)
 

@@ -16,11 +16,11 @@ NOBODY = 65534
 
 
 def test_only_a_directory_at_the_dest_is_a_problem(tmp_path):
-    assert dest_problem(FileSpec(str(tmp_path), 0o400)) == f"{tmp_path} is a directory; a dest must name a file"
+    assert dest_problem(str(tmp_path)) == f"{tmp_path} is a directory; a dest must name a file"
     (tmp_path / "file").write_text("x")
-    assert dest_problem(FileSpec(f"{tmp_path}/file/deeper/dest", 0o400)) is None  # a runtime failure, logged
-    assert dest_problem(FileSpec(f"{tmp_path}/new/dir/dest", 0o400)) is None
-    assert dest_problem(FileSpec(f"{tmp_path}/file", 0o400)) is None  # an existing file is simply replaced
+    assert dest_problem(f"{tmp_path}/file/deeper/dest") is None  # a runtime failure, logged
+    assert dest_problem(f"{tmp_path}/new/dir/dest") is None
+    assert dest_problem(f"{tmp_path}/file") is None  # an existing file is simply replaced
 
 
 def test_missing_directories_get_the_nodes_owner_and_a_log_line(tmp_path, caplog):
