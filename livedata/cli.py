@@ -7,9 +7,11 @@ these lines in CI logs and journals, and scripts branch on the status.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import NoReturn
+
+from livedata.logs import LEVELS
+from livedata.logs import setup_logging as setup
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -38,11 +40,32 @@ def fail(prog: str, message: object, status: int) -> int:
     return status
 
 
-def setup_logging(debug: bool) -> None:
-    """Timestamped lines on stderr; kazoo's own chatter only when debugging."""
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+def version() -> str:
+    """The installed distribution's version (what ``pip show livedata`` says)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version("livedata")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--version``, ``--log-level`` and ``--debug``, the same on every livedata command."""
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    parser.add_argument(
+        "--log-level", choices=LEVELS, default=None, help="least severe messages logged (default: info)"
     )
-    logging.getLogger("kazoo").setLevel(logging.DEBUG if debug else logging.WARNING)
+    parser.add_argument("--debug", action="store_true", help="same as --log-level debug, kazoo's messages included")
+
+
+def log_level(args: argparse.Namespace) -> str:
+    if getattr(args, "debug", False):
+        return "debug"
+    return getattr(args, "log_level", None) or "info"
+
+
+def setup_logging(debug: bool, level: str | None = None) -> None:
+    """Timestamped lines on stderr (``<N>``-prefixed ones for the journal); kazoo's chatter only when debugging."""
+    setup(level or ("debug" if debug else "info"))

@@ -13,11 +13,13 @@ never talk to ZooKeeper.
 from __future__ import annotations
 
 import configparser
+import difflib
 import grp
+import importlib
 import os
 import pwd
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, TypeVar
 
@@ -84,14 +86,31 @@ class _UnsetVariable(Exception):
         self.name = name
 
 
-def read_config(path: str, section: str = SECTION) -> RawConfig:
+COMMENT_PREFIXES = (";", "#")
+
+
+def read_config(path: str, section: str = SECTION, expand: Sequence[str] | None = None) -> RawConfig:
     """Read one section of an INI file, keys exactly as written, environment references expanded.
 
     Every way the file can be unusable (missing, unreadable, not UTF-8, not
     INI, no such section, a duplicate key, an unset variable) becomes one
     :class:`ConfigError`.
+
+    ``;`` and ``#`` start a comment at the start of a line, and after
+    whitespace within a line (``mode = 0400 ; optional``), as operators
+    expect from INI files: a value never silently carries its comment.
+
+    ``expand`` limits ``$VAR`` expansion to keys starting with one of these
+    prefixes; other keys keep their text as written.  A program that uses
+    only some keys (the writer: ``zookeeper.*``, ``secrets.*``, ``writer.*``)
+    must not fail on a variable only another program's keys refer to.
     """
-    parser = configparser.ConfigParser(interpolation=_EnvironmentInterpolation(), strict=True)
+    parser = configparser.ConfigParser(
+        interpolation=_EnvironmentInterpolation(),
+        strict=True,
+        comment_prefixes=COMMENT_PREFIXES,
+        inline_comment_prefixes=COMMENT_PREFIXES,
+    )
     parser.optionxform = str  # type: ignore[assignment,method-assign]
     try:
         with open(path, encoding="utf-8") as f:
@@ -114,7 +133,10 @@ def read_config(path: str, section: str = SECTION) -> RawConfig:
     if not parser.has_section(section):
         raise ConfigError(path, f"[{section}]", "section is missing")
     try:
-        values = {key: parser.get(section, key) for key in parser.options(section)}
+        values = {
+            key: parser.get(section, key, raw=expand is not None and not key.startswith(tuple(expand)))
+            for key in parser.options(section)
+        }
     except _UnsetVariable as e:
         raise ConfigError(path, e.option, f"environment variable ${e.name} is not set") from None
     return RawConfig(values, source=path)
@@ -226,11 +248,21 @@ def znode_path(text: str) -> str:
     return path
 
 
+MAX_ID = 2**32 - 2  # (uid_t)-1 means "leave unchanged" to chown(2), so the largest usable id is one less
+
+
+def _numeric_id(name: str, kind: str) -> int:
+    number = int(name)
+    if number > MAX_ID:
+        raise ValueError(f"{kind} {number} is out of range (0 to {MAX_ID})")
+    return number
+
+
 def unix_user(text: str) -> int:
     """A user name or numeric uid, resolved now so a typo fails at start, not at the first write."""
     name = text.strip()
     if name.isdigit():
-        return int(name)
+        return _numeric_id(name, "uid")
     try:
         return pwd.getpwnam(name).pw_uid
     except KeyError:
@@ -240,7 +272,7 @@ def unix_user(text: str) -> int:
 def unix_group(text: str) -> int:
     name = text.strip()
     if name.isdigit():
-        return int(name)
+        return _numeric_id(name, "gid")
     try:
         return grp.getgrnam(name).gr_gid
     except KeyError:
@@ -335,3 +367,126 @@ def unknown_keys(config: Mapping[str, str], prefix: str, fields: Mapping[str, An
             if len(parts) == 2 and parts[1] not in fields:
                 unknown.append(key)
     return sorted(unknown)
+
+
+# --- which keys livedata knows ------------------------------------------------------------------
+# A config file is shared with the application's own settings, so keys outside livedata's namespaces are
+# left alone.  Inside them a key nobody reads is almost always a typo (``zookeeper.timout``), and a typo
+# that is silently ignored is a setting that silently does not apply: those keys are refused.
+
+NAMESPACES = ("watcher", "zookeeper", "secrets", "nodes", "trees", "writer")
+"""Top-level key prefixes that belong to livedata; every key under them must be declared by some spec."""
+
+SPEC_MODULES = ("livedata.zookeeper", "livedata.secrets", "livedata.watcher", "livedata.writer")
+"""Modules whose import registers their specs: together they declare every key any livedata program reads.
+
+Each program checks against the union, so one file can serve the watcher and
+the writer alike without one of them calling the other's keys typos.
+"""
+
+NAMESPACE_CUTOFF = 0.85  # 'node'/'nodes' and 'secret'/'secrets' are typos; 'notes' (0.8) is someone else's key
+
+_known: dict[str, Any] = {}
+
+
+def register(spec: Spec) -> Spec:
+    """Declare a spec's keys as known to livedata and return the spec unchanged.
+
+    Modules declare their specs as ``X_SPEC = register({...})``; a key is
+    added to a program by adding it to its spec, nothing else.
+    """
+    _merge(_known, spec)
+    return spec
+
+
+def _merge(into: dict[str, Any], spec: Spec) -> None:
+    for name, rule in spec.items():
+        existing = into.get(name)
+        if isinstance(rule, DictOf):
+            fields: dict[str, Any] = dict(existing.spec) if isinstance(existing, DictOf) else {}
+            _merge(fields, rule.spec)
+            into[name] = DictOf(fields)
+        elif isinstance(rule, Mapping):
+            level: dict[str, Any] = existing if isinstance(existing, dict) else {}
+            _merge(level, rule)
+            into[name] = level
+        else:
+            into[name] = rule
+
+
+# Keys being added by parallel work (payload compression; whole trees mirrored as one node), declared
+# here so configs that use them are accepted; their own specs register the same keys with their parsers.
+register({
+    "writer": {"compress": Optional(string), "max_payload_size": Optional(integer)},
+    "watcher": {"max_payload_size": Optional(integer)},
+    "trees": DictOf({field: Optional(string)
+                     for field in ("source", "dest", "owner", "group", "mode", "format", "on_change")}),
+})  # fmt: skip
+
+
+def known_keys() -> Mapping[str, Any]:
+    """The union of every livedata program's spec (imports the modules that declare them)."""
+    for module in SPEC_MODULES:
+        importlib.import_module(module)
+    return _known
+
+
+def check_known_keys(config: Mapping[str, str]) -> None:
+    """Refuse the first key (in sorted order) that is in a livedata namespace but unknown, or looks like one.
+
+    The message names the key and, where one is close, the key that was
+    probably meant (``did you mean zookeeper.timeout?``).
+    """
+    known = known_keys()
+    fine_shapes: set[tuple[str, ...]] = set()  # nodes.<any name>.source: checked once, not once per node
+    bad: dict[str, str] = {}
+    for key in config:
+        parts = key.split(".")
+        shape = (parts[0], *parts[2:]) if len(parts) > 2 and isinstance(known.get(parts[0]), DictOf) else None
+        if shape is not None and shape in fine_shapes:
+            continue
+        problem = unknown_key_problem(known, key)
+        if problem:
+            bad[key] = problem
+        elif shape is not None:
+            fine_shapes.add(shape)
+    if bad:
+        first = min(bad)
+        raise ConfigError(source_of(config), first, bad[first])
+
+
+def unknown_key_problem(known: Mapping[str, Any], key: str) -> str | None:
+    """Why ``key`` is not a livedata key it claims (or seems) to be; None when it is known or not ours."""
+    parts = key.split(".")
+    if parts[0] not in NAMESPACES:
+        close = difflib.get_close_matches(parts[0], NAMESPACES, n=1, cutoff=NAMESPACE_CUTOFF)
+        if close and len(parts) > 1:
+            meant = ".".join([close[0], *parts[1:]])
+            return f"unknown key: {parts[0]}. is not a livedata namespace; did you mean {meant}?"
+        return None
+    level: Any = known
+    for index, part in enumerate(parts):
+        if isinstance(level, DictOf):
+            if not part:
+                return "a name is missing after the dot"
+            level = level.spec
+            continue
+        if not isinstance(level, Mapping):
+            return f"unknown key: {'.'.join(parts[:index])} takes no sub-keys"
+        if part not in level:
+            return _unknown_part(parts, index, level)
+        level = level[part]
+    if isinstance(level, DictOf):
+        return f"expected keys like {key}.<name>.<field>"
+    if isinstance(level, Mapping):
+        return f"expected keys like {key}.<field>"
+    return None
+
+
+def _unknown_part(parts: list[str], index: int, level: Mapping[str, Any]) -> str:
+    part = parts[index]
+    close = difflib.get_close_matches(part, list(level), n=1, cutoff=0.6)
+    close = close or [known for known in level if part and known.startswith(part)][:1]  # resync -> resync_interval
+    if close:
+        return f"unknown key; did you mean {'.'.join([*parts[:index], close[0], *parts[index + 1:]])}?"
+    return f"unknown key ({'.'.join(parts[:index])}.* takes: {', '.join(level)})"

@@ -22,7 +22,16 @@ from collections.abc import Iterable, Mapping
 from email.utils import formatdate
 from typing import Any, Callable, List, Tuple
 
-from livedata.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ArgumentParser, fail, setup_logging
+from livedata.cli import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    ArgumentParser,
+    add_common_arguments,
+    fail,
+    log_level,
+    setup_logging,
+)
 from livedata.config import ConfigError, parse_config, read_config
 from livedata.file_watcher import WatchedFileNotAvailableError
 from livedata.secrets import secrets_store_from_config
@@ -56,10 +65,17 @@ class LiveDataApp:
         self._cached: tuple[object, bytes] | None = None  # (value, its JSON): the value is kept to pin its id
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        body = self._respond(environ, start_response)
+        # HEAD: the same status and headers (Content-Length included) as GET, no body; the server leaves that to us.
+        return [] if environ.get("REQUEST_METHOD") == "HEAD" else body
+
+    def _respond(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO", "/") != "/":
             return _json(start_response, "404 Not Found", {"error": "not found; the data is at /"})
-        if environ.get("REQUEST_METHOD") != "GET":
-            return _json(start_response, "405 Method Not Allowed", {"error": "only GET"}, [("Allow", "GET")])
+        method = environ.get("REQUEST_METHOD")
+        if method not in ("GET", "HEAD"):
+            return _json(start_response, "405 Method Not Allowed", {"error": "only GET and HEAD"},
+                         [("Allow", "GET, HEAD")])  # fmt: skip
         try:
             value, mtime = self._data.get_data_and_mtime()
         except WatchedFileNotAvailableError as e:
@@ -94,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
     monkey.patch_all()  # first: kazoo's client and the server must see cooperative sockets
     args = _parse_args(argv)
-    setup_logging(args.debug)
+    setup_logging(args.debug, log_level(args))
     try:
         config = read_config(args.config)
         listen = parse_config(config, EXAMPLE_SPEC).example_app.listen
@@ -105,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _parse_args(argv: list[str] | None) -> Any:
     parser = ArgumentParser(prog=PROG, description="Serve the live data named 'flags' as JSON over HTTP.")
-    parser.add_argument("--debug", action="store_true", help="verbose logging")
     parser.add_argument("config", help="INI file with a [live-data] section (see conf/example-app.ini)")
+    add_common_arguments(parser)
     return parser.parse_args(argv)
 
 

@@ -66,6 +66,15 @@ def watched_data_from_config(
 ) -> WatchedData[T]:
     """A FileWatcher or a LiveNode for ``live_data.<name>``, whichever the configuration asks for.
 
+    ``config`` is a flat mapping of dotted keys: a baseplate ``app_config``, or
+    ``livedata.config.read_config(path, section=...)`` for an INI file.  These
+    ``live_data.<name>.*`` keys are the application's own and may sit in any
+    section; ``[live-data]`` is only the section the watcher and writer read.
+
+    A LiveNode never starts its client: a ``client`` passed in must be
+    started (``start()`` or ``start_async()``) by the caller; the shared one
+    is started here.
+
     ``reader_options`` (``timeout``, ``binary``, ``encoding``, ``newline``, ``backoff``, ``check_interval``)
     go to whichever reader is built; both accept all of them. In node mode without ``client``, the shared
     client for the config's ``zookeeper.*`` settings is used (see :func:`shared_client`).

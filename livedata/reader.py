@@ -15,10 +15,20 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from kazoo.exceptions import NoNodeError
 
-from livedata.cli import EXIT_OK, EXIT_USAGE, ArgumentParser, CommandError, fail, setup_logging
-from livedata.config import ConfigError, byte_size, read_config, znode_path
+from livedata.cli import (
+    EXIT_OK,
+    EXIT_USAGE,
+    ArgumentParser,
+    CommandError,
+    add_common_arguments,
+    fail,
+    log_level,
+    setup_logging,
+)
+from livedata.config import ConfigError, byte_size, check_known_keys, read_config, znode_path
+from livedata.logs import silence_kazoo
 from livedata.payload import DEFAULT_MAX_PAYLOAD_SIZE, PayloadError
-from livedata.writer import WriterError, _patch_gevent, _zookeeper_errors, connected_client
+from livedata.writer import WRITER_KEYS, WriterError, _patch_gevent, _zookeeper_errors, connected_client
 
 if TYPE_CHECKING:
     import argparse
@@ -94,14 +104,15 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "--max-size", type=_size_argument, default=DEFAULT_MAX_PAYLOAD_SIZE, metavar="BYTES",
         help="refuse data that decodes to more than this (default 64 MiB)",
     )
-    parser.add_argument("--debug", action="store_true", help="log each step and kazoo's own messages on stderr")
+    add_common_arguments(parser)
     return parser.parse_args(argv)
 
 
 def run(args: argparse.Namespace, out: BinaryIO) -> None:
     from livedata.zookeeper import parse_zookeeper_config
 
-    config = read_config(args.config)
+    config = read_config(args.config, expand=WRITER_KEYS)  # like the writer: only the keys it uses
+    check_known_keys(config)
     settings = parse_zookeeper_config(config)
     with connected_client(config, settings) as client:
         decoded = read(client, args.node, args.max_size)
@@ -113,9 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The command line only: like the writer's, it gevent-patches the whole process."""
     args = parse_arguments(argv)
     _patch_gevent()
-    setup_logging(args.debug)
+    setup_logging(args.debug, log_level(args))
     if not args.debug:
-        logging.getLogger("kazoo").setLevel(logging.CRITICAL + 1)
+        silence_kazoo()  # our one line already says what failed
     try:
         run(args, sys.stdout.buffer)
     except ConfigError as e:

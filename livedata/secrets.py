@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
-from livedata.config import Optional, absolute_path, parse_config
+from livedata.config import Optional, absolute_path, parse_config, register
 from livedata.file_watcher import FileWatcher, WatchedFileNotAvailableError
 
 DEFAULT_SECRETS_PATH = "/var/local/secrets.json"
@@ -147,7 +147,7 @@ class SecretsStore:
         return CredentialSecret(**fields)
 
 
-SECRETS_SPEC = {"secrets": {"path": Optional(absolute_path, DEFAULT_SECRETS_PATH)}}
+SECRETS_SPEC = register({"secrets": {"path": Optional(absolute_path, DEFAULT_SECRETS_PATH)}})
 
 
 def secrets_store_from_config(config: Mapping[str, str], timeout: float | None = None) -> SecretsStore:

@@ -4,17 +4,21 @@ One gevent process.  :func:`main` monkey-patches first (before kazoo is even
 imported), validates the whole configuration before connecting anywhere, then
 runs everything as greenlets of one hub: kazoo's (connection and watch
 callbacks), the mirror's writer, two timers (heartbeat and resync), and the
-optional parts attached to the mirror as observers: Prometheus metrics
-(:mod:`livedata.metrics`), systemd notification (:mod:`livedata.systemd`) and
-on_change hooks (:mod:`livedata.hooks`).
+parts attached to the mirror as observers: the connection log
+(:mod:`livedata.connection_log`), and optionally Prometheus metrics
+(:mod:`livedata.metrics`), systemd notification (:mod:`livedata.systemd`),
+on_change hooks (:mod:`livedata.hooks`) and the probes' state files
+(:mod:`livedata.probe_state`).
 
 Signals: SIGTERM/SIGINT close the ZooKeeper session and exit 0; SIGHUP
-re-reads the configuration (:meth:`Daemon.reload`).  ``--check`` is a
-separate, ZooKeeper-free probe of the dests (:mod:`livedata.health`).
+re-reads the configuration (:meth:`Daemon.reload`).  ``--check`` (readiness)
+and ``--alive`` (liveness) are separate, ZooKeeper-free probes
+(:mod:`livedata.health`).
 """
 from __future__ import annotations
 
 import logging
+import os
 import random
 import signal
 import sys
@@ -29,22 +33,27 @@ from livedata.config import (
     Optional,
     RawConfig,
     absolute_path,
+    check_known_keys,
     file_mode,
     parse_config,
     read_config,
+    register,
     source_of,
     string,
     timespan,
     unix_group,
     unix_user,
-    unknown_keys,
     znode_path,
 )
+from livedata.destinations import create_missing_directories, dest_problem
 from livedata.files import FileSpec
+from livedata.logs import silence_kazoo
 
 if TYPE_CHECKING:
+    from livedata.connection_log import ConnectionLog
     from livedata.hooks import HookRunner
     from livedata.metrics import Metrics, MetricsServer
+    from livedata.probe_state import ProbeState
     from livedata.sync import Mirror, MirrorObserver, NodeConfig
     from livedata.systemd import ServiceNotifier
 
@@ -70,15 +79,16 @@ NODE_SPEC = {
     "mode": Optional(file_mode, 0o400),
     "on_change": Optional(string),
 }
-WATCHER_SPEC = {
+WATCHER_SPEC = register({
     "watcher": {
         "heartbeat_interval": Optional(timespan, 300.0),
         "resync_interval": Optional(timespan, 600.0),
         "hook_timeout": Optional(timespan, DEFAULT_HOOK_TIMEOUT),
         "metrics_address": Optional(_listen_address),
+        "state_dir": Optional(absolute_path),
     },
     "nodes": DictOf(NODE_SPEC),
-}
+})  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -91,21 +101,28 @@ class WatcherConfig:
     hooks: Mapping[str, str] = field(default_factory=dict)  # node name -> on_change command
     hook_timeout: float = DEFAULT_HOOK_TIMEOUT
     metrics_address: tuple[str, int] | None = None
+    state_dir: str | None = None  # where the liveness file and the absent-node list go (the probes read them)
 
     def zookeeper_settings(self) -> dict[str, str]:
         """What a reload cannot change without a new client (and so a restart)."""
         return {key: value for key, value in self.raw.items() if key.startswith(("zookeeper.", "secrets."))}
 
 
-def load_config(path: str) -> WatcherConfig:
-    """Read and validate everything the daemon needs; any problem is one :class:`ConfigError`."""
+def load_config(path: str, check_dests: bool = True) -> WatcherConfig:
+    """Read and validate everything the daemon needs; any problem is one :class:`ConfigError`.
+
+    ``check_dests`` refuses dests that can never be written (an existing
+    directory); the probes turn it off, since for them a directory that
+    appeared at a dest is a finding about this host, not about the config.
+    """
     from livedata.sync import NodeConfig
     from livedata.zookeeper import parse_zookeeper_config
 
     raw = read_config(path)
+    check_known_keys(raw)
     zookeeper = parse_zookeeper_config(raw)
     parsed = parse_config(raw, WATCHER_SPEC)
-    _check_nodes(raw, parsed.nodes)
+    _check_nodes(raw, parsed.nodes, check_dests)
     for key in ("heartbeat_interval", "resync_interval", "hook_timeout"):
         if parsed.watcher[key] <= 0:
             raise ConfigError(path, f"watcher.{key}", "must be greater than zero")
@@ -125,20 +142,22 @@ def load_config(path: str) -> WatcherConfig:
         hooks={name: node.on_change for name, node in parsed.nodes.items() if node.on_change},
         hook_timeout=parsed.watcher.hook_timeout,
         metrics_address=parsed.watcher.metrics_address,
+        state_dir=parsed.watcher.state_dir,
     )
 
 
-def _check_nodes(raw: RawConfig, nodes: Mapping[str, Any]) -> None:
+def _check_nodes(raw: RawConfig, nodes: Mapping[str, Any], check_dests: bool) -> None:
     source = source_of(raw)
     if not nodes:
         raise ConfigError(source, "nodes", "no nodes configured (expected nodes.<name>.source and nodes.<name>.dest)")
-    for key in unknown_keys(raw, "nodes.", NODE_SPEC):
-        raise ConfigError(source, key, f"unknown key (a node takes: {', '.join(NODE_SPEC)})")
     seen: dict[str, str] = {}
     for name, node in nodes.items():
         if node.dest in seen:
             raise ConfigError(source, f"nodes.{name}.dest", f"{node.dest} is also the dest of nodes.{seen[node.dest]}")
         seen[node.dest] = name
+        problem = dest_problem(node.dest) if check_dests else None
+        if problem:
+            raise ConfigError(source, f"nodes.{name}.dest", problem)
 
 
 def _require_metrics_library(path: str) -> None:
@@ -154,15 +173,41 @@ def _require_metrics_library(path: str) -> None:
 
 
 def check(config: WatcherConfig) -> int:
-    """``--check``: print one line per missing, stale or mis-moded dest; exit 1 if there is any."""
+    """``--check`` (readiness): one line per missing, stale or mis-moded dest; exit 1 if there is any.
+
+    A node the daemon reported absent from ZooKeeper (in ``watcher.state_dir``)
+    is fine without its file, as long as that report is fresh.
+    """
+    import time
+
     from livedata import health
 
-    found = health.problems(((node.name, node.file) for node in config.nodes), config.heartbeat_interval)
+    now = time.time()
+    max_age = health.STALE_HEARTBEATS * config.heartbeat_interval
+    absent = health.absent_nodes(config.state_dir, max_age, now)
+    found = health.problems(((node.name, node.file) for node in config.nodes), config.heartbeat_interval, now, absent)
     for line in found:
         print(line)
     if found:
         return cli.EXIT_FAILURE
-    print(f"ok: {len(config.nodes)} dests present and fresh")
+    gone = sum(1 for node in config.nodes
+               if absent.get(node.name) == node.file.path and not os.path.lexists(node.file.path))  # fmt: skip
+    also = f", {gone} known absent in ZooKeeper" if gone else ""
+    print(f"ok: {len(config.nodes) - gone} dests present and fresh{also}")
+    return cli.EXIT_OK
+
+
+def alive(config: WatcherConfig) -> int:
+    """``--alive`` (liveness): exit 0 while the daemon's event loop keeps touching its liveness file."""
+    from livedata import health
+
+    if config.state_dir is None:
+        return cli.fail(PROG, f"{config.raw.source}: watcher.state_dir is not set; --alive needs it", cli.EXIT_USAGE)
+    problem = health.alive_problem(config.state_dir)
+    if problem:
+        print(problem)
+        return cli.EXIT_FAILURE
+    print(f"ok: the watcher's loop is alive ({config.state_dir})")
     return cli.EXIT_OK
 
 
@@ -185,7 +230,9 @@ class Daemon:
     """The running watcher: the mirror, what is attached to it, and what a SIGHUP may change."""
 
     def __init__(self, config_path: str, config: WatcherConfig) -> None:
+        from livedata.connection_log import ConnectionLog
         from livedata.hooks import HookRunner
+        from livedata.probe_state import ProbeState
         from livedata.secrets import secrets_store_from_config
         from livedata.sync import Mirror
         from livedata.systemd import ServiceNotifier
@@ -205,7 +252,10 @@ class Daemon:
         self.metrics_server: MetricsServer | None = None
         if config.metrics_address is not None:
             self.metrics = self._make_metrics()
-        observers = [part for part in (self.metrics, self.hooks, self.service) if part is not None]
+        self.connection_log: ConnectionLog = ConnectionLog(self.client, config.raw["zookeeper.hosts"])
+        self.probe_state: ProbeState | None = ProbeState(config.state_dir) if config.state_dir else None
+        parts = (self.connection_log, self.metrics, self.hooks, self.service, self.probe_state)
+        observers = [part for part in parts if part is not None]
         self.mirror: Mirror = Mirror(
             self.client, config.nodes, _fan_out(observers), credentials.refresh if credentials else None
         )
@@ -224,6 +274,10 @@ class Daemon:
         from livedata.metrics import MetricsServer
 
         log.info("watching %d nodes on %s", len(self.config.nodes), self.config.raw["zookeeper.hosts"])
+        create_missing_directories((node.name, node.file) for node in self.config.nodes)
+        if self.probe_state is not None:
+            self.probe_state.start()
+        self.connection_log.start()
         self.mirror.start()
         self.client.start_async()
         self._start_timers()
@@ -261,9 +315,10 @@ class Daemon:
             return False
         self._report_restart_needed(new)
         old = self.config
+        create_missing_directories((node.name, node.file) for node in new.nodes)
         added, removed = self.mirror.update_nodes(new.nodes)
         self.hooks.configure(new.hooks, new.hook_timeout)
-        self.config = replace(new, metrics_address=old.metrics_address)
+        self.config = replace(new, metrics_address=old.metrics_address, state_dir=old.state_dir)
         # Restarting the timers on every reload would postpone heartbeats forever under frequent reloads.
         if (new.heartbeat_interval, new.resync_interval) != (old.heartbeat_interval, old.resync_interval):
             self._start_timers()
@@ -282,6 +337,8 @@ class Daemon:
                          if self.running_zookeeper.get(key) != wanted.get(key))  # fmt: skip
         if new.metrics_address != self.config.metrics_address:
             changed.append("watcher.metrics_address")
+        if new.state_dir != self.config.state_dir:
+            changed.append("watcher.state_dir")
         if changed:
             log.warning("reload: %s changed; restart the watcher to apply (keeping the current ones)",
                         ", ".join(changed))  # fmt: skip
@@ -303,6 +360,10 @@ class Daemon:
             self.metrics_server.stop()
         self.hooks.stop()
         self.mirror.stop()
+        self.connection_log.stop()
+        if self.probe_state is not None:
+            self.probe_state.stop()
+        silence_kazoo()  # its "Failed connecting ... retry policy" after we interrupt the retries is noise
         with gevent.Timeout(STOP_GRACE, False):
             self.client.stop()
         self.client.close()
@@ -388,21 +449,31 @@ def main(argv: list[str] | None = None) -> int:
     monkey.patch_all()
     parser = cli.ArgumentParser(prog=PROG, description="Mirror ZooKeeper nodes into local files.")
     parser.add_argument("config", help="INI file with a [live-data] section")
-    parser.add_argument("--debug", action="store_true", help="log every read, write and connection event")
-    parser.add_argument(
+    cli.add_common_arguments(parser)
+    probes = parser.add_mutually_exclusive_group()
+    probes.add_argument(
         "--check",
         action="store_true",
-        help="probe the dests instead of running: exit 0 if each exists with its mode (and owner/group) and was "
-        "touched within two heartbeat intervals, else print the bad ones and exit 1; needs no ZooKeeper",
+        help="readiness probe instead of running: exit 0 if each dest exists with its mode (and owner/group) and "
+        "was touched within two heartbeat intervals, or is known absent in ZooKeeper, else print the bad ones "
+        "and exit 1; needs no ZooKeeper",
+    )
+    probes.add_argument(
+        "--alive",
+        action="store_true",
+        help="liveness probe instead of running: exit 0 if the running watcher's loop touched its liveness file "
+        "in watcher.state_dir within 30 seconds, else exit 1",
     )
     args = parser.parse_args(argv)
-    cli.setup_logging(args.debug)
+    cli.setup_logging(args.debug, cli.log_level(args))
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, check_dests=not (args.check or args.alive))
     except ConfigError as e:
         return cli.fail(PROG, e, cli.EXIT_USAGE)
     if args.check:
         return check(config)
+    if args.alive:
+        return alive(config)
     from livedata.zookeeper import CredentialsError
 
     try:

@@ -19,12 +19,13 @@ import difflib
 import io
 import json
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 # Only exception classes: importing them opens no socket and starts no thread, so it is safe before gevent patches.
 from kazoo.exceptions import (
@@ -37,19 +38,31 @@ from kazoo.exceptions import (
     SessionExpiredError,
 )
 
-from livedata.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, ArgumentParser, CommandError, fail, setup_logging
+from livedata.cli import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    ArgumentParser,
+    CommandError,
+    add_common_arguments,
+    fail,
+    log_level,
+    setup_logging,
+)
 from livedata.config import (
     ConfigError,
     ConfigNamespace,
     Optional,
     RawConfig,
     byte_size,
+    check_known_keys,
     one_of,
     parse_config,
     read_config,
     source_of,
     znode_path,
 )
+from livedata.logs import silence_kazoo
 from livedata.payload import DEFAULT_MAX_PAYLOAD_SIZE, MODES, PayloadError, PayloadTooLargeError, Stored, encode
 from livedata.payload import parse as parse_payload
 
@@ -59,12 +72,16 @@ if TYPE_CHECKING:
     from kazoo.client import KazooClient
 
 PROG = "livedata.writer"
+WRITER_KEYS = ("zookeeper.", "secrets.", "writer.")  # the keys the writer reads (and so expands $VARs in)
 STDIN = "-"
 STDIN_LABEL = "<stdin>"
 
 # Connecting may take one full pass over the hosts (kazoo gives each host its share of the session timeout)
 # plus a reconnect backoff; twice the session timeout covers that without hanging a CI job on a dead ensemble.
 CONNECT_TIMEOUT_FACTOR = 2.0
+
+READ_CHUNK = 1024 * 1024
+DEFAULT_DIFF_LINES = 200  # a 1 MB text would otherwise print thousands of lines into a CI log
 
 NO_CHANGES = "No changes detected. Not writing."
 WROTE = "Wrote data to ZooKeeper."
@@ -101,9 +118,11 @@ class InvalidJSONError(WriterError):
 
 
 class TooLargeError(WriterError):
-    def __init__(self, label: str, size: int, limit: int) -> None:
+    def __init__(self, label: str, size: int | None, limit: int) -> None:
+        """``size`` None: more than ``limit`` (standard input is not read further than that)."""
+        amount = f"more than {limit}" if size is None else str(size)
         super().__init__(
-            f"{label} is {size} bytes but a node holds at most {limit} bytes (zookeeper.max_node_size); "
+            f"{label} is {amount} bytes but a node holds at most {limit} bytes (zookeeper.max_node_size); "
             "nothing written"
         )
 
@@ -111,9 +130,11 @@ class TooLargeError(WriterError):
 class PayloadTooBigError(WriterError):
     """Over ``writer.max_payload_size``: every host would have to hold and inflate it, so stop here."""
 
-    def __init__(self, label: str, size: int, limit: int) -> None:
+    def __init__(self, label: str, size: int | None, limit: int) -> None:
+        """``size`` None: more than ``limit`` (standard input is not read further than that)."""
+        amount = f"more than {limit:,}" if size is None else f"{size:,}"
         super().__init__(
-            f"{label} is {size:,} bytes, above writer.max_payload_size ({limit:,} bytes); nothing written"
+            f"{label} is {amount} bytes, above writer.max_payload_size ({limit:,} bytes); nothing written"
         )
 
 
@@ -170,15 +191,42 @@ def source_label(source: str) -> str:
     return STDIN_LABEL if source == STDIN else source
 
 
-def read_source(source: str) -> bytes:
-    """All bytes of the file (or standard input for ``-``), exactly as they will be stored."""
+def read_source(source: str, limit: int | None = None, payload_limit: bool = False) -> bytes:
+    """All bytes of the file (or standard input for ``-``), exactly as they will be stored.
+
+    With ``limit``, at most ``limit + 1`` bytes are read: more than the limit
+    is refused as soon as it is seen, so a runaway pipe costs no more memory
+    than one node's worth.
+    """
+    label = source_label(source)
     try:
         if source == STDIN:
-            return sys.stdin.buffer.read()
-        with open(source, "rb") as f:
-            return f.read()
+            data = _read_at_most(sys.stdin.buffer, limit)
+            size = None
+        else:
+            with open(source, "rb") as f:
+                data = _read_at_most(f, limit)
+                size = os.fstat(f.fileno()).st_size
     except OSError as e:
-        raise SourceUnreadableError(source_label(source), e.strerror or e) from None
+        raise SourceUnreadableError(label, e.strerror or e) from None
+    if limit is not None and len(data) > limit:
+        error = PayloadTooBigError if payload_limit else TooLargeError  # which setting the limit comes from
+        raise error(label, size if size is not None and size > limit else None, limit)
+    return data
+
+
+def _read_at_most(stream: BinaryIO, limit: int | None) -> bytes:
+    if limit is None:
+        return stream.read()
+    chunks = []
+    remaining = limit + 1
+    while remaining > 0:
+        chunk = stream.read(min(remaining, READ_CHUNK))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
 
 
 def wants_json_validation(source: str) -> bool:
@@ -201,11 +249,6 @@ def check_size(label: str, data: bytes, limit: int) -> None:
     """Refuse here rather than let the server drop the connection mid-request (its only answer to oversize data)."""
     if len(data) > limit:
         raise TooLargeError(label, len(data), limit)
-
-
-def check_payload_size(label: str, data: bytes, limit: int) -> None:
-    if len(data) > limit:
-        raise PayloadTooBigError(label, len(data), limit)
 
 
 def stored_form(label: str, data: bytes, mode: str, max_node_size: int) -> Stored:
@@ -238,8 +281,12 @@ def _terminated(line: str) -> str:
     return line if line.endswith("\n") else f"{line}\n\\ No newline at end of file\n"
 
 
-def render_diff(old: bytes, new: bytes, old_label: str, new_label: str) -> str:
-    """A unified diff of two texts, or a one-line size summary when either side is not UTF-8 text."""
+def render_diff(old: bytes, new: bytes, old_label: str, new_label: str, max_lines: int | None = None) -> str:
+    """A unified diff of two texts, or a one-line size summary when either side is not UTF-8 text.
+
+    ``max_lines`` caps the diff's output lines; what is cut is summarised in
+    one line (lines added and removed in all), so a big change stays readable.
+    """
     try:
         old_text, new_text = old.decode("utf-8"), new.decode("utf-8")
     except UnicodeDecodeError:
@@ -249,7 +296,20 @@ def render_diff(old: bytes, new: bytes, old_label: str, new_label: str) -> str:
         _split_lines(old_text[start:old_end]), _split_lines(new_text[start:new_end]), old_label, new_label,
         offset=old_text.count("\n", 0, start),
     )
-    return "".join(_terminated(line) for line in lines)
+    terminated = [_terminated(line) for line in lines]
+    if max_lines is None or len(terminated) <= max_lines:
+        return "".join(terminated)
+    return "".join(terminated[:max_lines]) + _diff_summary(terminated, max_lines)
+
+
+def _diff_summary(lines: list[str], shown: int) -> str:
+    body = lines[2:]  # past the ---/+++ header
+    added = sum(1 for line in body if line.startswith("+"))
+    removed = sum(1 for line in body if line.startswith("-"))
+    return (
+        f"... diff cut after {shown} of {len(lines)} lines: {added} lines added, {removed} removed in all "
+        "(--full-diff shows everything, --diff-lines N more)\n"
+    )
 
 
 _DIFF_CONTEXT = 3  # difflib's default
@@ -450,7 +510,7 @@ def _remove_old_chunks(client: KazooClient, path: str, stored: Stored) -> None:
 
 def push(client: KazooClient, path: str, data: bytes, label: str, out: TextIO, *,
          allow_empty: bool = False, dry_run: bool = False, stored: Stored | None = None,
-         max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE) -> None:
+         max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE, diff_lines: int | None = None) -> None:
     """Compare, show, and (unless ``dry_run``) compare-and-set: every refusal happens before the write.
 
     ``stored`` is the form chosen by :func:`stored_form` (plain data when not given); the comparison and the
@@ -472,7 +532,7 @@ def push(client: KazooClient, path: str, data: bytes, label: str, out: TextIO, *
     if current.data == data:
         print("The data is the same; only the way it is stored changes.", file=out)
     else:
-        out.write(_off_the_loop(render_diff, old, data, f"{path} (current)", f"{label} (new)"))
+        out.write(_off_the_loop(render_diff, old, data, f"{path} (current)", f"{label} (new)", diff_lines))
     if dry_run:
         if stored.envelope is not None:
             print(f"would be {describe_stored(stored)}", file=out)
@@ -545,31 +605,51 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "--no-validate", dest="validate", action="store_false", help="do not require a *.json SOURCE to parse as JSON"
     )
     parser.add_argument("--allow-empty", action="store_true", help="allow empty input to replace non-empty data")
-    parser.add_argument("--debug", action="store_true", help="log each step and kazoo's own messages on stderr")
     parser.add_argument(
         "--compress", choices=MODES, help="auto: compress (and chunk) only what does not fit in one node; always: "
         "whenever smaller; never: store as is (default: writer.compress, else auto)",
     )
+    diff = parser.add_mutually_exclusive_group()
+    diff.add_argument(
+        "--diff-lines", type=_positive, default=DEFAULT_DIFF_LINES, metavar="N",
+        help=f"show at most N lines of diff, then a summary (default {DEFAULT_DIFF_LINES})",
+    )  # fmt: skip
+    diff.add_argument("--full-diff", action="store_true", help="show the whole diff, however long")
+    add_common_arguments(parser)
     return parser.parse_args(argv)
+
+
+def _positive(text: str) -> int:
+    import argparse
+
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of lines")
+    return int(text)
 
 
 def run(args: argparse.Namespace, out: TextIO) -> None:
     """Every check that needs no server comes first, so a bad input never costs a connection."""
     from livedata.zookeeper import parse_zookeeper_config
 
-    config = read_config(args.config)
+    # Only the keys the writer uses are expanded: a shared file's $VARs for nodes.* need not be set here.
+    config = read_config(args.config, expand=WRITER_KEYS)
+    check_known_keys(config)
     settings = parse_zookeeper_config(config)
     writer = parse_config(config, WRITER_SPEC).writer
     label = source_label(args.source)
-    data = read_source(args.source)
-    check_payload_size(label, data, writer.max_payload_size)
+    mode = args.compress or writer.compress
+    if mode == "never":  # stored as it is: one node's worth is all that may be read
+        data = read_source(args.source, settings.max_node_size)
+    else:
+        data = read_source(args.source, writer.max_payload_size, payload_limit=True)
     if args.validate and wants_json_validation(args.source):
         validate_json(label, data)
-    stored = stored_form(label, data, args.compress or writer.compress, settings.max_node_size)
+    stored = stored_form(label, data, mode, settings.max_node_size)
     with connected_client(config, settings) as client:
         push(
             client, args.node, data, label, out, allow_empty=args.allow_empty, dry_run=args.dry_run,
             stored=stored, max_payload_size=writer.max_payload_size,
+            diff_lines=None if args.full_diff else args.diff_lines,
         )
 
 
@@ -587,10 +667,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The diff shows the data's own text; a terminal that cannot encode it must not turn into a traceback.
         sys.stdout.reconfigure(errors="backslashreplace")
     _patch_gevent()
-    setup_logging(args.debug)
+    setup_logging(args.debug, log_level(args))
     if not args.debug:
         # kazoo logs every refused connection attempt; our one line already says what failed.
-        logging.getLogger("kazoo").setLevel(logging.CRITICAL + 1)
+        silence_kazoo()
     try:
         run(args, sys.stdout)
     except ConfigError as e:

@@ -10,11 +10,13 @@ the same hub; anything else gets kazoo's default threaded handler.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from kazoo.client import KazooClient
+from kazoo.hosts import collect_hosts
 from kazoo.retry import KazooRetry
 
 from livedata.config import (
@@ -26,9 +28,11 @@ from livedata.config import (
     comma_list,
     integer,
     parse_config,
+    register,
     source_of,
     string,
     timespan,
+    znode_path,
 )
 
 if TYPE_CHECKING:
@@ -46,9 +50,47 @@ RECONNECT_BACKOFF = 2.0
 RECONNECT_MAX_DELAY = 10.0
 RECONNECT_JITTER = 0.4
 
-ZOOKEEPER_SPEC = {
+_HOST_PORT = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.-]+))(?::(?P<port>.*))?")
+MAX_PORT = 65535
+
+
+def zookeeper_hosts(text: str) -> str:
+    """``host[:port],...[/chroot]``, checked entry by entry before connecting.
+
+    kazoo parses the list only when the client is built, and then either
+    raises a bare ``ValueError`` or, for a host name that cannot exist, retries
+    it forever.  Checking here turns every such typo into one config error.
+    """
+    hosts = string(text)
+    host_list, slash, chroot = hosts.partition("/")
+    if slash:
+        try:
+            znode_path("/" + chroot)
+        except ValueError:
+            raise ValueError(f"chroot '/{chroot}' is not a valid ZooKeeper path") from None
+    for entry in host_list.split(","):
+        _check_host_port(entry.strip(), hosts)
+    try:
+        collect_hosts(hosts)  # the parser the client will use must agree
+    except ValueError as e:
+        raise ValueError(f"{hosts!r} is not a valid host list: {e}") from None
+    return hosts
+
+
+def _check_host_port(entry: str, hosts: str) -> None:
+    if not entry:
+        raise ValueError(f"{hosts!r} has an empty entry (expected host:port,host:port[/chroot])")
+    match = _HOST_PORT.fullmatch(entry)
+    if not match:
+        raise ValueError(f"{entry!r} is not host:port (IPv6 addresses go in brackets: [::1]:2181)")
+    port = match.group("port")
+    if port is not None and not (port.isdigit() and port.isascii() and 1 <= int(port) <= MAX_PORT):
+        raise ValueError(f"{entry!r}: port {port!r} is not a number from 1 to {MAX_PORT}")
+
+
+ZOOKEEPER_SPEC = register({
     "zookeeper": {
-        "hosts": string,
+        "hosts": zookeeper_hosts,
         "credentials": Optional(comma_list(string), []),
         "timeout": Optional(timespan, DEFAULT_SESSION_TIMEOUT),
         "max_node_size": Optional(integer, DEFAULT_MAX_NODE_SIZE),
@@ -59,7 +101,7 @@ ZOOKEEPER_SPEC = {
             "verify": Optional(boolean, True),
         },
     }
-}
+})  # fmt: skip
 
 
 class CredentialsError(Exception):

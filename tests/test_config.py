@@ -198,3 +198,99 @@ def test_config_module_does_not_import_kazoo_or_gevent():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=os.getcwd())
     assert out.stdout.strip() == "[]"
+
+
+# --- comments, keys livedata knows, id ranges ----------------------------------------------------
+
+
+def test_inline_comments_after_whitespace_are_not_part_of_values(tmp_path):
+    path = write(
+        tmp_path,
+        "[live-data]\n"
+        "nodes.a.mode = 0400 ; optional, default 0400\n"
+        "nodes.a.dest = /var/x\t# a tab works too\n"
+        "  ; an indented comment line\n"
+        "nodes.a.owner =   ; nothing but a comment: empty\n"
+        "zookeeper.hosts = zk01:2181;not-a-comment\n"
+        "# a comment line\n",
+    )
+    config = read_config(path)
+    assert config["nodes.a.mode"] == "0400"
+    assert config["nodes.a.dest"] == "/var/x"
+    assert config["nodes.a.owner"] == ""
+    assert config["zookeeper.hosts"] == "zk01:2181;not-a-comment"  # and zookeeper_hosts() refuses it
+
+
+def test_only_the_expanded_prefixes_need_their_variables(tmp_path, monkeypatch):
+    monkeypatch.delenv("LD_SURELY_UNSET", raising=False)
+    monkeypatch.setenv("LD_ZK", "zk01:2181")
+    path = write(tmp_path, "[live-data]\nzookeeper.hosts = $LD_ZK\nnodes.a.dest = $LD_SURELY_UNSET/x\n")
+    config = read_config(path, expand=("zookeeper.",))
+    assert config["zookeeper.hosts"] == "zk01:2181"
+    assert config["nodes.a.dest"] == "$LD_SURELY_UNSET/x"
+
+
+def test_numeric_ids_are_range_checked():
+    assert unix_user("4294967294") == 2**32 - 2
+    assert unix_group("0") == 0
+    with pytest.raises(ValueError, match="uid 4294967295 is out of range"):
+        unix_user("4294967295")
+    with pytest.raises(ValueError, match="gid 4294967296 is out of range"):
+        unix_group("4294967296")
+
+
+KNOWN_KEY_CASES = [
+    ("watcher.heartbeat_intreval", "did you mean watcher.heartbeat_interval?"),
+    ("watcher.metrics_adress", "did you mean watcher.metrics_address?"),
+    ("zookeeper.timout", "did you mean zookeeper.timeout?"),
+    ("zookeeper.tsl.ca", "did you mean zookeeper.tls.ca?"),
+    ("zookeeper.hosts.extra", "zookeeper.hosts takes no sub-keys"),
+    ("secret.path", "secret. is not a livedata namespace; did you mean secrets.path?"),
+    ("node.z.source", "node. is not a livedata namespace; did you mean nodes.z.source?"),
+    ("zookeper.hosts", "did you mean zookeeper.hosts?"),
+    ("nodes.a.sorce", "did you mean nodes.a.source?"),
+    ("nodes.a.colour", "unknown key (nodes.a.* takes: source, dest"),
+    ("writer.compres", "did you mean writer.compress?"),
+    ("watcher", "expected keys like watcher.<field>"),
+    ("nodes.b", "expected keys like nodes.b.<field>"),
+]
+
+
+@pytest.mark.parametrize(("key", "message"), KNOWN_KEY_CASES, ids=[case[0] for case in KNOWN_KEY_CASES])
+def test_unknown_keys_in_livedata_namespaces_are_refused(key, message):
+    from livedata.config import RawConfig, check_known_keys
+
+    config = RawConfig({"zookeeper.hosts": "zk01:2181", key: "x"}, source="conf/prod.ini")
+    with pytest.raises(ConfigError) as info:
+        check_known_keys(config)
+    assert str(info.value).startswith(f"conf/prod.ini: {key}: ")
+    assert message in str(info.value)
+
+
+def test_known_keys_and_other_programs_keys_are_accepted():
+    from livedata.config import check_known_keys
+
+    check_known_keys({
+        "zookeeper.hosts": "zk01:2181", "zookeeper.tls.ca": "/ca.pem", "secrets.path": "/s.json",
+        "watcher.heartbeat_interval": "1 minute", "watcher.state_dir": "/run/livedata",
+        "nodes.a.source": "/a", "nodes.a.on_change": "true",
+        # keys other work adds, registered ahead so configs using them are not refused
+        "writer.compress": "gzip", "writer.max_payload_size": "1", "watcher.max_payload_size": "1",
+        "trees.t.source": "/t", "trees.t.format": "json", "trees.t.on_change": "true",
+        # the application's own keys share the file
+        "live_data.flags.file": "/f", "example_app.listen": ":80", "notes.x": "y", "myapp.timout": "3",
+    })  # fmt: skip
+
+
+def test_a_spec_adds_its_keys_by_registering():
+    import copy
+
+    from livedata.config import _known, check_known_keys, register
+
+    saved = copy.deepcopy(_known)
+    try:
+        register({"writer": {"brand_new_key": Optional(string)}})
+        check_known_keys({"writer.brand_new_key": "x", "writer.compress": "gzip"})
+    finally:
+        _known.clear()
+        _known.update(saved)

@@ -52,12 +52,13 @@ def edited_ini(directory: str, port: int, hosts: str, node: str | None = None, f
 
 
 @contextmanager
-def running_app(ini: str, directory: str) -> Iterator[subprocess.Popen[bytes]]:
+def running_app(ini: str, directory: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """The app as a real process; on the way out it must stop cleanly on SIGTERM."""
     with open(os.path.join(directory, "app.log"), "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "livedata.example_app", ini], stdout=log, stderr=subprocess.STDOUT, cwd=directory
-        )
+            [sys.executable, "-m", "livedata.example_app", ini],
+            stdout=log, stderr=subprocess.STDOUT, cwd=directory, env=env,
+        )  # fmt: skip
     try:
         yield process
     finally:
@@ -150,6 +151,34 @@ def test_file_mode_serves_503_until_the_file_exists_then_follows_it(workdir: str
 
         assert fetch(port, "/elsewhere")[0] == 404
         assert fetch(port, "/", method="POST")[0] == 405
+        status, headers, body = head(port)
+        assert (status, body) == (200, b"")
+        assert int(headers["Content-Length"]) == len(json.dumps({"v": 2}).encode())
+
+
+def head(port: int) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/", method="HEAD")
+    with urllib.request.urlopen(request, timeout=5) as answer:
+        return answer.status, dict(answer.headers), answer.read()
+
+
+@pytest.mark.timeout(60)
+def test_shipped_defaults_serve_what_tools_dev_writes(workdir: str) -> None:
+    """Only the listen port is changed: the file and server defaults are those of tools/dev and tools/example_app."""
+    (port,) = free_ports(1)
+    with open(SHIPPED_INI) as f:
+        text = f.read().replace("example_app.listen = 127.0.0.1:8080", f"example_app.listen = 127.0.0.1:{port}")
+    ini = os.path.join(workdir, "example-app.ini")
+    with open(ini, "w") as f:
+        f.write(text)
+    with open(os.path.join(REPO, "tools", "example_app")) as f:
+        assert 'LIVEDATA_DEV_DIR:-$root/.dev/files' in f.read()  # where tools/dev's watcher writes
+    with open(os.path.join(REPO, "tools", "dev_demo.py")) as f:
+        assert 'FILES = os.path.join(DEV_DIR, "files")' in f.read()
+    write_json(os.path.join(workdir, "flags.json"), {"demo": True})
+    env = {**os.environ, "LIVEDATA_DEV_DIR": workdir, "LIVEDATA_DEV_ZK": "127.0.0.1:1"}
+    with running_app(ini, workdir, env) as app:
+        wait_for(lambda: serving(app, port, {"demo": True}), 30, "the shipped defaults to serve the file")
 
 
 @pytest.mark.timeout(30)

@@ -1,6 +1,7 @@
 """``livedata-watcher --check CONFIG``: the probe of the dests, with and without a running watcher."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -161,3 +162,92 @@ def test_probe_follows_the_heartbeat_of_a_running_watcher(private_zk_server, wor
     assert result.stdout.startswith(f"{dest}: stale: ")
     private_zk_server.start()
     wait_for(lambda: run_check(config).returncode == 0, 30, "heartbeats to resume after reconnecting")
+
+
+# --- readiness vs liveness, and nodes known to be absent -----------------------------------------
+
+
+def run_probe(flag: str, config_path: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "livedata.watcher", flag, config_path], capture_output=True, text=True, timeout=30
+    )
+
+
+def test_absent_list_counts_only_while_fresh_and_for_the_same_dest(workdir):
+    spec = FileSpec(f"{workdir}/dests/gone", 0o400)
+    now = time.time()
+    assert health.problems([("gone", spec)], 10.0, now, absent={"gone": spec.path}) == []
+    missing = [f"{spec.path}: missing (nodes.gone)"]
+    assert health.problems([("gone", spec)], 10.0, now, absent={"gone": "/elsewhere"}) == missing
+    assert health.problems([("gone", spec)], 10.0, now) == missing
+
+    state = f"{workdir}/state"
+    os.makedirs(state)
+    with open(f"{state}/{health.ABSENT_FILE}", "w") as f:
+        json.dump({"absent": {"gone": spec.path}}, f)
+    assert health.absent_nodes(state, max_age=20.0, now=time.time()) == {"gone": spec.path}
+    assert health.absent_nodes(state, max_age=20.0, now=time.time() + 21) == {}  # no longer vouched for
+    assert health.absent_nodes(None, max_age=20.0, now=now) == {}
+    with open(f"{state}/{health.ABSENT_FILE}", "w") as f:
+        f.write("not json")
+    assert health.absent_nodes(state, max_age=20.0, now=time.time()) == {}
+
+
+def test_liveness_file_age():
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as state:
+        assert "missing: the watcher is not running" in (health.alive_problem(state) or "")
+        with open(f"{state}/{health.ALIVE_FILE}", "w") as f:
+            f.write("1\n")
+        assert health.alive_problem(state) is None
+        assert "not touched for 31s" in (health.alive_problem(state, now=time.time() + 31) or "")
+
+
+def test_alive_needs_a_state_dir(workdir):
+    config = offline_config(workdir, a={})
+    result = run_probe("--alive", config)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"livedata-watcher: {config}: watcher.state_dir is not set; --alive needs it"
+
+
+def test_absent_node_is_ready_and_liveness_survives_an_outage(private_zk_server, workdir, watcher_for):
+    """A node absent in ZooKeeper passes --check; during an outage --check fails but --alive keeps passing."""
+    from tests.conftest import make_client
+
+    admin = make_client(private_zk_server.address)
+    admin.create("/here", b"data")
+    state = f"{workdir}/run/livedata"  # created by the watcher
+    config = write_ini(
+        workdir,
+        {
+            "zookeeper.hosts": private_zk_server.address,
+            "zookeeper.timeout": "2 seconds",
+            "watcher.heartbeat_interval": "1 second",
+            "watcher.state_dir": state,
+            **node_settings("here", "/here", f"{workdir}/out/here"),
+            **node_settings("gone", "/gone", f"{workdir}/out/gone"),
+        },
+    )
+    watcher = watcher_for(config)
+    wait_for_content(f"{workdir}/out/here", b"data")
+    result = wait_for(lambda: (r := run_probe("--check", config)).returncode == 0 and r, 15, "the absent node to count")
+    assert result.stdout == "ok: 1 dests present and fresh, 1 known absent in ZooKeeper\n"
+    assert run_probe("--alive", config).returncode == 0
+    with open(f"{state}/alive") as f:
+        assert f.read().strip() == str(watcher.process.pid)
+
+    admin.create("/gone", b"back")  # no longer absent: its file is expected, and written
+    wait_for_content(f"{workdir}/out/gone", b"back")
+    admin.delete("/gone")
+    wait_for(lambda: not os.path.exists(f"{workdir}/out/gone"), 15, "the file to go with the node")
+    wait_for(lambda: run_probe("--check", config).returncode == 0, 15, "the node to be known absent again")
+    admin.stop()
+    admin.close()
+
+    private_zk_server.stop()  # readiness fails (nothing is vouched for), liveness does not: no restart loop
+    watcher.wait_for_log("heartbeat withheld")
+    wait_for(lambda: run_probe("--check", config).returncode == 1, 15, "readiness to fail in the outage")
+    alive = run_probe("--alive", config)
+    assert alive.returncode == 0, alive.stdout
+    private_zk_server.start()

@@ -200,7 +200,7 @@ def test_reload_adds_and_changes_hooks(zk_server, zk, zk_path, workdir, start_wa
     [
         ({"watcher.hook_timeout": "0 seconds"}, "watcher.hook_timeout: must be greater than zero"),
         ({"watcher.hook_timeout": "soon"}, "watcher.hook_timeout: 'soon' is not a time span"),
-        ({"nodes.a.onchange": "true"}, "nodes.a.onchange: unknown key (a node takes: source, dest, owner, group, mode, on_change)"),  # noqa: E501
+        ({"nodes.a.onchange": "true"}, "nodes.a.onchange: unknown key; did you mean nodes.a.on_change?"),
     ],
 )
 def test_hook_settings_are_validated(workdir, extra, expected):

@@ -116,3 +116,30 @@ def test_a_new_heartbeat_interval_applies_at_once(zk_server, zk, zk_path, workdi
     wait_for(lambda: os.stat(dest).st_mtime_ns > written, 10, "a heartbeat at the new interval")
     touched = os.stat(dest).st_mtime_ns
     wait_for(lambda: os.stat(dest).st_mtime_ns > touched, 10, "another heartbeat")
+
+
+def test_a_misspelt_key_is_refused_on_reload_not_reported_as_a_change(zk_server, zk, zk_path, workdir, start_watcher):
+    zk.create(f"{zk_path}/a", b"a 0")
+    settings = base(zk_server)
+    settings.update(node_settings("a", f"{zk_path}/a", f"{workdir}/a"))
+    watcher = start_watcher(settings)
+    wait_for_content(f"{workdir}/a", b"a 0")
+    reload(watcher, workdir, {**settings, "zookeeper.timout": "9 seconds"})
+    watcher.wait_for_log("reload rejected, the running configuration stays in force")
+    assert "zookeeper.timout: unknown key; did you mean zookeeper.timeout?" in watcher.output()
+    assert "restart the watcher to apply" not in watcher.output()
+    zk.set(f"{zk_path}/a", b"a 1")
+    wait_for_content(f"{workdir}/a", b"a 1")
+
+
+def test_a_reload_creates_new_dest_directories_visibly(zk_server, zk, zk_path, workdir, start_watcher):
+    zk.create(f"{zk_path}/a", b"a")
+    settings = base(zk_server)
+    settings.update(node_settings("a", f"{zk_path}/a", f"{workdir}/a"))
+    watcher = start_watcher(settings)
+    wait_for_content(f"{workdir}/a", b"a")
+    settings.update(node_settings("b", f"{zk_path}/a", f"{workdir}/fresh/dir/b", owner="65534"))
+    reload(watcher, workdir, settings)
+    wait_for_content(f"{workdir}/fresh/dir/b", b"a")
+    assert f"nodes.b: created directory {workdir}/fresh (owner 65534, group unchanged, mode 0755)" in watcher.output()
+    assert os.stat(f"{workdir}/fresh/dir").st_uid == 65534

@@ -6,8 +6,11 @@ passed in ``$NOTIFY_SOCKET`` (a path, or an abstract name written ``@name``).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -216,3 +219,46 @@ def test_ready_waits_for_zookeeper_and_survives_a_reload_before_it(
     assert read_bytes(f"{workdir}/kept") == b"kept"
     assert ready["STATUS"] == "connected to ZooKeeper; 1 nodes: 1 in sync, 0 pending, 0 failing"
 
+
+# --- the unit file and the README's copy of it ---------------------------------------------------------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def systemd_analyze_verify(tmp_path, unit_text: str) -> subprocess.CompletedProcess[str]:
+    """``systemd-analyze verify`` of the unit, with ExecStart pointing at this checkout's installed command."""
+    import shutil
+
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
+    watcher = os.path.join(os.path.dirname(sys.executable), "livedata-watcher")
+    assert os.access(watcher, os.X_OK), "pip install -e . provides the livedata-watcher command"
+    unit = tmp_path / "livedata-watcher.service"
+    unit.write_text(unit_text.replace("/opt/livedata/bin/livedata-watcher", watcher))
+    return subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.timeout(60)
+def test_unit_file_verifies_cleanly(tmp_path):
+    with open(os.path.join(REPO, "conf", "livedata-watcher.service")) as f:
+        text = f.read()
+    result = systemd_analyze_verify(tmp_path, text)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "" and result.stdout == ""
+    settings = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert "RestartPreventExitStatus=2" in settings  # a bad config must not restart-loop
+    assert "ExecStart=/opt/livedata/bin/livedata-watcher /etc/livedata/watcher.ini" in settings
+    assert "RuntimeDirectory=livedata" in settings
+    assert "ReadOnlyPaths=-/var/local/secrets.json" in settings
+
+
+@pytest.mark.timeout(60)
+def test_readme_unit_snippet_verifies_cleanly(tmp_path):
+    with open(os.path.join(REPO, "README.md")) as f:
+        readme = f.read()
+    snippet = re.search(r"^```ini\n(\[Service\]\n.*?)^```", readme, re.MULTILINE | re.DOTALL)
+    assert snippet is not None
+    result = systemd_analyze_verify(tmp_path, "[Unit]\nDescription=README snippet\n" + snippet.group(1))
+    assert result.returncode == 0, result.stderr
+    assert "ignoring" not in result.stderr, result.stderr  # e.g. a trailing '# comment' on ReadWritePaths
+    assert result.stderr == ""

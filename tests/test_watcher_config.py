@@ -39,6 +39,40 @@ CASES = [
     ("node-without-field", "[live-data]\n" + HOSTS + GOOD_NODE + "nodes.b = /x\n", "nodes.b: expected keys like nodes.b.<field>"),
     ("unset-variable", "[live-data]\n" + HOSTS + "nodes.a.source = /a\nnodes.a.dest = $LIVEDATA_UNSET_FOR_TEST/a\n", "nodes.a.dest: environment variable $LIVEDATA_UNSET_FOR_TEST is not set"),
     ("tls-cert-without-key", "[live-data]\n" + HOSTS + GOOD_NODE + "zookeeper.tls.cert = /c.pem\n", "zookeeper.tls.cert: tls.cert and tls.key must be set together"),
+    ("dest-is-a-directory", "[live-data]\n" + HOSTS + "nodes.a.source = /a\nnodes.a.dest = {dest}\n", "nodes.a.dest: {dest} is a directory; a dest must name a file"),
+    ("uid-out-of-range", "[live-data]\n" + HOSTS + GOOD_NODE + "nodes.a.owner = 4294967296\n", "nodes.a.owner: uid 4294967296 is out of range (0 to 4294967294)"),
+    ("gid-out-of-range", "[live-data]\n" + HOSTS + GOOD_NODE + "nodes.a.group = 4294967295\n", "nodes.a.group: gid 4294967295 is out of range"),
+]  # fmt: skip
+
+# Typos: a key in a namespace livedata owns (or one that looks like it) that nothing reads is refused, named.
+TYPOS = [
+    ("watcher.heartbeat_intreval = 1 minute", "watcher.heartbeat_intreval: unknown key; did you mean watcher.heartbeat_interval?"),
+    ("watcher.metrics_adress = :9464", "watcher.metrics_adress: unknown key; did you mean watcher.metrics_address?"),
+    ("watcher.resync = 1 minute", "watcher.resync: unknown key; did you mean watcher.resync_interval?"),
+    ("zookeeper.timout = 5 seconds", "zookeeper.timout: unknown key; did you mean zookeeper.timeout?"),
+    ("zookeeper.credential = x", "zookeeper.credential: unknown key; did you mean zookeeper.credentials?"),
+    ("zookeeper.tls.verfy = false", "zookeeper.tls.verfy: unknown key; did you mean zookeeper.tls.verify?"),
+    ("secret.path = /s.json", "secret.path: unknown key: secret. is not a livedata namespace; did you mean secrets.path?"),
+    ("secrets.pth = /s.json", "secrets.pth: unknown key; did you mean secrets.path?"),
+    ("node.z.source = /z", "node.z.source: unknown key: node. is not a livedata namespace; did you mean nodes.z.source?"),
+    ("zookeper.hosts = x:1", "zookeper.hosts: unknown key: zookeper. is not a livedata namespace; did you mean zookeeper.hosts?"),
+    ("Watcher.heartbeat_interval = 1 minute", "Watcher.heartbeat_interval: unknown key: Watcher. is not a livedata namespace"),
+    ("nodes.a.ownr = root", "nodes.a.ownr: unknown key; did you mean nodes.a.owner?"),
+    ("writer.compresion = gzip", "writer.compresion: unknown key; did you mean writer.compress?"),
+    ("trees.t.sources = /t", "trees.t.sources: unknown key; did you mean trees.t.source?"),
+]  # fmt: skip
+
+# What the README's example used to break: values keep no inline comment; bad host lists are one line.
+HOST_CASES = [
+    ("zookeeper.hosts = 127.0.0.1:abc", "zookeeper.hosts: '127.0.0.1:abc': port 'abc' is not a number from 1 to 65535"),
+    ("zookeeper.hosts = zk01:2181;chroot", "zookeeper.hosts: 'zk01:2181;chroot': port '2181;chroot' is not a number"),
+    ("zookeeper.hosts = zk01:0", "port '0' is not a number from 1 to 65535"),
+    ("zookeeper.hosts = zk01:65536", "port '65536' is not a number from 1 to 65535"),
+    ("zookeeper.hosts = zk01:2181,,zk02:2181", "zookeeper.hosts: 'zk01:2181,,zk02:2181' has an empty entry"),
+    ("zookeeper.hosts = :2181", "zookeeper.hosts: ':2181' is not host:port"),
+    ("zookeeper.hosts = zk 01:2181", "zookeeper.hosts: 'zk 01:2181' is not host:port"),
+    ("zookeeper.hosts = zk01:2181/bad/", "zookeeper.hosts: chroot '/bad/' is not a valid ZooKeeper path"),
+    ("zookeeper.hosts = ::1:2181", "is not host:port (IPv6 addresses go in brackets"),
 ]  # fmt: skip
 
 
@@ -104,3 +138,56 @@ def test_secrets_file_is_not_needed_without_credentials(tmp_path):
     finally:
         process.terminate()
         process.wait(10)
+
+
+@pytest.mark.parametrize(("line", "expected"), TYPOS, ids=[case[0].split(" ")[0] for case in TYPOS])
+def test_typo_keys_are_refused_naming_the_key(tmp_path, line, expected):
+    dest = tmp_path / "dest"
+    path = tmp_path / "watcher.ini"
+    path.write_text("[live-data]\n" + HOSTS + GOOD_NODE.format(dest=dest) + line + "\n")
+    result = run_watcher(str(path))
+    assert_one_line_error(result, f"{path}: {expected}")
+    assert not dest.exists()
+    assert_one_line_error(run_watcher("--check", str(path)), expected)
+
+
+@pytest.mark.parametrize(("line", "expected"), HOST_CASES, ids=[case[0].split("= ")[1] for case in HOST_CASES])
+def test_bad_host_lists_are_one_line_and_exit_2(tmp_path, line, expected):
+    path = tmp_path / "watcher.ini"
+    path.write_text("[live-data]\n" + line + "\n" + GOOD_NODE.format(dest=tmp_path))
+    assert_one_line_error(run_watcher(str(path)), expected)
+    assert_one_line_error(run_watcher("--check", str(path)), expected)
+
+
+def test_inline_comments_are_not_part_of_values(tmp_path):
+    path = tmp_path / "watcher.ini"
+    path.write_text(
+        "[live-data]\n"
+        "zookeeper.hosts = 127.0.0.1:1          ; optional chroot at the end: zk01:2181,zk02:2181/some/root\n"
+        f"nodes.a.source = /a\nnodes.a.dest = {tmp_path}/a\n"
+        "nodes.a.mode = 0400                    ; optional, default 0400\n"
+        "nodes.a.owner = 0                      # root\n"
+    )
+    from livedata.watcher import load_config
+
+    config = load_config(str(path))
+    assert config.raw["zookeeper.hosts"] == "127.0.0.1:1"
+    assert config.nodes[0].file.mode == 0o400
+    assert config.nodes[0].file.owner == 0
+
+
+def test_version_on_every_command():
+    for module in ("livedata.watcher", "livedata.writer", "livedata.example_app"):
+        result = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=20)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip().endswith("0.1.0") or "not installed" in result.stdout
+
+
+@pytest.mark.parametrize("name", ["prod.ini", "dev.ini"])
+def test_shipped_watcher_configs_load(monkeypatch, tmp_path, name):
+    from livedata.watcher import load_config
+
+    monkeypatch.setenv("LIVEDATA_DEV_ZK", "127.0.0.1:2181")
+    monkeypatch.setenv("LIVEDATA_DEV_DIR", str(tmp_path))
+    config = load_config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf", name))
+    assert len(config.nodes) == 2

@@ -7,6 +7,7 @@ precisely between our read and our write.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -554,3 +555,125 @@ def test_tools_write_node_end_to_end_from_another_directory(tmp_path, config, zk
     assert result.stdout.startswith(f"Writing input.json to ZooKeeper {node}...\n")
     assert result.stdout.endswith("Wrote data to ZooKeeper.\n")
     assert zk.get(node)[0] == NEW_JSON
+
+
+# --- shipping: diff cap, bounded input, shared configs, the console script ---------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_long_diffs_are_capped_with_a_summary(tmp_path, config, zk, node):
+    (tmp_path / "long.txt").write_text("".join(f"line {i}\n" for i in range(1000)))
+    result = run_writer(tmp_path, "writer.ini", "long.txt", node, "--dry-run", "--diff-lines", "20")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1 + 20 + 2  # "Writing ...", 20 diff lines, the summary, "Dry run"
+    assert lines[-2].startswith("... diff cut after 20 of 1006 lines: 1000 lines added, 3 removed in all")
+    default = run_writer(tmp_path, "writer.ini", "long.txt", node, "--dry-run")
+    assert len(default.stdout.splitlines()) == 1 + 200 + 2
+    full = run_writer(tmp_path, "writer.ini", "long.txt", node, "--dry-run", "--full-diff")
+    assert len(full.stdout.splitlines()) == 1 + 1006 + 1
+    assert "diff cut" not in full.stdout
+
+
+def test_render_diff_cap_counts_what_was_cut():
+    diff = render_diff(b"", b"a\nb\nc\n", "old", "new", max_lines=3)
+    assert diff.splitlines()[:3] == ["--- old", "+++ new", "@@ -0,0 +1,3 @@"]
+    assert diff.splitlines()[3].startswith("... diff cut after 3 of 6 lines: 3 lines added, 0 removed")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("settings", "refusal"),
+    [
+        ({"zookeeper.max_node_size": "1000", "writer.compress": "never"}, "a node holds at most 1000 bytes "
+         "(zookeeper.max_node_size)"),
+        ({"writer.max_payload_size": "1000"}, "above writer.max_payload_size (1,000 bytes)"),
+    ],
+)  # fmt: skip
+def test_oversize_stdin_is_refused_without_reading_it_all(tmp_path, zk_server, zk, node, settings, refusal):
+    """300 MB piped in: refused after the limit, with the writer's memory far below the input's size."""
+    write_config(tmp_path, zk_server.address, **settings)
+    code = (
+        "import resource, runpy, sys; sys.argv = ['livedata.writer', *sys.argv[1:]]\n"
+        "try:\n    runpy.run_module('livedata.writer', run_name='__main__')\n"
+        "finally:\n    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    )
+    writer = subprocess.Popen(
+        [sys.executable, "-c", code, "writer.ini", "-", node], cwd=tmp_path,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert writer.stdin is not None
+    chunk = b"z" * (1024 * 1024)
+    try:
+        for _ in range(300):
+            writer.stdin.write(chunk)
+    except BrokenPipeError:
+        pass  # it stopped reading: exactly the point
+    finally:
+        with contextlib.suppress(BrokenPipeError):
+            writer.stdin.close()
+    assert writer.stderr is not None
+    err = writer.stderr.read()
+    writer.wait(timeout=50)
+    lines = err.decode().splitlines()
+    assert writer.returncode == 1, err
+    amount = "more than 1,000 bytes," if "payload" in refusal else "more than 1000 bytes but"
+    assert lines[0] == f"livedata.writer: <stdin> is {amount} {refusal}; nothing written"
+    assert int(lines[1]) < 100 * 1024  # KiB: far below the 300 MB offered
+    assert zk.get(node)[0] == OLD_JSON
+
+
+@pytest.mark.timeout(60)
+def test_dev_config_works_without_the_watchers_variables(tmp_path, zk_server, zk, node):
+    """conf/dev.ini's nodes.* use $LIVEDATA_DEV_DIR; the writer reads only zookeeper.* and needs only that."""
+    (tmp_path / "input.json").write_bytes(NEW_JSON)
+    environment = {key: value for key, value in os.environ.items() if key != "LIVEDATA_DEV_DIR"}
+    environment["LIVEDATA_DEV_ZK"] = zk_server.address
+    result = subprocess.run(
+        [sys.executable, "-m", "livedata.writer", str(REPO / "conf" / "dev.ini"), "input.json", node],
+        cwd=tmp_path, capture_output=True, text=True, env=environment, timeout=50,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert zk.get(node)[0] == NEW_JSON
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        ("zookeeper.timout = 5 seconds", "zookeeper.timout: unknown key; did you mean zookeeper.timeout?"),
+        ("writer.compresion = gzip", "writer.compresion: unknown key; did you mean writer.compress?"),
+        ("secret.path = /x", "secret.path: unknown key: secret. is not a livedata namespace"),
+    ],
+)
+def test_typos_in_the_writers_keys_are_usage_errors(tmp_path, extra, fragment):
+    (tmp_path / "writer.ini").write_text(f"[live-data]\nzookeeper.hosts = 127.0.0.1:1\n{extra}\n")
+    (tmp_path / "input.txt").write_text("x\n")
+    assert_one_line_failure(run_writer(tmp_path, "writer.ini", "input.txt", "/n"), 2, fragment)
+
+
+@pytest.mark.timeout(30)
+def test_a_bad_host_list_is_a_usage_error(tmp_path):
+    (tmp_path / "writer.ini").write_text("[live-data]\nzookeeper.hosts = 127.0.0.1:abc\n")
+    (tmp_path / "input.txt").write_text("x\n")
+    result = run_writer(tmp_path, "writer.ini", "input.txt", "/n")
+    assert_one_line_failure(result, 2, "zookeeper.hosts: '127.0.0.1:abc': port 'abc' is not a number")
+
+
+def test_console_script_is_declared():
+    import configparser
+
+    setup = configparser.ConfigParser()
+    setup.read(REPO / "setup.cfg")
+    scripts = setup["options.entry_points"]["console_scripts"]
+    assert "livedata-write = livedata.writer:main" in scripts
+    assert "livedata-watcher = livedata.watcher:main" in scripts
+
+
+def test_write_node_installs_only_the_package():
+    """A CI job must not get ZooKeeper, Java or test tools: tools/write_node never runs tools/setup."""
+    script = (REPO / "tools" / "write_node").read_text()
+    commands = [line for line in script.splitlines() if not line.lstrip().startswith("#")]
+    assert not any("tools/setup" in line for line in commands)
+    assert any('pip install -q --disable-pip-version-check -e "$repo"' in line for line in commands)
+    assert not any("[test" in line or "apt-get" in line for line in commands)

@@ -170,3 +170,29 @@ def test_gevent_patched_process_gets_the_gevent_handler(zk_server, zk, zk_path):
         capture_output=True, text=True, timeout=40, check=True,
     )  # fmt: skip
     assert out.stdout.split() == ["GeventHandler", "from-gevent"]
+
+
+@pytest.mark.parametrize(
+    ("hosts", "problem"),
+    [
+        ("127.0.0.1:abc", "port 'abc' is not a number from 1 to 65535"),
+        ("zk01:2181 ; a comment that was not stripped", "is not a number"),
+        ("zk01:2181,", "has an empty entry"),
+        ("", "must not be empty"),
+    ],
+)
+def test_a_bad_host_list_is_a_config_error_in_the_library(hosts, problem):
+    from livedata.config import ConfigError, RawConfig
+    from livedata.zookeeper import zookeeper_client_from_config
+
+    with pytest.raises(ConfigError) as info:
+        zookeeper_client_from_config(None, RawConfig({"zookeeper.hosts": hosts}, source="app.ini"))
+    assert str(info.value).startswith("app.ini: zookeeper.hosts: ")
+    assert problem in str(info.value)
+
+
+def test_good_host_lists_are_accepted_as_written():
+    from livedata.zookeeper import zookeeper_hosts
+
+    for hosts in ("zk01", "zk01:2181,zk02:2182/chroot/x", "[::1]:2181", "10.0.0.1:65535/", "zk-1.example.com:1"):
+        assert zookeeper_hosts(hosts) == hosts

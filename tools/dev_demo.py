@@ -34,6 +34,8 @@ def main() -> int:
     client.create("/livedata-demo/flags", json.dumps(flags).encode(), makepath=True)
     client.create("/livedata-demo/hosts", b"app01\napp02\n")
     env = {**os.environ, "LIVEDATA_DEV_ZK": server.address, "LIVEDATA_DEV_DIR": FILES}
+    with open(os.path.join(DEV_DIR, "zookeeper-address"), "w") as f:  # tools/example_app's default server
+        f.write(server.address + "\n")
     watcher = subprocess.Popen(
         [os.path.join(ROOT, ".venv/bin/livedata-watcher"), os.path.join(ROOT, "conf/dev.ini")],
         env=env,
@@ -42,6 +44,7 @@ def main() -> int:
     dest = os.path.join(FILES, "flags.json")
     print(f"ZooKeeper: {server.address}   watcher pid: {watcher.pid}   file: {dest}", flush=True)
     print("the demo bumps /livedata-demo/flags every 3 seconds; Ctrl-C stops everything", flush=True)
+    print("in another terminal, tools/example_app serves the same data on http://127.0.0.1:8080/", flush=True)
     try:
         wait_for(lambda: os.path.exists(dest), 30, "the watcher to write the first file")
         reader = FileWatcher(dest, json.load)
