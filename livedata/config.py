@@ -414,16 +414,6 @@ def _merge(into: dict[str, Any], spec: Spec) -> None:
             into[name] = rule
 
 
-# Keys being added by parallel work (payload compression; whole trees mirrored as one node), declared
-# here so configs that use them are accepted; their own specs register the same keys with their parsers.
-register({
-    "writer": {"compress": Optional(string), "max_payload_size": Optional(integer)},
-    "watcher": {"max_payload_size": Optional(integer)},
-    "trees": DictOf({field: Optional(string)
-                     for field in ("source", "dest", "owner", "group", "mode", "format", "on_change")}),
-})  # fmt: skip
-
-
 def known_keys() -> Mapping[str, Any]:
     """The union of every livedata program's spec (imports the modules that declare them)."""
     for module in SPEC_MODULES:

@@ -73,6 +73,8 @@ def problems(
     heartbeat_interval: float,
     now: float | None = None,
     absent: Mapping[str, str] | None = None,
+    kind: str = "nodes",
+    directory: bool = False,
 ) -> list[str]:
     """One line per unhealthy dest (``PATH: what is wrong (nodes.NAME)``); empty when all is well.
 
@@ -83,12 +85,13 @@ def problems(
     now = time.time() if now is None else now
     absent = absent or {}
     lines = []
+    check = tree_problems if directory else file_problems
     for name, spec in files:
-        found = file_problems(spec, max_age, now)
+        found = check(spec, max_age, now)
         if found == ["missing"] and absent.get(name) == spec.path:
             continue
         if found:
-            lines.append(f"{spec.path}: {'; '.join(found)} (nodes.{name})")
+            lines.append(f"{spec.path}: {'; '.join(found)} ({kind}.{name})")
     return lines
 
 
@@ -105,6 +108,29 @@ def file_problems(spec: FileSpec, max_age: float, now: float) -> list[str]:
     mode = stat.S_IMODE(status.st_mode)
     if mode != spec.mode:
         found.append(f"mode {mode:04o}, expected {spec.mode:04o}")
+    if spec.owner is not None and status.st_uid != spec.owner:
+        found.append(f"owner uid {status.st_uid}, expected {spec.owner}")
+    if spec.group is not None and status.st_gid != spec.group:
+        found.append(f"group gid {status.st_gid}, expected {spec.group}")
+    age = now - status.st_mtime
+    if age > max_age:
+        found.append(f"stale: modified {age:.0f}s ago, more than {STALE_HEARTBEATS} heartbeats ({max_age:g}s)")
+    return found
+
+
+def tree_problems(spec: FileSpec, max_age: float, now: float) -> list[str]:
+    """A ``directory`` tree: a directory whose ``..data`` names a snapshot, touched by the heartbeat."""
+    try:
+        status = os.lstat(spec.path)
+    except FileNotFoundError:
+        return ["missing"]
+    except OSError as e:
+        return [f"cannot inspect: {e.strerror or e}"]
+    if not stat.S_ISDIR(status.st_mode):
+        return ["not a directory"]
+    found = []
+    if not os.path.isdir(os.path.join(spec.path, "..data")):
+        found.append("no snapshot (..data does not name one)")
     if spec.owner is not None and status.st_uid != spec.owner:
         found.append(f"owner uid {status.st_uid}, expected {spec.owner}")
     if spec.group is not None and status.st_gid != spec.group:

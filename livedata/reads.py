@@ -62,7 +62,7 @@ YIELD_EVERY = 32  # reads issued between yields, so the connection greenlet ship
 DEADLINE_MIN = 10.0  # seconds; the deadline is the larger of this and twice the session timeout
 RETRY_FIRST = 0.1
 RETRY_MAX = 30.0
-MAX_PAYLOAD_SIZE = 64 * 1024 * 1024  # decoded bytes accepted from one node (watcher.max_payload_size)
+MAX_PAYLOAD_SIZE = payload.DEFAULT_MAX_PAYLOAD_SIZE  # decoded bytes accepted from one node (watcher.max_payload_size)
 INLINE_DECODE = 256 * 1024  # stored envelopes larger than this are verified and inflated in the thread pool
 
 DISCONNECTED = (ConnectionLoss, SessionExpiredError, ConnectionClosedError)

@@ -33,8 +33,10 @@ from livedata.config import (
     Optional,
     RawConfig,
     absolute_path,
+    byte_size,
     check_known_keys,
     file_mode,
+    one_of,
     parse_config,
     read_config,
     register,
@@ -48,13 +50,14 @@ from livedata.config import (
 from livedata.destinations import create_missing_directories, dest_problem
 from livedata.files import FileSpec
 from livedata.logs import silence_kazoo
+from livedata.payload import DEFAULT_MAX_PAYLOAD_SIZE as MAX_PAYLOAD_SIZE
 
 if TYPE_CHECKING:
     from livedata.connection_log import ConnectionLog
     from livedata.hooks import HookRunner
     from livedata.metrics import Metrics, MetricsServer
     from livedata.probe_state import ProbeState
-    from livedata.sync import Mirror, MirrorObserver, NodeConfig
+    from livedata.sync import Mirror, MirrorObserver, NodeConfig, TreeConfig
     from livedata.systemd import ServiceNotifier
 
 log = logging.getLogger("livedata.watcher")
@@ -79,6 +82,7 @@ NODE_SPEC = {
     "mode": Optional(file_mode, 0o400),
     "on_change": Optional(string),
 }
+TREE_SPEC = {**NODE_SPEC, "format": Optional(one_of("directory", "json"), "directory")}
 WATCHER_SPEC = register({
     "watcher": {
         "heartbeat_interval": Optional(timespan, 300.0),
@@ -86,8 +90,10 @@ WATCHER_SPEC = register({
         "hook_timeout": Optional(timespan, DEFAULT_HOOK_TIMEOUT),
         "metrics_address": Optional(_listen_address),
         "state_dir": Optional(absolute_path),
+        "max_payload_size": Optional(byte_size, MAX_PAYLOAD_SIZE),
     },
     "nodes": DictOf(NODE_SPEC),
+    "trees": DictOf(TREE_SPEC),
 })  # fmt: skip
 
 
@@ -102,6 +108,13 @@ class WatcherConfig:
     hook_timeout: float = DEFAULT_HOOK_TIMEOUT
     metrics_address: tuple[str, int] | None = None
     state_dir: str | None = None  # where the liveness file and the absent-node list go (the probes read them)
+    trees: Sequence[TreeConfig] = ()
+    max_payload_size: int = MAX_PAYLOAD_SIZE
+
+    @property
+    def mirrored(self) -> list[NodeConfig | TreeConfig]:
+        """Nodes and trees, as the mirror takes them."""
+        return [*self.nodes, *self.trees]
 
     def zookeeper_settings(self) -> dict[str, str]:
         """What a reload cannot change without a new client (and so a restart)."""
@@ -115,14 +128,14 @@ def load_config(path: str, check_dests: bool = True) -> WatcherConfig:
     directory); the probes turn it off, since for them a directory that
     appeared at a dest is a finding about this host, not about the config.
     """
-    from livedata.sync import NodeConfig
+    from livedata.sync import NodeConfig, TreeConfig
     from livedata.zookeeper import parse_zookeeper_config
 
     raw = read_config(path)
     check_known_keys(raw)
     zookeeper = parse_zookeeper_config(raw)
     parsed = parse_config(raw, WATCHER_SPEC)
-    _check_nodes(raw, parsed.nodes, check_dests)
+    _check_nodes(raw, parsed.nodes, parsed.trees, check_dests)
     for key in ("heartbeat_interval", "resync_interval", "hook_timeout"):
         if parsed.watcher[key] <= 0:
             raise ConfigError(path, f"watcher.{key}", "must be greater than zero")
@@ -132,32 +145,56 @@ def load_config(path: str, check_dests: bool = True) -> WatcherConfig:
         NodeConfig(name, node.source, FileSpec(node.dest, node.mode, node.owner, node.group))
         for name, node in parsed.nodes.items()
     ]
+    trees = [
+        TreeConfig(name, tree.source, FileSpec(tree.dest, tree.mode, tree.owner, tree.group), tree.format)
+        for name, tree in parsed.trees.items()
+    ]
+    on_change = {name: item.on_change for items in (parsed.nodes, parsed.trees)
+                 for name, item in items.items() if item.on_change}  # fmt: skip
     return WatcherConfig(
         # Only the connection settings are needed later; tens of thousands of node keys are not kept.
-        raw=RawConfig({key: value for key, value in raw.items() if not key.startswith("nodes.")}, raw.source),
+        raw=RawConfig({key: value for key, value in raw.items() if not key.startswith(("nodes.", "trees."))},
+                      raw.source),
         nodes=nodes,
         heartbeat_interval=parsed.watcher.heartbeat_interval,
         resync_interval=parsed.watcher.resync_interval,
         credentials=bool(zookeeper.credentials),
-        hooks={name: node.on_change for name, node in parsed.nodes.items() if node.on_change},
+        hooks=on_change,
         hook_timeout=parsed.watcher.hook_timeout,
         metrics_address=parsed.watcher.metrics_address,
         state_dir=parsed.watcher.state_dir,
+        trees=trees,
+        max_payload_size=parsed.watcher.max_payload_size,
     )
 
 
-def _check_nodes(raw: RawConfig, nodes: Mapping[str, Any], check_dests: bool) -> None:
+def _check_nodes(raw: RawConfig, nodes: Mapping[str, Any], trees: Mapping[str, Any], check_dests: bool) -> None:
     source = source_of(raw)
-    if not nodes:
-        raise ConfigError(source, "nodes", "no nodes configured (expected nodes.<name>.source and nodes.<name>.dest)")
-    seen: dict[str, str] = {}
-    for name, node in nodes.items():
-        if node.dest in seen:
-            raise ConfigError(source, f"nodes.{name}.dest", f"{node.dest} is also the dest of nodes.{seen[node.dest]}")
-        seen[node.dest] = name
-        problem = dest_problem(node.dest) if check_dests else None
-        if problem:
-            raise ConfigError(source, f"nodes.{name}.dest", problem)
+    if not nodes and not trees:
+        raise ConfigError(source, "nodes", "no nodes or trees configured (expected nodes.<name>.source and "
+                          "nodes.<name>.dest, or trees.<name>.source and trees.<name>.dest)")  # fmt: skip
+    seen: dict[str, str] = {}  # dest -> the key that claims it
+    owned: list[tuple[str, str]] = []  # (directory, key) of directory trees: nothing else may live in them
+    for kind, items in (("nodes", nodes), ("trees", trees)):
+        for name, item in items.items():
+            key = f"{kind}.{name}"
+            if kind == "trees" and name in nodes:
+                raise ConfigError(source, f"{key}.source", f"nodes.{name} has the same name (hooks, metrics and "
+                                  "probes name them alike): rename one")  # fmt: skip
+            if item.dest in seen:
+                raise ConfigError(source, f"{key}.dest", f"{item.dest} is also the dest of {seen[item.dest]}")
+            seen[item.dest] = key
+            if kind == "trees" and item.format == "directory":
+                owned.append((item.dest, key))
+            elif check_dests:
+                problem = dest_problem(item.dest)
+                if problem:
+                    raise ConfigError(source, f"{key}.dest", problem)
+    for directory, owner in owned:
+        for dest, key in seen.items():
+            if key != owner and (dest.startswith(directory + "/") or directory.startswith(dest + "/")):
+                raise ConfigError(source, f"{owner}.dest", f"{directory} is a tree's directory, which livedata "
+                                  f"owns entirely; it overlaps {key}.dest ({dest})")  # fmt: skip
 
 
 def _require_metrics_library(path: str) -> None:
@@ -186,6 +223,9 @@ def check(config: WatcherConfig) -> int:
     max_age = health.STALE_HEARTBEATS * config.heartbeat_interval
     absent = health.absent_nodes(config.state_dir, max_age, now)
     found = health.problems(((node.name, node.file) for node in config.nodes), config.heartbeat_interval, now, absent)
+    for directory in (False, True):
+        trees = ((tree.name, tree.file) for tree in config.trees if (tree.format == "directory") == directory)
+        found += health.problems(trees, config.heartbeat_interval, now, kind="trees", directory=directory)
     for line in found:
         print(line)
     if found:
@@ -193,7 +233,7 @@ def check(config: WatcherConfig) -> int:
     gone = sum(1 for node in config.nodes
                if absent.get(node.name) == node.file.path and not os.path.lexists(node.file.path))  # fmt: skip
     also = f", {gone} known absent in ZooKeeper" if gone else ""
-    print(f"ok: {len(config.nodes) - gone} dests present and fresh{also}")
+    print(f"ok: {len(config.nodes) + len(config.trees) - gone} dests present and fresh{also}")
     return cli.EXIT_OK
 
 
@@ -257,7 +297,8 @@ class Daemon:
         parts = (self.connection_log, self.metrics, self.hooks, self.service, self.probe_state)
         observers = [part for part in parts if part is not None]
         self.mirror: Mirror = Mirror(
-            self.client, config.nodes, _fan_out(observers), credentials.refresh if credentials else None
+            self.client, config.mirrored, _fan_out(observers), credentials.refresh if credentials else None,
+            max_payload_size=config.max_payload_size,
         )
         if self.metrics is not None:
             self.metrics.watch(self.mirror)
@@ -273,8 +314,9 @@ class Daemon:
     def start(self) -> None:
         from livedata.metrics import MetricsServer
 
-        log.info("watching %d nodes on %s", len(self.config.nodes), self.config.raw["zookeeper.hosts"])
-        create_missing_directories((node.name, node.file) for node in self.config.nodes)
+        log.info("watching %d nodes and %d trees on %s", len(self.config.nodes), len(self.config.trees),
+                 self.config.raw["zookeeper.hosts"])
+        create_missing_directories((node.name, node.file) for node in self.config.mirrored)
         if self.probe_state is not None:
             self.probe_state.start()
         self.connection_log.start()
@@ -315,8 +357,8 @@ class Daemon:
             return False
         self._report_restart_needed(new)
         old = self.config
-        create_missing_directories((node.name, node.file) for node in new.nodes)
-        added, removed = self.mirror.update_nodes(new.nodes)
+        create_missing_directories((node.name, node.file) for node in new.mirrored)
+        added, removed = self.mirror.update_nodes(new.mirrored)
         self.hooks.configure(new.hooks, new.hook_timeout)
         self.config = replace(new, metrics_address=old.metrics_address, state_dir=old.state_dir)
         # Restarting the timers on every reload would postpone heartbeats forever under frequent reloads.

@@ -59,6 +59,7 @@ from livedata.config import (
     one_of,
     parse_config,
     read_config,
+    register,
     source_of,
     znode_path,
 )
@@ -90,12 +91,12 @@ DRY_RUN = "Dry run: not writing."
 log = logging.getLogger("livedata.writer")  # not __name__, which is "__main__" under python -m
 
 # The writer's own keys; it reads only these (and zookeeper.*), so it can share a file with other programs.
-WRITER_SPEC = {
+WRITER_SPEC = register({
     "writer": {
         "compress": Optional(one_of(*MODES), "auto"),
         "max_payload_size": Optional(byte_size, DEFAULT_MAX_PAYLOAD_SIZE),
     }
-}
+})  # fmt: skip
 
 
 class WriterError(CommandError):

@@ -34,7 +34,7 @@ CASES = [
     ("zero-heartbeat", "[live-data]\n" + HOSTS + GOOD_NODE + "watcher.heartbeat_interval = 0 seconds\n", "watcher.heartbeat_interval: must be greater than zero"),
     ("bad-resync", "[live-data]\n" + HOSTS + GOOD_NODE + "watcher.resync_interval = soon\n", "watcher.resync_interval: 'soon' is not a time span"),
     ("bad-session-timeout", "[live-data]\n" + HOSTS + GOOD_NODE + "zookeeper.timeout = 5 parsecs\n", "zookeeper.timeout: '5 parsecs' is not a time span"),
-    ("no-nodes", "[live-data]\n" + HOSTS, "nodes: no nodes configured"),
+    ("no-nodes", "[live-data]\n" + HOSTS, "nodes: no nodes or trees configured"),
     ("node-key-typo", "[live-data]\n" + HOSTS + GOOD_NODE + "nodes.a.dset = /x\n", "nodes.a.dset: unknown key"),
     ("node-without-field", "[live-data]\n" + HOSTS + GOOD_NODE + "nodes.b = /x\n", "nodes.b: expected keys like nodes.b.<field>"),
     ("unset-variable", "[live-data]\n" + HOSTS + "nodes.a.source = /a\nnodes.a.dest = $LIVEDATA_UNSET_FOR_TEST/a\n", "nodes.a.dest: environment variable $LIVEDATA_UNSET_FOR_TEST is not set"),
