@@ -5,6 +5,7 @@ comes from, with exactly one of::
 
     live_data.flags.file = /var/local/flags.json   # the file the watcher daemon keeps up to date
     live_data.flags.node = /flags                  # or: watch the znode in-process (gevent apps)
+    live_data.experiments.dir = /var/local/experiments   # a tree the daemon mirrors: a TreeWatcher
 
 File mode never imports kazoo, so an application that only reads files does not pay for a ZooKeeper client.
 In node mode, readers built from the same ``zookeeper.*`` settings share one client (one session and one
@@ -28,7 +29,7 @@ T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 
 PREFIX = "live_data."
-FIELDS = {"file": Optional(absolute_path), "node": Optional(znode_path)}
+FIELDS = {"file": Optional(absolute_path), "node": Optional(znode_path), "dir": Optional(absolute_path)}
 
 
 class WatchedData(Protocol[T_co]):
@@ -40,19 +41,22 @@ class WatchedData(Protocol[T_co]):
 
 
 def parse_live_data_config(config: Mapping[str, str], name: str) -> ConfigNamespace:
-    """The ``file``/``node`` settings of ``live_data.<name>``, exactly one of them set, typos rejected."""
+    """The ``file``/``node``/``dir`` settings of ``live_data.<name>``, exactly one of them set, typos rejected."""
     if not name or "." in name:
         raise ValueError(f"live data name must be non-empty and contain no dot, got {name!r}")
     prefix = f"{PREFIX}{name}."
     source = source_of(config)
     for key in _unknown_keys(config, PREFIX, FIELDS):
         if key.startswith(prefix):
-            raise ConfigError(source, key, f"unknown setting (expected {prefix}file or {prefix}node)")
+            raise ConfigError(source, key, f"unknown setting (expected {prefix}file, {prefix}node or {prefix}dir)")
     where: ConfigNamespace = parse_config(config, {"live_data": {name: FIELDS}}).live_data[name]
-    if where.file is None and where.node is None:
-        raise ConfigError(source, f"{prefix}file", f"set either this (file mode) or {prefix}node (direct mode)")
-    if where.file is not None and where.node is not None:
-        raise ConfigError(source, f"{prefix}node", f"set only one of {prefix}file and {prefix}node")
+    chosen = [field for field in FIELDS if where[field] is not None]
+    if not chosen:
+        raise ConfigError(source, f"{prefix}file", f"set either this (file mode), {prefix}node (direct mode) or "
+                          f"{prefix}dir (a mirrored tree)")  # fmt: skip
+    if len(chosen) > 1:
+        first, second = (f"{prefix}{field}" for field in chosen[:2])
+        raise ConfigError(source, second, f"set only one of {first} and {second}")
     return where
 
 
@@ -82,6 +86,10 @@ def watched_data_from_config(
     where = parse_live_data_config(config, name)
     if where.file is not None:
         return FileWatcher(where.file, parser, **reader_options)
+    if where.dir is not None:
+        from livedata.tree_watcher import TreeWatcher
+
+        return TreeWatcher(where.dir, parser, **reader_options)  # type: ignore[return-value]
     from livedata.live_node import LiveNode
 
     if client is None:

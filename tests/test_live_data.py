@@ -117,12 +117,25 @@ def test_node_mode_timeout_raises_the_same_error(zk: KazooClient, zk_path: str) 
         ({"live_data.flags.node": "/flags/"}, "live_data.flags.node"),
         ({"live_data.flags.file": "/var/x.json", "live_data.flags.nod": "/flags"}, "live_data.flags.nod"),
         ({"live_data.flags.node": "/flags"}, "zookeeper.hosts"),
+        ({"live_data.flags.dir": "/var/x", "live_data.flags.file": "/var/x.json"}, "live_data.flags.dir"),
+        ({"live_data.flags.dir": "relative"}, "live_data.flags.dir"),
     ],
 )
 def test_configuration_errors_name_the_key(config: dict[str, str], key: str) -> None:
     with pytest.raises(ConfigError) as raised:
         watched_data_from_config(config, "flags", json.load)
     assert raised.value.key == key
+
+
+def test_dir_key_gives_a_tree_watcher_over_a_mirrored_tree(workdir: str) -> None:
+    from livedata.snapshots import TreeSpec, publish
+    from livedata.tree_watcher import TreeWatcher
+
+    dest = os.path.join(workdir, "experiments")
+    publish(TreeSpec(dest, 0o644), {"a": b"1", "b": b'{"x": 2}'})
+    reader = watched_data_from_config({"live_data.experiments.dir": dest}, "experiments", json.load)
+    assert isinstance(reader, TreeWatcher)
+    assert dict(reader.get_data()) == {"a": 1, "b": {"x": 2}}
 
 
 def test_other_names_are_not_this_readers_business(workdir: str) -> None:
