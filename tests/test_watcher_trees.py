@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -248,3 +249,26 @@ def test_bad_tree_configuration_is_refused_before_connecting(workdir, extra, key
     assert len(lines) == 1 and key in lines[0] and fragment in lines[0], lines
     assert not os.path.exists(f"{workdir}/tree")
 
+
+
+def test_hook_runs_for_a_snapshot_and_a_reload_adds_a_tree(zk_server, zk, zk_path, workdir, start_watcher):
+    source, dest, log = f"{zk_path}/hooked", f"{workdir}/hooked", f"{workdir}/hook.log"
+    zk.create(source)
+    zk.create(f"{source}/a", b"1")
+    settings = base_settings(zk_server)
+    settings.update(tree_settings("hooked", source, dest,
+                                  on_change=f'echo "$$LIVEDATA_NODE $$LIVEDATA_EVENT $$LIVEDATA_DEST" >> {log}'))
+    watcher = start_watcher(settings, name="trees.ini")
+    wait_tree(zk, source, dest)
+    zk.set(f"{source}/a", b"2")
+    wait_for(lambda: f"hooked written {dest}\n" in (read_bytes(log) or b"").decode(), 30, "the hook of a snapshot")
+
+    later_source, later_dest = f"{zk_path}/later", f"{workdir}/later"
+    zk.create(later_source)
+    zk.create(f"{later_source}/x", b"x")
+    settings.update(tree_settings("later", later_source, later_dest))
+    write_ini(workdir, settings, "trees.ini")
+    watcher.signal(signal.SIGHUP)
+    watcher.wait_for_log("reloaded")
+    wait_tree(zk, later_source, later_dest)
+    assert watcher.alive()
