@@ -585,10 +585,12 @@ def test_render_diff_cap_counts_what_was_cut():
 def test_oversize_stdin_is_refused_without_reading_it_all(tmp_path, zk_server, zk, node):
     """300 MB piped in: refused after the limit, with the writer's memory far below the input's size."""
     write_config(tmp_path, zk_server.address, **{"zookeeper.max_node_size": "1000"})
+    # VmHWM (peak resident memory of this program image): ru_maxrss would include the forking pytest's own.
     code = (
-        "import resource, runpy, sys; sys.argv = ['livedata.writer', *sys.argv[1:]]\n"
+        "import re, runpy, sys; sys.argv = ['livedata.writer', *sys.argv[1:]]\n"
         "try:\n    runpy.run_module('livedata.writer', run_name='__main__')\n"
-        "finally:\n    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+        "finally:\n    status = open('/proc/self/status').read()\n"
+        "    print(re.search(r'VmHWM:\\s*(\\d+) kB', status).group(1), file=sys.stderr)\n"
     )
     writer = subprocess.Popen(
         [sys.executable, "-c", code, "writer.ini", "-", node], cwd=tmp_path,
