@@ -61,3 +61,15 @@ def test_every_ini_block_loads(tmp_path, block):
         assert names == {"flags"}
         assert parse_live_data_config(raw, "flags").node == "/flags"
         assert parse_zookeeper_config(raw).hosts == "zk01:2181,zk02:2181"
+
+
+def test_the_secrets_file_example_is_read_as_documented(tmp_path):
+    from livedata.secrets import SecretsStore
+
+    blocks = re.findall(r"^```json\n(.*?)^```", README.read_text(), re.MULTILINE | re.DOTALL)
+    assert len(blocks) == 1
+    path = tmp_path / "secrets.json"
+    path.write_text(blocks[0])
+    store = SecretsStore(str(path))
+    assert store.get_simple("secret/myservice/zk") == b"myservice:s3cret"
+    assert store.get_simple("secret/other") == b"myservice:s3cret"

@@ -593,10 +593,12 @@ def test_render_diff_cap_counts_what_was_cut():
 def test_oversize_stdin_is_refused_without_reading_it_all(tmp_path, zk_server, zk, node, settings, refusal):
     """300 MB piped in: refused after the limit, with the writer's memory far below the input's size."""
     write_config(tmp_path, zk_server.address, **settings)
+    # VmHWM (peak resident memory of this program image): ru_maxrss would include the forking pytest's own.
     code = (
-        "import resource, runpy, sys; sys.argv = ['livedata.writer', *sys.argv[1:]]\n"
+        "import re, runpy, sys; sys.argv = ['livedata.writer', *sys.argv[1:]]\n"
         "try:\n    runpy.run_module('livedata.writer', run_name='__main__')\n"
-        "finally:\n    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+        "finally:\n    status = open('/proc/self/status').read()\n"
+        "    print(re.search(r'VmHWM:\\s*(\\d+) kB', status).group(1), file=sys.stderr)\n"
     )
     writer = subprocess.Popen(
         [sys.executable, "-c", code, "writer.ini", "-", node], cwd=tmp_path,
@@ -677,3 +679,25 @@ def test_write_node_installs_only_the_package():
     assert not any("tools/setup" in line for line in commands)
     assert any('pip install -q --disable-pip-version-check -e "$repo"' in line for line in commands)
     assert not any("[test" in line or "apt-get" in line for line in commands)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_write_node_creates_a_venv_with_the_package_alone(tmp_path):
+    """In a checkout without .venv: a quiet install of the package and its two dependencies, nothing else."""
+    import shutil
+
+    checkout = tmp_path / "checkout"
+    shutil.copytree(REPO / "livedata", checkout / "livedata", ignore=shutil.ignore_patterns("__pycache__"))
+    (checkout / "tools").mkdir()
+    for name in ("tools/write_node", "setup.cfg", "setup.py", "README.md"):
+        shutil.copy2(REPO / name, checkout / name)
+    environment = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    for _ in range(2):  # the second run finds the venv ready
+        result = subprocess.run([str(checkout / "tools" / "write_node"), "--version"], capture_output=True,
+                                text=True, env=environment, timeout=280)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert (result.stdout, result.stderr) == ("livedata.writer 0.1.0\n", "")
+    installed = set(os.listdir(checkout / ".venv" / "bin"))
+    assert {"livedata-write", "livedata-watcher"} <= installed
+    assert not installed & {"pytest", "mypy", "ruff"}
