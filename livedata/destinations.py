@@ -79,10 +79,24 @@ def _make_directories(directory: str, spec: FileSpec) -> list[str]:
         except FileExistsError:
             continue
         created.append(path)
-        os.chmod(path, DIRECTORY_MODE)  # whatever the umask
-        if spec.owner is not None or spec.group is not None:
-            os.chown(path, -1 if spec.owner is None else spec.owner, -1 if spec.group is None else spec.group)
+        _set_directory_metadata(path, spec)
     return created
+
+
+def _set_directory_metadata(path: str, spec: FileSpec) -> None:
+    """Mode (whatever the umask) and owner of a directory we just made, through an fd of that very directory.
+
+    Never by path: between our mkdir and a chmod by path, whoever can write
+    to the parent could swap in a symlink, and chmod/chown would follow it.
+    O_NOFOLLOW|O_DIRECTORY refuses anything but the directory itself.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if spec.owner is not None or spec.group is not None:
+            os.fchown(fd, -1 if spec.owner is None else spec.owner, -1 if spec.group is None else spec.group)
+        os.fchmod(fd, DIRECTORY_MODE)  # after chown, which may clear set-id bits
+    finally:
+        os.close(fd)
 
 
 def _id(value: int | None) -> str:
