@@ -11,7 +11,7 @@ from typing import Callable
 import pytest
 from kazoo.client import KazooClient
 
-from tests.harness import Ensemble, ZooKeeperServer, start_standalone
+from livedata.testing.zookeeper import Ensemble, ZooKeeperServer, start_standalone
 from tests.watcher_process import WatcherProcess, write_ini
 
 _counter = itertools.count()

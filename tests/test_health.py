@@ -11,7 +11,7 @@ import pytest
 
 from livedata import health
 from livedata.files import FileSpec
-from tests.harness import wait_for
+from livedata.testing.zookeeper import wait_for
 from tests.watcher_process import WatcherProcess, node_settings, wait_for_content, write_ini
 
 pytestmark = pytest.mark.timeout(60)

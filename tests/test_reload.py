@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from tests.harness import wait_for
+from livedata.testing.zookeeper import wait_for
 from tests.watcher_process import WatcherProcess, base_settings, node_settings, read_bytes, wait_for_content, write_ini
 
 pytestmark = pytest.mark.timeout(60)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from livedata import files
-from tests.harness import wait_for
+from livedata.testing.zookeeper import wait_for
 from tests.watcher_process import base_settings, node_settings, read_bytes, wait_for_content
 
 pytestmark = pytest.mark.timeout(90)

@@ -8,7 +8,7 @@ import sys
 import tempfile
 from collections.abc import Mapping
 
-from tests.harness import wait_for
+from livedata.testing.zookeeper import wait_for
 
 
 def write_ini(directory: str, settings: Mapping[str, object], name: str = "watcher.ini") -> str:

@@ -16,7 +16,7 @@ sys.path.insert(0, ROOT)
 from kazoo.client import KazooClient  # noqa: E402
 
 from livedata import FileWatcher  # noqa: E402
-from tests.harness import start_standalone, wait_for  # noqa: E402
+from livedata.testing.zookeeper import start_standalone, wait_for  # noqa: E402
 
 DEV_DIR = os.path.join(ROOT, ".dev")
 FILES = os.path.join(DEV_DIR, "files")

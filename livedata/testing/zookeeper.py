@@ -1,4 +1,4 @@
-"""Real ZooKeeper servers for tests and the benchmark: standalone or a 3-server ensemble on loopback.
+"""Real ZooKeeper servers for tests, tools/dev and the benchmark: standalone or a 3-server ensemble on loopback.
 
 Servers are Debian's ``zookeeper`` package run directly with java, each in its
 own temporary directory on free ports, so tests never depend on (or disturb)
@@ -43,7 +43,7 @@ class ConditionTimeout(AssertionError):
 
 
 def wait_for(
-    predicate: Callable[[], T], timeout: float = 10.0, message: str = "condition", interval: float = 0.005
+    predicate: Callable[[], T | None], timeout: float = 10.0, message: str = "condition", interval: float = 0.005
 ) -> T:
     """Poll ``predicate`` until it returns a truthy value (returned) or ``timeout`` passes (raises).
 
