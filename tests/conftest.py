@@ -11,8 +11,8 @@ from typing import Callable
 import pytest
 from kazoo.client import KazooClient
 
+from livedata.testing.watcher_process import WatcherProcess, write_ini
 from livedata.testing.zookeeper import Ensemble, ZooKeeperServer, start_standalone
-from tests.watcher_process import WatcherProcess, write_ini
 
 _counter = itertools.count()
 

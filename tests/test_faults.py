@@ -22,9 +22,9 @@ from kazoo.client import KazooClient
 from kazoo.retry import KazooRetry
 
 from livedata import files
+from livedata.testing.watcher_process import WatcherProcess, node_settings, read_bytes, wait_for_content, write_ini
 from livedata.testing.zookeeper import Ensemble, ZooKeeperServer, four_letter_word, wait_for
 from tests.conftest import make_client
-from tests.watcher_process import WatcherProcess, node_settings, read_bytes, wait_for_content, write_ini
 
 pytestmark = pytest.mark.timeout(90)
 

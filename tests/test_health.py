@@ -11,8 +11,8 @@ import pytest
 
 from livedata import health
 from livedata.files import FileSpec
+from livedata.testing.watcher_process import WatcherProcess, node_settings, wait_for_content, write_ini
 from livedata.testing.zookeeper import wait_for
-from tests.watcher_process import WatcherProcess, node_settings, wait_for_content, write_ini
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -14,8 +14,8 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from livedata.testing.watcher_process import base_settings, node_settings, read_bytes, wait_for_content, write_ini
 from livedata.testing.zookeeper import free_ports, wait_for
-from tests.watcher_process import base_settings, node_settings, read_bytes, wait_for_content, write_ini
 
 pytestmark = pytest.mark.timeout(60)
 

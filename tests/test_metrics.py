@@ -12,8 +12,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from livedata.metrics import parse_address, short_reason
+from livedata.testing.watcher_process import base_settings, node_settings, read_bytes, wait_for_content, write_ini
 from livedata.testing.zookeeper import four_letter_word, free_ports, wait_for
-from tests.watcher_process import base_settings, node_settings, read_bytes, wait_for_content, write_ini
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from livedata.systemd import Notifier, watchdog_interval
+from livedata.testing.watcher_process import base_settings, node_settings, read_bytes, write_ini
 from livedata.testing.zookeeper import ConditionTimeout
-from tests.watcher_process import base_settings, node_settings, read_bytes, write_ini
 
 pytestmark = pytest.mark.timeout(60)
 

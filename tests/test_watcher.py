@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 from livedata import files
+from livedata.testing.watcher_process import base_settings, node_settings, read_bytes, wait_for_content
 from livedata.testing.zookeeper import wait_for
-from tests.watcher_process import base_settings, node_settings, read_bytes, wait_for_content
 
 pytestmark = pytest.mark.timeout(90)
 
