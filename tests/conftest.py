@@ -1,4 +1,7 @@
-"""Shared fixtures: real ZooKeeper servers, clients, and unique znode paths per test."""
+"""Shared fixtures: real ZooKeeper servers, clients, and unique znode paths per test.
+
+Built on the testing kit (livedata.testing) that applications use: the same launcher and session server.
+"""
 from __future__ import annotations
 
 import itertools
@@ -18,12 +21,13 @@ _counter = itertools.count()
 
 
 @pytest.fixture(scope="session")
-def zk_server() -> Iterator[ZooKeeperServer]:
-    """One standalone server shared by the whole run; tests isolate themselves by path (see ``zk_path``)."""
-    server = start_standalone()
-    yield server
-    server.stop()
-    shutil.rmtree(server.directory, ignore_errors=True)
+def zk_server(livedata_zookeeper: ZooKeeperServer) -> ZooKeeperServer:
+    """One standalone server shared by the whole run; tests isolate themselves by path (see ``zk_path``).
+
+    It is the testing kit's own session server (livedata.testing.plugin, loaded by its pytest11 entry
+    point), so the suite runs on exactly what applications' tests get.
+    """
+    return livedata_zookeeper
 
 
 @pytest.fixture

@@ -38,6 +38,20 @@ TICK_MS = 200  # sessions may be negotiated from 2 ticks (0.4 s) up to maxSessio
 T = TypeVar("T")
 
 
+class ZooKeeperNotInstalledError(RuntimeError):
+    """Java or Debian's ZooKeeper jar, which the launcher runs, is not on this machine."""
+
+
+def require_installed() -> None:
+    """Raise :class:`ZooKeeperNotInstalledError` naming what is missing, before any server is started."""
+    missing = [path for path in (JAVA, "/usr/share/java/zookeeper.jar") if not os.path.exists(path)]
+    if missing:
+        raise ZooKeeperNotInstalledError(
+            f"{', '.join(missing)} not found: throwaway ZooKeeper servers run Debian's zookeeper package"
+            " (apt-get install zookeeper default-jre-headless)"
+        )
+
+
 class ConditionTimeout(AssertionError):
     """A waited-for condition did not become true before its deadline."""
 
@@ -155,6 +169,7 @@ class ZooKeeperServer:
     def start(self, wait: bool = True, timeout: float = 30.0) -> None:
         """Start the JVM (again); with ``wait``, until it answers ``srvr`` as a serving member."""
         assert self.process is None, "server already running"
+        require_installed()
         self.write_config()
         properties = {
             "zookeeper.jmx.log4j.disable": "true",
