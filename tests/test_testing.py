@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from kazoo.client import KazooClient
+from kazoo.exceptions import NoAuthError
+from kazoo.security import make_digest_acl
 
 from livedata import FileWatcher, LiveNode, WatchedFileNotAvailableError
 from livedata.live_data import WatchedData
@@ -143,6 +145,10 @@ def test_a_machine_without_zookeeper_gets_one_line_saying_what_to_install(
 def test_every_test_with_the_client_starts_from_an_empty_tree(livedata_client: KazooClient) -> None:
     assert livedata_client.get_children("/") == ["zookeeper"]
     livedata_client.create("/left/behind", b"x", makepath=True)
+    # A node only another identity may read, which this anonymous client could not even list, let alone delete.
+    livedata_client.create("/left/locked", b"x", acl=[make_digest_acl("someone", "else", all=True)])
+    with pytest.raises(NoAuthError):
+        livedata_client.get_children("/left/locked")
 
 
 def test_the_tree_left_behind_is_gone_for_the_next_test(livedata_client: KazooClient) -> None:

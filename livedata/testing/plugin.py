@@ -19,6 +19,8 @@ Nothing imports kazoo or gevent until a fixture that needs ZooKeeper runs, so a 
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import itertools
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -34,29 +36,59 @@ __all__ = ["livedata_client", "livedata_watcher", "livedata_zookeeper"]
 StartWatcher = Callable[..., RunningWatcher]
 
 
+# ZooKeeper's superuser, known only to the fixtures: emptying the tree between tests must get past the ACLs
+# that earlier tests set (a node only its own identity may read or delete), which no other identity can.
+_SUPERUSER = ("livedata-testing-super", "not-a-secret")
+
+
+def _super_digest(user: str, password: str) -> str:
+    """``user:base64(sha1(user:password))``, the form of ZooKeeper's superDigest property."""
+    digest = hashlib.sha1(f"{user}:{password}".encode()).digest()
+    return f"{user}:{base64.b64encode(digest).decode()}"
+
+
 @pytest.fixture(scope="session")
 def livedata_zookeeper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooKeeperServer]:
     """One standalone ZooKeeper for the whole run; its ``server.log`` stays in pytest's temporary directory."""
-    server = start_standalone(str(tmp_path_factory.mktemp("livedata-zookeeper")))
+    server = start_standalone(
+        str(tmp_path_factory.mktemp("livedata-zookeeper")),
+        java_properties={"zookeeper.DigestAuthenticationProvider.superDigest": _super_digest(*_SUPERUSER)},
+    )
     yield server
     server.stop()
 
 
 @pytest.fixture
 def livedata_client(livedata_zookeeper: ZooKeeperServer) -> Iterator[Any]:
-    """A started ``kazoo.client.KazooClient`` on ``livedata_zookeeper``, over a tree emptied for this test."""
+    """A started ``kazoo.client.KazooClient`` on ``livedata_zookeeper``, over a tree emptied for this test.
+
+    The client itself is anonymous, so the ACLs a test sets apply to it as they would to the application.
+    """
     from kazoo.client import KazooClient
 
+    _empty_tree(livedata_zookeeper.address)
     client = KazooClient(hosts=livedata_zookeeper.address, timeout=10.0)
     client.start(timeout=30)
     try:
-        for child in client.get_children("/"):
-            if child != "zookeeper":  # the server's own subtree cannot be deleted
-                client.delete(f"/{child}", recursive=True)
         yield client
     finally:
         client.stop()
         client.close()
+
+
+def _empty_tree(hosts: str) -> None:
+    """Delete every node but ZooKeeper's own, as the superuser, whatever their ACLs."""
+    from kazoo.client import KazooClient
+
+    admin = KazooClient(hosts=hosts, timeout=10.0, auth_data=[("digest", ":".join(_SUPERUSER))])
+    admin.start(timeout=30)
+    try:
+        for child in admin.get_children("/"):
+            if child != "zookeeper":  # the server's own subtree cannot be deleted
+                admin.delete(f"/{child}", recursive=True)
+    finally:
+        admin.stop()
+        admin.close()
 
 
 @pytest.fixture
