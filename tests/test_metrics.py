@@ -275,5 +275,5 @@ def test_the_daemon_runs_without_the_library_when_metrics_are_off(
     zk.set(f"{zk_path}/m", b"still no metrics")
     wait_for_content(f"{workdir}/m", b"still no metrics")
     watcher.signal(signal.SIGTERM)
-    assert watcher.process.wait(timeout=5) == 0
+    assert watcher.process.wait(timeout=20) == 0  # a clean stop, however long a loaded machine takes
     assert "prometheus" not in watcher.output().lower()

@@ -152,7 +152,7 @@ def test_ready_after_initial_sync_with_status_counts_and_watchdog(
 
     watcher.signal(signal.SIGTERM)
     systemd.wait_for(lambda m: m.get("STOPPING") == "1", what="STOPPING=1")
-    assert watcher.process.wait(timeout=5) == 0
+    assert watcher.process.wait(timeout=20) == 0  # a clean stop, however long a loaded machine takes
 
 
 def test_status_follows_the_connection(private_zk_server, workdir, systemd, start_watcher):
