@@ -174,6 +174,7 @@ def test_watcher_mirrors_changes_deletions_and_creations(
     watcher.wait_synced()
     assert not os.path.exists(watcher.dest("a"))
     assert watcher.stop() == 0
+    assert os.path.dirname(watcher.process.log_path) == watcher.directory  # nothing left outside the test's tmp
 
 
 def test_file_watcher_on_the_mirrored_file_follows_the_node(

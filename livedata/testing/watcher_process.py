@@ -27,6 +27,7 @@ NodeSpec = Union[str, Mapping[str, object]]
 
 
 def write_ini(directory: str, settings: Mapping[str, object], name: str = "watcher.ini") -> str:
+    """Write ``settings`` as the ``[live-data]`` section of ``directory/name``; return its path."""
     path = os.path.join(directory, name)
     with open(path, "w") as f:
         f.write("[live-data]\n")
@@ -35,6 +36,7 @@ def write_ini(directory: str, settings: Mapping[str, object], name: str = "watch
 
 
 def node_settings(name: str, source: str, dest: str, **extra: object) -> dict[str, object]:
+    """The ``nodes.<name>.*`` keys mirroring ``source`` into ``dest``, with ``extra`` ones (mode, owner...)."""
     settings: dict[str, object] = {f"nodes.{name}.source": source, f"nodes.{name}.dest": dest}
     settings.update({f"nodes.{name}.{key}": value for key, value in extra.items()})
     return settings
@@ -43,8 +45,10 @@ def node_settings(name: str, source: str, dest: str, **extra: object) -> dict[st
 class WatcherProcess:
     """A running ``python -m livedata.watcher``; its stderr goes to a file that tests can wait on."""
 
-    def __init__(self, config_path: str, *args: str, env: Mapping[str, str] | None = None) -> None:
-        fd, self.log_path = tempfile.mkstemp(prefix="livedata-watcher-", suffix=".log")
+    def __init__(
+        self, config_path: str, *args: str, env: Mapping[str, str] | None = None, log_dir: str | None = None
+    ) -> None:
+        fd, self.log_path = tempfile.mkstemp(prefix="livedata-watcher-", suffix=".log", dir=log_dir)
         self._log = os.fdopen(fd, "wb")  # closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "livedata.watcher", config_path, *args],
@@ -146,7 +150,7 @@ class RunningWatcher:
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._notify.bind("\0" + self._notify_name[1:])
         self._ready = False
-        self.process = WatcherProcess(self.config_path, env={"NOTIFY_SOCKET": self._notify_name})
+        self.process = WatcherProcess(self.config_path, env={"NOTIFY_SOCKET": self._notify_name}, log_dir=directory)
 
     def dest(self, name: str) -> str:
         """The file the watcher keeps ``nodes[name]`` in."""
