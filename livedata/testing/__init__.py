@@ -13,8 +13,9 @@ helpers that talk to ZooKeeper when they are called, and gevent never.
 """
 from __future__ import annotations
 
+from livedata.testing.running_watcher import RunningWatcher
 from livedata.testing.static_data import StaticWatchedData
-from livedata.testing.watcher_process import RunningWatcher, WatcherProcess
+from livedata.testing.watcher_process import WatcherProcess
 from livedata.testing.zookeeper import (
     ConditionTimeout,
     Ensemble,

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import pytest
 
-from livedata.testing.watcher_process import NodeSpec, RunningWatcher
+from livedata.testing.running_watcher import NodeSpec, RunningWatcher
 from livedata.testing.zookeeper import ZooKeeperServer, start_standalone
 
 __all__ = ["livedata_client", "livedata_watcher", "livedata_zookeeper"]
