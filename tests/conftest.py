@@ -1,4 +1,7 @@
-"""Shared fixtures: real ZooKeeper servers, clients, and unique znode paths per test."""
+"""Shared fixtures: real ZooKeeper servers, clients, and unique znode paths per test.
+
+Built on the testing kit (livedata.testing) that applications use: the same launcher and session server.
+"""
 from __future__ import annotations
 
 import itertools
@@ -11,19 +14,20 @@ from typing import Callable
 import pytest
 from kazoo.client import KazooClient
 
-from tests.harness import Ensemble, ZooKeeperServer, start_standalone
-from tests.watcher_process import WatcherProcess, write_ini
+from livedata.testing.watcher_process import WatcherProcess, write_ini
+from livedata.testing.zookeeper import Ensemble, ZooKeeperServer, start_standalone
 
 _counter = itertools.count()
 
 
 @pytest.fixture(scope="session")
-def zk_server() -> Iterator[ZooKeeperServer]:
-    """One standalone server shared by the whole run; tests isolate themselves by path (see ``zk_path``)."""
-    server = start_standalone()
-    yield server
-    server.stop()
-    shutil.rmtree(server.directory, ignore_errors=True)
+def zk_server(livedata_zookeeper: ZooKeeperServer) -> ZooKeeperServer:
+    """One standalone server shared by the whole run; tests isolate themselves by path (see ``zk_path``).
+
+    It is the testing kit's own session server (livedata.testing.plugin, loaded by its pytest11 entry
+    point), so the suite runs on exactly what applications' tests get.
+    """
+    return livedata_zookeeper
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ from kazoo.handlers.gevent import SequentialGeventHandler  # noqa: E402
 from kazoo.protocol.states import Callback  # noqa: E402
 
 from livedata.live_node import LiveNode  # noqa: E402
+from livedata.testing.zookeeper import start_standalone, wait_for  # noqa: E402  (its time.sleep is gevent's now)
 from livedata.zookeeper import zookeeper_client_from_config  # noqa: E402
-from tests.harness import start_standalone, wait_for  # noqa: E402  (its time.sleep is gevent's now)
 
 
 def handler_kind(client: Any) -> str:

@@ -17,8 +17,8 @@ import gevent  # noqa: E402
 from kazoo.protocol.serialization import GetData  # noqa: E402
 
 from livedata.reads import IDLE, RETRY_FIRST, ReadQueue  # noqa: E402
+from livedata.testing.zookeeper import wait_for  # noqa: E402  (its time.sleep is gevent's now)
 from livedata.zookeeper import zookeeper_client_from_config  # noqa: E402
-from tests.harness import wait_for  # noqa: E402  (its time.sleep is gevent's now)
 
 
 class Item:

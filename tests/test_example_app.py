@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from kazoo.client import KazooClient
 
-from tests.harness import ZooKeeperServer, free_ports, wait_for
+from livedata.testing.zookeeper import ZooKeeperServer, free_ports, wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHIPPED_INI = os.path.join(REPO, "conf", "example-app.ini")

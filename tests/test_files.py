@@ -535,16 +535,30 @@ def test_chown_refused_keeps_the_old_file_and_no_temp(shared_dir: str) -> None:
 
 def _run_as_nobody(script: str, cwd: str) -> subprocess.CompletedProcess[str]:
     """Run a Python snippet as an unprivileged user. The venv's interpreter may live under a directory
-    only root can enter (e.g. pyenv in /root); livedata.files is stdlib only, so any Python 3.9+ will do."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(livedata.files.__file__)))
-    env = {**os.environ, "PYTHONPATH": root}
-    for interpreter in dict.fromkeys([sys.executable, "/usr/bin/python3"]):
-        try:
-            return subprocess.run([interpreter, "-c", script], user=NOBODY, group=NOBODY, extra_groups=[],
-                                  cwd=cwd, env=env, capture_output=True, text=True, timeout=50)
-        except (PermissionError, FileNotFoundError):
-            continue
+    only root can enter (e.g. pyenv in /root); livedata.files is stdlib only, so any Python 3.9+ will do.
+
+    The checkout may sit in such a directory too (a clone in ``mktemp -d``, mode 0700), so the child imports
+    a copy of the package made readable to all, never the checkout itself."""
+    with tempfile.TemporaryDirectory(prefix="livedata-package-") as copy:
+        _readable_copy(os.path.dirname(os.path.abspath(livedata.files.__file__)), os.path.join(copy, "livedata"))
+        os.chmod(copy, 0o755)
+        env = {**os.environ, "PYTHONPATH": copy, "PYTHONDONTWRITEBYTECODE": "1"}
+        for interpreter in dict.fromkeys([sys.executable, "/usr/bin/python3"]):
+            try:
+                return subprocess.run([interpreter, "-c", script], user=NOBODY, group=NOBODY, extra_groups=[],
+                                      cwd=cwd, env=env, capture_output=True, text=True, timeout=50)
+            except (PermissionError, FileNotFoundError):
+                continue
     pytest.skip("no Python interpreter that an unprivileged user may run")
+
+
+def _readable_copy(source: str, destination: str) -> None:
+    """Copy a package so that any user may read it, whatever the modes (umask) of the original."""
+    shutil.copytree(source, destination, ignore=shutil.ignore_patterns("__pycache__"))
+    for directory, _, names in os.walk(destination):
+        os.chmod(directory, 0o755)
+        for name in names:
+            os.chmod(os.path.join(directory, name), 0o644)
 
 
 # ---------------------------------------------------------------------------------------------- batches

@@ -14,7 +14,7 @@ from livedata.config import ConfigError, read_config
 from livedata.file_watcher import FileWatcher, WatchedFileNotAvailableError
 from livedata.live_data import shared_client, stop_shared_clients, watched_data_from_config
 from livedata.live_node import LiveNode
-from tests.harness import ZooKeeperServer, wait_for
+from livedata.testing.zookeeper import ZooKeeperServer, wait_for
 
 
 @pytest.fixture(autouse=True)

@@ -19,8 +19,8 @@ from kazoo.security import make_digest_acl
 
 from livedata.file_watcher import WatchedFileNotAvailableError
 from livedata.live_node import LiveNode
+from livedata.testing.zookeeper import ZooKeeperServer, four_letter_word, wait_for
 from livedata.zookeeper import zookeeper_client_from_config
-from tests.harness import ZooKeeperServer, four_letter_word, wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

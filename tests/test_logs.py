@@ -15,8 +15,8 @@ import threading
 import pytest
 
 from livedata import logs
-from tests.harness import wait_for
-from tests.watcher_process import WatcherProcess, node_settings, wait_for_content, write_ini
+from livedata.testing.watcher_process import WatcherProcess, node_settings, wait_for_content, write_ini
+from livedata.testing.zookeeper import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -6,8 +6,15 @@ import signal
 
 import pytest
 
-from tests.harness import wait_for
-from tests.watcher_process import WatcherProcess, base_settings, node_settings, read_bytes, wait_for_content, write_ini
+from livedata.testing.watcher_process import (
+    WatcherProcess,
+    base_settings,
+    node_settings,
+    read_bytes,
+    wait_for_content,
+    write_ini,
+)
+from livedata.testing.zookeeper import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -17,12 +17,12 @@ import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
+from livedata.testing.watcher_process import WatcherProcess, node_settings, read_bytes, write_ini
+from livedata.testing.zookeeper import Ensemble, ZooKeeperServer, free_ports, wait_for
 from tests.conftest import make_client
-from tests.harness import Ensemble, ZooKeeperServer, free_ports, wait_for
 from tests.test_faults import server_port_of
 from tests.test_metrics import Endpoint
 from tests.test_systemd import FakeSystemd, is_ready
-from tests.watcher_process import WatcherProcess, node_settings, read_bytes, write_ini
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 

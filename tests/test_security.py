@@ -20,9 +20,9 @@ from kazoo.client import KazooClient
 from kazoo.security import make_digest_acl
 
 from livedata import files
-from tests.harness import ZooKeeperServer, free_ports, start_standalone, wait_for
+from livedata.testing.watcher_process import node_settings, read_bytes, wait_for_content, write_ini
+from livedata.testing.zookeeper import ZooKeeperServer, free_ports, start_standalone, wait_for
 from tests.test_metrics import Endpoint
-from tests.watcher_process import node_settings, read_bytes, wait_for_content, write_ini
 
 pytestmark = pytest.mark.timeout(60)
 

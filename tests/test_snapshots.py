@@ -34,8 +34,8 @@ from livedata.snapshots import (
     render_json,
     touch,
 )
+from livedata.testing.zookeeper import wait_for
 from livedata.tree_watcher import TreeWatcher
-from tests.harness import wait_for
 from tests.tree_publisher_process import consistency_problem, generation
 
 NOBODY = 65534

@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from livedata.systemd import Notifier, watchdog_interval
-from tests.harness import ConditionTimeout
-from tests.watcher_process import base_settings, node_settings, read_bytes, write_ini
+from livedata.testing.watcher_process import base_settings, node_settings, read_bytes, write_ini
+from livedata.testing.zookeeper import ConditionTimeout
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -155,7 +155,7 @@ def test_ready_after_initial_sync_with_status_counts_and_watchdog(
 
     watcher.signal(signal.SIGTERM)
     systemd.wait_for(lambda m: m.get("STOPPING") == "1", what="STOPPING=1")
-    assert watcher.process.wait(timeout=5) == 0
+    assert watcher.process.wait(timeout=20) == 0  # a clean stop, however long a loaded machine takes
 
 
 def test_status_follows_the_connection(private_zk_server, workdir, systemd, start_watcher):

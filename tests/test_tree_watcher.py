@@ -18,8 +18,8 @@ import livedata
 from livedata import file_watcher
 from livedata.file_watcher import WatchedFileNotAvailableError
 from livedata.snapshots import DATA_LINK, TreePublisher, TreeSpec
+from livedata.testing.zookeeper import wait_for
 from livedata.tree_watcher import TreeWatcher
-from tests.harness import wait_for
 from tests.tree_publisher_process import consistency_problem, generation
 
 LOGGER = "livedata.tree_watcher"

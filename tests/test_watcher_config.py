@@ -129,7 +129,7 @@ def test_secrets_file_is_not_needed_without_credentials(tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "livedata.watcher", str(path)],
                                stderr=subprocess.PIPE, text=True)
     try:
-        from tests.harness import wait_for
+        from livedata.testing.zookeeper import wait_for
 
         output: list[str] = []
         wait_for(lambda: output.append(process.stderr.readline()) or "watching 1 nodes" in "".join(output), 15,

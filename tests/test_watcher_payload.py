@@ -14,9 +14,9 @@ import zlib
 import pytest
 from kazoo.client import KazooClient
 
+from livedata.testing.watcher_process import base_settings, node_settings, read_bytes, wait_for_content
 from livedata.writer import push, stored_form
 from tests.payloads import BAD_CASES, LIMIT, MiB, experiments_json, incompressible, put
-from tests.watcher_process import base_settings, node_settings, read_bytes, wait_for_content
 
 pytestmark = pytest.mark.timeout(180)
 

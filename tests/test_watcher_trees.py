@@ -17,9 +17,9 @@ import threading
 import pytest
 from kazoo.client import KazooClient
 
-from tests.harness import wait_for
+from livedata.testing.watcher_process import base_settings, read_bytes, write_ini
+from livedata.testing.zookeeper import wait_for
 from tests.test_scale import chunks, create_all
-from tests.watcher_process import base_settings, read_bytes, write_ini
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -19,6 +19,7 @@ from kazoo.security import READ_ACL_UNSAFE, make_digest_acl
 
 from livedata.config import read_config
 from livedata.secrets import secrets_store_from_config
+from livedata.testing.zookeeper import free_ports
 from livedata.writer import (
     NO_CHANGES,
     NodeChangedError,
@@ -28,7 +29,6 @@ from livedata.writer import (
     write_node,
 )
 from livedata.zookeeper import parse_zookeeper_config, zookeeper_client_from_config
-from tests.harness import free_ports
 
 REPO = Path(__file__).resolve().parent.parent
 OLD_JSON = b'{\n    "key": "one"\n}\n'

@@ -18,9 +18,9 @@ from kazoo.security import READ_ACL_UNSAFE, make_digest_acl
 from livedata import chunks
 from livedata.live_node import LiveNode
 from livedata.payload import MissingChunkError, PayloadError, decode_node, encode, parse
+from livedata.testing.zookeeper import wait_for
 from livedata.writer import NO_CHANGES, NodeChangedError, push, read_current, store, stored_form
 from tests.conftest import make_client
-from tests.harness import wait_for
 from tests.payloads import (
     BAD_CASES,
     LIMIT,

@@ -13,8 +13,8 @@ from kazoo.security import make_digest_acl
 from livedata import zookeeper_client_from_config
 from livedata.config import ConfigError, RawConfig
 from livedata.secrets import SecretsStore
+from livedata.testing.zookeeper import wait_for
 from livedata.zookeeper import CredentialsError
-from tests.harness import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from kazoo.client import KazooClient
 
-from tests.harness import start_standalone
+from livedata.testing.zookeeper import start_standalone
 from tools.benchmark import measure, report, scenarios, targets
 from tools.benchmark.scenarios import Bench, Metric
 from tools.benchmark.targets import BenchError, Target

@@ -1,4 +1,8 @@
-"""Running the real ``livedata-watcher`` as a subprocess, for watcher, fault and operations tests."""
+"""Running the real ``livedata-watcher`` as a subprocess, for watcher, fault and operations tests.
+
+The daemon monkey-patches the process it runs in, so it always gets a process of its own.
+:class:`livedata.testing.running_watcher.RunningWatcher` builds on :class:`WatcherProcess` for applications.
+"""
 from __future__ import annotations
 
 import os
@@ -8,10 +12,11 @@ import sys
 import tempfile
 from collections.abc import Mapping
 
-from tests.harness import wait_for
+from livedata.testing.zookeeper import wait_for
 
 
 def write_ini(directory: str, settings: Mapping[str, object], name: str = "watcher.ini") -> str:
+    """Write ``settings`` as the ``[live-data]`` section of ``directory/name``; return its path."""
     path = os.path.join(directory, name)
     with open(path, "w") as f:
         f.write("[live-data]\n")
@@ -20,6 +25,7 @@ def write_ini(directory: str, settings: Mapping[str, object], name: str = "watch
 
 
 def node_settings(name: str, source: str, dest: str, **extra: object) -> dict[str, object]:
+    """The ``nodes.<name>.*`` keys mirroring ``source`` into ``dest``, with ``extra`` ones (mode, owner...)."""
     settings: dict[str, object] = {f"nodes.{name}.source": source, f"nodes.{name}.dest": dest}
     settings.update({f"nodes.{name}.{key}": value for key, value in extra.items()})
     return settings
@@ -28,9 +34,11 @@ def node_settings(name: str, source: str, dest: str, **extra: object) -> dict[st
 class WatcherProcess:
     """A running ``python -m livedata.watcher``; its stderr goes to a file that tests can wait on."""
 
-    def __init__(self, config_path: str, *args: str, env: Mapping[str, str] | None = None) -> None:
-        self.log_path = tempfile.mktemp(prefix="livedata-watcher-", suffix=".log")
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+    def __init__(
+        self, config_path: str, *args: str, env: Mapping[str, str] | None = None, log_dir: str | None = None
+    ) -> None:
+        fd, self.log_path = tempfile.mkstemp(prefix="livedata-watcher-", suffix=".log", dir=log_dir)
+        self._log = os.fdopen(fd, "wb")  # closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "livedata.watcher", config_path, *args],
             stdout=self._log,

@@ -1,4 +1,4 @@
-"""Real ZooKeeper servers for tests and the benchmark: standalone or a 3-server ensemble on loopback.
+"""Real ZooKeeper servers for tests, tools/dev and the benchmark: standalone or a 3-server ensemble on loopback.
 
 Servers are Debian's ``zookeeper`` package run directly with java, each in its
 own temporary directory on free ports, so tests never depend on (or disturb)
@@ -38,12 +38,26 @@ TICK_MS = 200  # sessions may be negotiated from 2 ticks (0.4 s) up to maxSessio
 T = TypeVar("T")
 
 
+class ZooKeeperNotInstalledError(RuntimeError):
+    """Java or Debian's ZooKeeper jar, which the launcher runs, is not on this machine."""
+
+
+def require_installed() -> None:
+    """Raise :class:`ZooKeeperNotInstalledError` naming what is missing, before any server is started."""
+    missing = [path for path in (JAVA, "/usr/share/java/zookeeper.jar") if not os.path.exists(path)]
+    if missing:
+        raise ZooKeeperNotInstalledError(
+            f"{', '.join(missing)} not found: throwaway ZooKeeper servers run Debian's zookeeper package"
+            " (apt-get install zookeeper default-jre-headless)"
+        )
+
+
 class ConditionTimeout(AssertionError):
     """A waited-for condition did not become true before its deadline."""
 
 
 def wait_for(
-    predicate: Callable[[], T], timeout: float = 10.0, message: str = "condition", interval: float = 0.005
+    predicate: Callable[[], T | None], timeout: float = 10.0, message: str = "condition", interval: float = 0.005
 ) -> T:
     """Poll ``predicate`` until it returns a truthy value (returned) or ``timeout`` passes (raises).
 
@@ -155,6 +169,7 @@ class ZooKeeperServer:
     def start(self, wait: bool = True, timeout: float = 30.0) -> None:
         """Start the JVM (again); with ``wait``, until it answers ``srvr`` as a serving member."""
         assert self.process is None, "server already running"
+        require_installed()
         self.write_config()
         properties = {
             "zookeeper.jmx.log4j.disable": "true",
