@@ -400,6 +400,52 @@ def test_sigkill_while_publishing_never_shows_a_mix_and_cleanup_leaves_no_debris
     assert before == generation(int(before["k0"].split(b":")[0]))
 
 
+@pytest.mark.timeout(120)
+def test_two_overlapping_publishers_never_show_a_mix_nor_break_each_other(spec: TreeSpec) -> None:
+    """During a deploy two daemon instances may publish the same tree at once."""
+    problems: list[str] = []
+    stop = threading.Event()
+    seen: dict[int, set[int]] = {0: set(), 1: set()}  # publisher -> generations seen from it
+    env = dict(os.environ, PYTHONPATH=REPO)
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "tests.tree_publisher_process", spec.dest, str(start)],
+                         env=env, cwd=REPO)
+        for start in (0, 1_000_000)
+    ]
+
+    def read_forever() -> None:
+        watcher = TreeWatcher(spec.dest, lambda f: f.read(), binary=True, timeout=30)
+        while not stop.is_set():
+            try:
+                children = watcher.get_data()
+            except Exception as exc:
+                problems.append(repr(exc))
+                return
+            problem = consistency_problem(children)
+            if problem is not None:
+                problems.append(problem)
+                return
+            number = int(children["k0"].split(b":")[0])
+            seen[number // 1_000_000].add(number)
+
+    reader = threading.Thread(target=read_forever)
+    try:
+        reader.start()
+        wait_for(lambda: min(len(s) for s in seen.values()) >= 100 or problems
+                 or any(p.poll() is not None for p in processes), 90, "100 snapshots of each publisher")
+        assert [process.poll() for process in processes] == [None, None], "a publisher died"
+    finally:
+        stop.set()
+        for process in processes:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        reader.join(30)
+    assert not problems, problems
+    before = read_tree(spec.dest)
+    cleanup(spec)
+    assert_clean(spec.dest, before)
+
+
 # ------------------------------------------------------------------------------------- heartbeat, json
 
 
