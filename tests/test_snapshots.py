@@ -244,6 +244,14 @@ def test_planted_symlinks_are_replaced_never_followed(tmp_path: Path, spec: Tree
     os.symlink(os.path.join(outside, "precious"), os.path.join(snapshot, "a"))
     publish(spec, {"a": b"1", "b": b"2"})
     assert_clean(spec.dest, {"a": b"1", "b": b"2"})
+    # At a visible name, with a publisher that trusts what it made: fixed right after the switch.
+    publisher = TreePublisher(spec)
+    publisher.publish({"a": b"1", "b": b"2"})
+    os.unlink(os.path.join(spec.dest, "a"))
+    os.symlink(os.path.join(outside, "precious"), os.path.join(spec.dest, "a"))
+    outcome = publisher.publish({"a": b"1", "b": b"3"})
+    assert outcome.cleaned == (os.path.join(spec.dest, "a"),)
+    assert_clean(spec.dest, {"a": b"1", "b": b"3"})
     assert os.stat(os.path.join(outside, "precious")) == precious  # not written, re-moded or linked
     with open(os.path.join(outside, "precious"), "rb") as f:
         assert f.read() == b"keep"
