@@ -26,8 +26,9 @@ What a reader may rely on:
   already open stays readable. ``livedata.TreeWatcher`` does all of this.
 * Files inside a snapshot are never modified in place (only their mode or owner, when the configuration
   changes them): a new content is a new inode. An unchanged child keeps its inode, size and mtime across
-  snapshots, but each switch changes its ctime (hard links count), so a ``FileWatcher`` on one child re-reads
-  its bytes once per switch; it does not reparse.
+  snapshots, but each switch changes its ctime (link counts move it), so a ``FileWatcher`` on one child
+  re-reads and compares its bytes after a switch (on each call for about 100 ms, its racy window); it never
+  reparses them.
 * ``dest/<child>`` resolves exactly when the current snapshot holds that child: names of new children are
   created (dangling) just before the switch, names of removed children dropped just after it.
 * Names starting with ``.`` are livedata's own; child names never start with ``.``.

@@ -533,3 +533,19 @@ def test_publish_json_leaves_a_directory_it_did_not_write(tmp_path: Path) -> Non
     with pytest.raises(FileWriteError):
         publish_json(TreeSpec(dest), {"a": b"1"})
     assert os.listdir(dest) == ["theirs"]
+
+
+@pytest.mark.timeout(30)
+def test_a_file_watcher_on_one_child_follows_it_and_never_reparses_it_unchanged(spec: TreeSpec) -> None:
+    from livedata.file_watcher import FileWatcher
+
+    publisher = TreePublisher(spec)
+    publisher.publish({"a": b"1", "b": b"0"})
+    parsed: list[bytes] = []
+    watcher = FileWatcher(os.path.join(spec.dest, "a"), lambda f: parsed.append(f.read()) or parsed[-1], binary=True)
+    for i in range(1, 6):
+        publisher.publish({"a": b"1", "b": str(i).encode()})  # a's ctime moves (hard links), its bytes do not
+        assert watcher.get_data() == b"1"
+    publisher.publish({"a": b"2", "b": b"0"})
+    assert watcher.get_data() == b"2"
+    assert parsed == [b"1", b"2"]
