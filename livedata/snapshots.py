@@ -26,8 +26,9 @@ What a reader may rely on:
   already open stays readable. ``livedata.TreeWatcher`` does all of this.
 * Files inside a snapshot are never modified in place (only their mode or owner, when the configuration
   changes them): a new content is a new inode. An unchanged child keeps its inode, size and mtime across
-  snapshots, but each switch changes its ctime (hard links count), so a ``FileWatcher`` on one child re-reads
-  its bytes once per switch; it does not reparse.
+  snapshots, but each switch changes its ctime (link counts move it), so a ``FileWatcher`` on one child
+  re-reads and compares its bytes after a switch (on each call for about 100 ms, its racy window); it never
+  reparses them.
 * ``dest/<child>`` resolves exactly when the current snapshot holds that child: names of new children are
   created (dangling) just before the switch, names of removed children dropped just after it.
 * Names starting with ``.`` are livedata's own; child names never start with ``.``.
@@ -381,7 +382,7 @@ class _Run:
                     current, False, kept=len(plan.keep), skipped=skipped,
                     cleaned=tuple(self.cleaned), metadata_fixed=plan.metadata_fixed,
                 )
-            snapshot = self._switch(old_fd, plan, wanted)
+            snapshot = self._switch(old_fd, current, plan, wanted)
         finally:
             if old_fd is not None:
                 os.close(old_fd)
@@ -459,7 +460,7 @@ class _Run:
         finally:
             os.close(fd)
 
-    def _switch(self, old_fd: int | None, plan: _Plan, wanted: dict[str, bytes]) -> str:
+    def _switch(self, old_fd: int | None, current: str | None, plan: _Plan, wanted: dict[str, bytes]) -> str:
         """Build the new snapshot, make it durable and point ``..data`` at it; return its name.
 
         Nothing is flushed until everything is in place (files, links, visible names), so that on a
@@ -475,7 +476,7 @@ class _Run:
             try:
                 inodes = self._fill(new_fd, old_fd, plan, wanted)
                 self.step = "creating the visible names of new children"
-                links = self._place_links(set(wanted))
+                links = self._place_links(set(wanted), current)
                 self.step = "flushing the new snapshot to disk"
                 self._flush(new_fd, plan.write)
                 _fsync(self.dest_fd)
@@ -546,10 +547,19 @@ class _Run:
 
     # ------------------------------------------------------------------------------- visible names, debris
 
-    def _place_links(self, children: set[str]) -> dict[str, int]:
-        """Make ``dest/<child>`` the symlink ``..data/<child>`` for each child; return child -> link inode."""
+    def _place_links(self, children: set[str], current: str | None) -> dict[str, int]:
+        """Make ``dest/<child>`` the symlink ``..data/<child>`` for each child; return child -> link inode.
+
+        When this publisher made the current snapshot, its names are trusted here and only new children's
+        are made: this runs before the switch, and the tidy after it checks every name anyway.
+        """
         published = self.publisher._published
         known = published.links if published is not None else {}
+        if published is not None and published.snapshot == current:
+            trusted = {child: known[child] for child in children if child in known}
+            for child in children - trusted.keys():
+                trusted[child] = self._make_link(child, False)
+            return trusted
         entries = {entry.name: entry for entry in os.scandir(self.dest_fd) if entry.name in children}
         links: dict[str, int] = {}
         for child in children:
@@ -643,7 +653,9 @@ class _Run:
 
     def _repair_link(self, name: str, exists: bool) -> None:
         try:
-            self._make_link(name, exists)
+            inode = self._make_link(name, exists)
+            if self.publisher._published is not None:
+                self.publisher._published.links[name] = inode
         except OSError as exc:
             log.warning("cannot repair %r: %s", os.path.join(self.dest, name), exc.strerror or exc)
 
