@@ -12,12 +12,14 @@ if TYPE_CHECKING:
     from livedata.file_watcher import FileWatcher, WatchedFileNotAvailableError
     from livedata.live_data import watched_data_from_config
     from livedata.live_node import LiveNode
+    from livedata.live_tree import LiveTree
     from livedata.tree_watcher import TreeWatcher
     from livedata.zookeeper import zookeeper_client_from_config
 
 __all__ = [
     "FileWatcher",
     "LiveNode",
+    "LiveTree",
     "TreeWatcher",
     "WatchedFileNotAvailableError",
     "watched_data_from_config",
@@ -28,6 +30,7 @@ _LAZY = {
     "FileWatcher": "livedata.file_watcher",
     "WatchedFileNotAvailableError": "livedata.file_watcher",
     "LiveNode": "livedata.live_node",
+    "LiveTree": "livedata.live_tree",
     "TreeWatcher": "livedata.tree_watcher",
     "watched_data_from_config": "livedata.live_data",
     "zookeeper_client_from_config": "livedata.zookeeper",

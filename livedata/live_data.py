@@ -6,6 +6,7 @@ comes from, with exactly one of::
     live_data.flags.file = /var/local/flags.json   # the file the watcher daemon keeps up to date
     live_data.flags.node = /flags                  # or: watch the znode in-process (gevent apps)
     live_data.experiments.dir = /var/local/experiments   # a tree the daemon mirrors: a TreeWatcher
+    live_data.experiments.tree = /experiments            # or: watch the tree in-process (a LiveTree)
 
 File mode never imports kazoo, so an application that only reads files does not pay for a ZooKeeper client.
 In node mode, readers built from the same ``zookeeper.*`` settings share one client (one session and one
@@ -29,7 +30,12 @@ T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 
 PREFIX = "live_data."
-FIELDS = {"file": Optional(absolute_path), "node": Optional(znode_path), "dir": Optional(absolute_path)}
+FIELDS = {
+    "file": Optional(absolute_path),
+    "node": Optional(znode_path),
+    "dir": Optional(absolute_path),
+    "tree": Optional(znode_path),
+}
 
 
 class WatchedData(Protocol[T_co]):
@@ -48,12 +54,13 @@ def parse_live_data_config(config: Mapping[str, str], name: str) -> ConfigNamesp
     source = source_of(config)
     for key in _unknown_keys(config, PREFIX, FIELDS):
         if key.startswith(prefix):
-            raise ConfigError(source, key, f"unknown setting (expected {prefix}file, {prefix}node or {prefix}dir)")
+            raise ConfigError(source, key, f"unknown setting (expected {prefix}file, {prefix}node, {prefix}dir "
+                              f"or {prefix}tree)")  # fmt: skip
     where: ConfigNamespace = parse_config(config, {"live_data": {name: FIELDS}}).live_data[name]
     chosen = [field for field in FIELDS if where[field] is not None]
     if not chosen:
-        raise ConfigError(source, f"{prefix}file", f"set either this (file mode), {prefix}node (direct mode) or "
-                          f"{prefix}dir (a mirrored tree)")  # fmt: skip
+        raise ConfigError(source, f"{prefix}file", f"set either this (file mode), {prefix}node (direct mode), "
+                          f"{prefix}dir (a mirrored tree) or {prefix}tree (a tree watched in-process)")  # fmt: skip
     if len(chosen) > 1:
         first, second = (f"{prefix}{field}" for field in chosen[:2])
         raise ConfigError(source, second, f"set only one of {first} and {second}")
@@ -90,10 +97,14 @@ def watched_data_from_config(
         from livedata.tree_watcher import TreeWatcher
 
         return TreeWatcher(where.dir, parser, **reader_options)  # type: ignore[return-value]
-    from livedata.live_node import LiveNode
-
     if client is None:
         client = shared_client(config, secrets)
+    if where.tree is not None:
+        from livedata.live_tree import LiveTree
+
+        return LiveTree(client, where.tree, parser, **reader_options)  # type: ignore[return-value]
+    from livedata.live_node import LiveNode
+
     return LiveNode(client, where.node, parser, **reader_options)
 
 

@@ -76,7 +76,7 @@ class TreeConfig:
     name: str
     source: str
     file: FileSpec
-    format: str = "directory"  # or "json": one file holding {child name: child data as text}
+    format: str = "directory"  # or "json": one file holding {child name: child data as text}; "memory": LiveTree
 
     @property
     def spec(self) -> TreeSpec:
@@ -250,8 +250,12 @@ class Mirror:
         observer: MirrorObserver | None = None,
         refresh_credentials: Callable[[], bool] | None = None,
         max_payload_size: int = MAX_PAYLOAD_SIZE,
+        publish_tree: TreePublish | None = None,
     ) -> None:
         """``refresh_credentials`` re-reads the credentials and applies them, True if they changed.
+
+        ``publish_tree`` replaces where a tree's consistent pictures go (on disk, by default, in gevent's
+        thread pool); :class:`livedata.live_tree.LiveTree` keeps them in memory instead.
 
         It is called every CREDENTIALS_POLL seconds, so fixing or rotating the
         credentials in the secrets file is all it takes (see _follow_credentials).
@@ -260,6 +264,7 @@ class Mirror:
         self.observer = observer or MirrorObserver()
         self.refresh_credentials = refresh_credentials
         self.reads = ReadQueue(client, self, max_payload_size=max_payload_size)
+        self._publish_tree = publish_tree or _publish_tree_in_thread
         self._credentials_follower: gevent.Greenlet | None = None
         self._session_renewer: gevent.Greenlet | None = None
         self.nodes = [self._new_node(config) for config in nodes]
@@ -584,7 +589,7 @@ class Mirror:
         """One snapshot of a tree (in the thread pool: a big tree takes a while, pings must keep flowing)."""
         if not isinstance(tree.wanted, dict):
             return
-        result, skipped = gevent.get_hub().threadpool.apply(_publish_tree, (tree, tree.wanted))
+        result, skipped = self._publish_tree(tree, tree.wanted)
         for error in skipped:
             if error.child not in tree.logged_names:
                 tree.logged_names.add(error.child)
@@ -624,6 +629,8 @@ class Mirror:
         self._initial_done(node)
 
     def _log_write(self, node: MirroredNode, result: Outcome, repaired: bool) -> None:
+        if isinstance(node, MirroredTree) and node.tree_config.format == "memory":
+            return  # an in-process tree (LiveTree): no file, nothing an operator needs per change
         path = node.config.file.path
         if result is Outcome.METADATA_FIXED:
             log.info("%s: fixed mode/ownership of %s", node.name, path)
@@ -729,9 +736,16 @@ class Mirror:
         return (node for node in self.nodes if not node.in_sync)
 
 
-def _publish_tree(
-    tree: MirroredTree, children: dict[str, bytes]
-) -> tuple[Outcome | FileWriteError, tuple[ChildNameError, ...]]:
+PublishResult = tuple[Outcome | FileWriteError, tuple[ChildNameError, ...]]
+TreePublish = Callable[[MirroredTree, dict[str, bytes]], PublishResult]
+
+
+def _publish_tree_in_thread(tree: MirroredTree, children: dict[str, bytes]) -> PublishResult:
+    result: PublishResult = gevent.get_hub().threadpool.apply(_publish_tree, (tree, children))
+    return result
+
+
+def _publish_tree(tree: MirroredTree, children: dict[str, bytes]) -> PublishResult:
     """Publish one picture of a tree; runs in a thread, so it only touches the file system and its arguments."""
     config = tree.tree_config
     try:
