@@ -4,6 +4,7 @@ Built on the testing kit (livedata.testing) that applications use: the same laun
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -13,6 +14,7 @@ from typing import Callable
 
 import pytest
 from kazoo.client import KazooClient
+from kazoo.exceptions import KazooException
 
 from livedata.testing.watcher_process import WatcherProcess, write_ini
 from livedata.testing.zookeeper import Ensemble, ZooKeeperServer, start_standalone
@@ -64,11 +66,17 @@ def zk(zk_server: ZooKeeperServer) -> Iterator[KazooClient]:
 
 
 @pytest.fixture
-def zk_path(zk: KazooClient) -> str:
-    """A znode path unique to this test, created empty, under which the test may do anything."""
+def zk_path(zk: KazooClient) -> Iterator[str]:
+    """A znode path unique to this test, created empty, under which the test may do anything.
+
+    Removed afterwards (what a test protected with ACLs may stay): the server is shared by the whole run,
+    and megabytes of payload tests left in its memory would starve the tests after them.
+    """
     path = f"/t/{os.getpid()}-{next(_counter)}"
     zk.ensure_path(path)
-    return path
+    yield path
+    with contextlib.suppress(KazooException):
+        zk.delete(path, recursive=True)
 
 
 @pytest.fixture

@@ -189,6 +189,7 @@ def test_bad_configuration_is_one_line_and_exit_2(workdir: str) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        f"livedata.example_app: {ini}: live_data.flags.file: set either this (file mode) or "
-        "live_data.flags.node (direct mode)"
+        f"livedata.example_app: {ini}: live_data.flags.file: set either this (file mode), "
+        "live_data.flags.node (direct mode), live_data.flags.dir (a mirrored tree) or live_data.flags.tree "
+        "(a tree watched in-process)"
     ]

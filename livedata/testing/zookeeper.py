@@ -178,7 +178,7 @@ class ZooKeeperServer:
         }
         command = [
             JAVA,
-            "-Xms32m", "-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xshare:auto",
+            "-Xms32m", "-Xmx1g", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Xshare:auto",
             *(f"-D{key}={value}" for key, value in properties.items()),
             "-cp", CLASSPATH, MAIN_CLASS, self.config_path,
         ]  # fmt: skip
