@@ -47,8 +47,8 @@ import errno
 import functools
 import logging
 import os
+import random
 import re
-import secrets
 import stat
 import threading
 from dataclasses import dataclass
@@ -482,7 +482,10 @@ def _create_temp(path: str, mode: int) -> tuple[str, int]:
     Created with owner-only bits at most: the final mode, which may let others read, comes after the data
     owner is set, and until then nobody else may open it.
     """
-    temp = f"{temp_prefix(path)}{os.getpid()}.{secrets.token_hex(_RANDOM_BYTES)}"
+    # Unique, not secret: O_EXCL|O_NOFOLLOW refuse any file planted under the name, so a guessed name can at
+    # worst fail one attempt, retried under a new name. Hence the random module (seeded once, reseeded after a
+    # fork) rather than a getrandom(2) per name, which costs about 9 us: 0.4 s of a 50,000-node start.
+    temp = f"{temp_prefix(path)}{os.getpid()}.{random.getrandbits(8 * _RANDOM_BYTES):0{2 * _RANDOM_BYTES}x}"
     _note_in_flight(temp)
     try:
         return temp, os.open(temp, _TEMP_FLAGS, mode & 0o600)
