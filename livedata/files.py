@@ -30,10 +30,10 @@ Durability (the contract README's "Durability" section states for operators):
   version before, which is complete and was current moments earlier, exactly what a loss of power a moment
   earlier would have left. Every dest is re-derived from ZooKeeper before the watcher reports READY at the
   next start, so nothing is lost for good. The directory fsync that would pin the rename costs a journal
-  commit per change (0.2-0.4 ms, longer than everything else on the path but the data fsync) and buys
-  nothing a reader could tell apart; it is paid only where a name appears (a dest created for the first
-  time, a directory created) or disappears (a removal), so a reader never finds a dest missing after a
-  power loss that it had seen present, nor a removed one back.
+  commit per change (0.2-0.4 ms of disk wait, plus CPU) and buys nothing a reader could tell apart; it is
+  paid only where a name appears (a dest created for the first time, a directory created) or disappears (a
+  removal), so once such a sync has returned, a power loss neither makes the dest vanish nor brings a
+  removed one back.
 * Callers that know what a dest holds can say so (``previous``): when that differs from the new data the
   dest is replaced without being opened and read first. A wrong hint costs one needless replacement,
   never a missed one.
