@@ -12,12 +12,31 @@ How one file is published:
    writer's liveness can be checked by ``cleanup_stale_temp_files``.
 2. Created with O_EXCL|O_NOFOLLOW and owner-only bits, then fchown and only then fchmod (chown clears setuid
    bits, fchmod sets the exact mode whatever the umask), all before a single byte of data lands in it.
-3. Data, fsync, rename over the dest (which replaces a planted symlink instead of following it), fsync of
-   the directory so the rename itself survives a crash.
+3. Data, fsync, rename over the dest (which replaces a planted symlink instead of following it). The
+   directory is fsynced only when the rename created a name that was not there before (see "Durability").
 
 A batch (``sync_files``) first skips dests that already hold the right bytes, then writes every temp, makes
 them durable with a single ``syncfs(2)`` per filesystem instead of thousands of fsyncs, renames them all and
-fsyncs each directory once. This is what makes a cold start with tens of thousands of dests fast.
+fsyncs each directory that gained a name once. This is what makes a cold start with tens of thousands of
+dests fast.
+
+Durability (the contract README's "Durability" section states for operators):
+
+* The data of a new version is on disk (fsync, or syncfs for a batch) before the rename that publishes it,
+  so after a crash or a power loss a dest holds a complete version, never an empty or partial one.
+* fsync, not fdatasync: on a freshly created file both must write its size and blocks, so they cost the
+  same; fsync also makes the temp's owner and mode durable, which matters for dests holding secrets.
+* The rename itself may be lost in a power loss when it replaced an existing dest: the dest then holds the
+  version before, which is complete and was current moments earlier, exactly what a loss of power a moment
+  earlier would have left. Every dest is re-derived from ZooKeeper before the watcher reports READY at the
+  next start, so nothing is lost for good. The directory fsync that would pin the rename costs a journal
+  commit per change (0.2-0.4 ms of disk wait, plus CPU) and buys nothing a reader could tell apart; it is
+  paid only where a name appears (a dest created for the first time, a directory created) or disappears (a
+  removal), so once such a sync has returned, a power loss neither makes the dest vanish nor brings a
+  removed one back.
+* Callers that know what a dest holds can say so (``previous``): when that differs from the new data the
+  dest is replaced without being opened and read first. A wrong hint costs one needless replacement,
+  never a missed one.
 
 Linux only; stdlib only (the daemon is gevent based, but nothing here yields or needs to).
 """
@@ -26,16 +45,22 @@ from __future__ import annotations
 import enum
 import errno
 import functools
+import hashlib
 import logging
 import os
+import random
 import re
-import secrets
 import stat
 import threading
+import time
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence, Union
+from posix import close as _close
+from typing import Callable, Iterable, Mapping, Sequence, Union
 
 log = logging.getLogger(__name__)
+
+# _close is the C module's close: gevent's monkey-patched os.close checks every fd with fcntl and fstat first
+# (two extra syscalls) to protect fds it may be watching; the regular files and directories opened here never are.
 
 TEMP_MARKER = ".livedata-tmp."
 # Above this many files needing a flush, one syncfs(2) beats one fsync per file.
@@ -45,7 +70,10 @@ DIRECTORY_MODE = 0o755
 
 _NAME_MAX = 255
 _PID_DIGITS = 10
-_RANDOM_BYTES = 8
+_RANDOM_BYTES = 8  # the hex part of a unique suffix: a namespace tag, then random digits
+_TAG_DIGITS = 8
+_RANDOM_BITS = 4 * (2 * _RANDOM_BYTES - _TAG_DIGITS)
+FOREIGN_GRACE = 600.0  # seconds: a temp of another boot or pid namespace older than this is left over
 _BASE_BUDGET = _NAME_MAX - (1 + len(TEMP_MARKER) + _PID_DIGITS + 1 + 2 * _RANDOM_BYTES)
 _TEMP_NAME = re.compile(r"\.(?P<base>.*)\.livedata-tmp\.(?P<pid>[1-9][0-9]{0,9})\.[0-9a-f]{16}", re.DOTALL)
 
@@ -99,25 +127,38 @@ SyncResult = Union[Outcome, FileWriteError]
 # --------------------------------------------------------------------------------------------- public API
 
 
-def sync_file(spec: FileSpec, data: bytes) -> Outcome:
-    """Make one dest hold ``data`` with ``spec``'s metadata; raise FileWriteError if that is impossible."""
-    (result,) = sync_files([(spec, data)])
+def sync_file(spec: FileSpec, data: bytes, previous: bytes | None = None) -> Outcome:
+    """Make one dest hold ``data`` with ``spec``'s metadata; raise FileWriteError if that is impossible.
+
+    ``previous``: what the caller believes the dest holds (see :func:`sync_files`).
+    """
+    (result,) = sync_files([(spec, data)], None if previous is None else {spec.path: previous})
     if isinstance(result, FileWriteError):
         raise result
     return result
 
 
-def sync_files(items: Sequence[tuple[FileSpec, bytes]]) -> list[SyncResult]:
+def sync_files(
+    items: Sequence[tuple[FileSpec, bytes]], previous: Mapping[str, bytes] | None = None
+) -> list[SyncResult]:
     """Sync many dests at once, one result per item in order; a failing item does not hold back the others.
 
     On return every WRITTEN or METADATA_FIXED item is on disk. This is plain blocking syscalls: a gevent
     caller syncing a large batch while it must stay responsive should hand it to a thread pool.
     Raises ValueError if a path appears twice: which content should win would be a guess.
+
+    ``previous`` maps dest paths to the bytes the caller believes they hold (say, what it last wrote there).
+    A dest whose ``previous`` differs from its new data is replaced without being read first (the read-back
+    would only confirm that it differs); one whose ``previous`` equals the new data, or that has none, is
+    compared as usual, since a hint cannot prove the file was not edited since. A wrong hint costs at most
+    one needless replacement.
     """
-    jobs = [_Job(spec, data) for spec, data in items]
+    known = previous or {}
+    jobs = [_Job(spec, data, _differs(known.get(spec.path), data)) for spec, data in items]
     _reject_duplicate_paths(jobs)
     for job in jobs:
-        _inspect(job)
+        if not job.replaces:
+            _inspect(job)
     durability = _Durability(sum(1 for job in jobs if job.outcome is not Outcome.UNCHANGED))
     directories = _Directories()
     try:
@@ -146,7 +187,7 @@ def matches(spec: FileSpec, data: bytes) -> bool:
     except OSError:
         return False
     finally:
-        os.close(fd)
+        _close(fd)
 
 
 def remove_file(path: str) -> bool:
@@ -224,11 +265,14 @@ def temp_pid(name: str) -> int | None:
 class _Job:
     """One item of a batch as it moves through the phases; once ``error`` is set it is left alone."""
 
-    __slots__ = ("data", "device", "directory", "error", "outcome", "spec", "step", "temp")
+    __slots__ = ("data", "device", "directory", "error", "outcome", "replaces", "spec", "step", "temp")
 
-    def __init__(self, spec: FileSpec, data: bytes) -> None:
+    def __init__(self, spec: FileSpec, data: bytes, known_different: bool = False) -> None:
         self.spec = spec
         self.data = data
+        # Something already sits at the dest, so a rename replaces a name rather than creating one. Assumed
+        # when the caller knows the dest holds other bytes; otherwise found out by _inspect.
+        self.replaces = known_different
         self.directory = os.path.dirname(spec.path)
         self.device: int | None = None
         self.temp: str | None = None
@@ -276,8 +320,11 @@ def _inspect(job: _Job) -> None:
     """
     try:
         fd = os.open(job.spec.path, _READ_FLAGS)
-    except OSError:
-        return  # absent, a symlink (ELOOP), unreadable...: all of them mean "write it"
+    except OSError as exc:
+        # absent, a symlink (ELOOP), unreadable...: all of them mean "write it"
+        job.replaces = exc.errno not in (errno.ENOENT, errno.ENOTDIR)
+        return
+    job.replaces = True
     try:
         status = _status_if_holding(fd, job.data)
         if status is not None:
@@ -288,7 +335,7 @@ def _inspect(job: _Job) -> None:
     except OSError as exc:
         job.fail(exc)
     finally:
-        os.close(fd)
+        _close(fd)
 
 
 def _write_temp(job: _Job, durability: _Durability, directories: _Directories) -> None:
@@ -307,7 +354,7 @@ def _write_temp(job: _Job, durability: _Durability, directories: _Directories) -
             job.step = "flushing the temp file to disk"
             os.fsync(fd)
     finally:
-        os.close(fd)
+        _close(fd)
 
 
 def _make_durable(jobs: list[_Job], durability: _Durability) -> None:
@@ -336,11 +383,12 @@ def _publish(job: _Job) -> None:
 
 
 def _sync_directories(jobs: list[_Job], created_parents: set[str]) -> None:
-    """Make renames (and directories we created) survive a crash; one fsync per directory.
+    """Make new names (dests created, directories we created) survive a crash; one fsync per directory.
 
+    Renames over an existing dest are left to the filesystem's own commit (see "Durability" above).
     A failure here is reported although the new content is already in place: it may not survive a crash.
     """
-    written = _active(jobs, lambda job: job.outcome is Outcome.WRITTEN)
+    written = _active(jobs, lambda job: job.outcome is Outcome.WRITTEN and not job.replaces)
     directories = {job.directory for job in written} | created_parents
     for directory in sorted(directories):
         try:
@@ -427,7 +475,7 @@ class _Durability:
 
     def close(self) -> None:
         for fd in self._fds.values():
-            os.close(fd)
+            _close(fd)
         self._fds.clear()
 
 
@@ -440,7 +488,10 @@ def _create_temp(path: str, mode: int) -> tuple[str, int]:
     Created with owner-only bits at most: the final mode, which may let others read, comes after the data
     owner is set, and until then nobody else may open it.
     """
-    temp = f"{temp_prefix(path)}{os.getpid()}.{secrets.token_hex(_RANDOM_BYTES)}"
+    # Unique, not secret: O_EXCL|O_NOFOLLOW refuse any file planted under the name, so a guessed name can at
+    # worst fail one attempt, retried under a new name. Hence the random module (seeded once, reseeded after a
+    # fork) rather than a getrandom(2) per name, which costs about 9 us: 0.4 s of a 50,000-node start.
+    temp = f"{temp_prefix(path)}{unique_suffix()}"
     _note_in_flight(temp)
     try:
         return temp, os.open(temp, _TEMP_FLAGS, mode & 0o600)
@@ -515,7 +566,7 @@ def _fsync_file(path: str) -> None:
     try:
         os.fsync(fd)
     finally:
-        os.close(fd)
+        _close(fd)
 
 
 def _fsync_directory(directory: str) -> None:
@@ -526,7 +577,7 @@ def _fsync_directory(directory: str) -> None:
         if exc.errno not in (errno.EINVAL, errno.ENOTSUP):  # filesystems that cannot fsync a directory
             raise
     finally:
-        os.close(fd)
+        _close(fd)
 
 
 def _make_directories(directory: str, created_parents: set[str]) -> None:
@@ -594,6 +645,19 @@ def _remove_stale_temps(directory: str, bases: set[str]) -> list[str]:
 
 
 def _is_stale(path: str, pid: int) -> bool:
+    """May a temp (or snapshot) made by ``pid`` be removed now?
+
+    A pid only means something in the boot and pid namespace it was taken in.  Two containers sharing a
+    volume are both pid 1, and a pid from before a reboot may be alive again.  So the name carries a tag of
+    its maker's boot and namespace: with our tag, the pid is checked (our own pid: unless still in flight
+    here; another: unless alive); with another tag nothing can be checked, and only what is older than
+    FOREIGN_GRACE (no write takes that long) is removed.
+    """
+    if _tag_of(path) != _namespace_tag():
+        try:
+            return time.time() - os.lstat(path).st_mtime > FOREIGN_GRACE
+        except OSError:
+            return False
     if pid == os.getpid():
         with _in_flight_lock:
             return path not in _in_flight
@@ -604,6 +668,26 @@ def _is_stale(path: str, pid: int) -> bool:
     except PermissionError:
         return False  # alive, run by another user
     return False
+
+
+@functools.cache
+def _namespace_tag() -> str:
+    """8 hex digits naming this boot and pid namespace (the same for every process that shares both)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = b"unknown boot"
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return hashlib.sha256(boot + b"/" + str(namespace).encode()).hexdigest()[:_TAG_DIGITS]
+
+
+def _tag_of(path: str) -> str:
+    """The namespace tag in a temp or snapshot name (after ``<pid>.``); names without one never match ours."""
+    return os.path.basename(path).rsplit(".", 1)[-1][:_TAG_DIGITS]
 
 
 def _parse_temp_name(name: str) -> tuple[str, int] | None:
@@ -675,8 +759,9 @@ def _spec_problem(spec: FileSpec) -> str | None:
 
 
 def unique_suffix() -> str:
-    """``<pid>.<random hex>``: what makes a temp or snapshot name unique, and tells cleanup who made it."""
-    return f"{os.getpid()}.{secrets.token_hex(_RANDOM_BYTES)}"
+    """``<pid>.<namespace tag><random hex>``: what makes a temp or snapshot name unique, and tells cleanup who
+    made it: the process, and the boot and pid namespace its pid means something in (see ``_is_stale``)."""
+    return f"{os.getpid()}.{_namespace_tag()}{random.getrandbits(_RANDOM_BITS):0{_RANDOM_BITS // 4}x}"
 
 
 def create_file(dir_fd: int, name: str, spec: FileSpec, data: bytes, flush: bool) -> os.stat_result:
@@ -744,3 +829,7 @@ def forget_in_flight(path: str) -> None:
 def writer_is_gone(path: str, pid: int) -> bool:
     """The ``cleanup_stale_temp_files`` rule for ``path`` made by process ``pid``: may it be removed now?"""
     return _is_stale(path, pid)
+
+
+def _differs(previous: bytes | None, data: bytes) -> bool:
+    return previous is not None and previous != data

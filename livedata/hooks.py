@@ -31,7 +31,6 @@ from typing import IO, Any
 
 import gevent
 import gevent.lock
-from gevent import subprocess
 
 from livedata.files import Outcome
 from livedata.sync import ABSENT, MirroredNode, MirrorObserver
@@ -117,6 +116,8 @@ class HookRunner(MirrorObserver):
         if command is None or node is None:
             return
         log.info("%s: running on_change hook", name)
+        from gevent import subprocess  # here: most configurations run no hook, and the module costs memory
+
         try:
             process = subprocess.Popen(
                 [SHELL, "-c", command],

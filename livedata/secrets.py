@@ -13,10 +13,12 @@ import binascii
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from livedata.config import Optional, absolute_path, parse_config, register
-from livedata.file_watcher import FileWatcher, WatchedFileNotAvailableError
+
+if TYPE_CHECKING:
+    from livedata.file_watcher import FileWatcher
 
 DEFAULT_SECRETS_PATH = "/var/local/secrets.json"
 
@@ -81,6 +83,9 @@ class SecretsStore:
         self._watcher: FileWatcher[Mapping[str, Any]] | None = None
 
     def _secrets(self) -> Mapping[str, Any]:
+        # Here, not at the top: a watcher without zookeeper.credentials never needs a FileWatcher.
+        from livedata.file_watcher import FileWatcher, WatchedFileNotAvailableError
+
         try:
             if self._watcher is None:
                 self._watcher = FileWatcher(self.path, _parse_secrets_file, timeout=self._timeout)

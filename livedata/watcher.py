@@ -486,9 +486,9 @@ def _reload_on_request(daemon: Daemon, requested: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from gevent import monkey
+    from livedata.patching import patch_for_daemon
 
-    monkey.patch_all()
+    patch_for_daemon()
     parser = cli.ArgumentParser(prog=PROG, description="Mirror ZooKeeper nodes into local files.")
     parser.add_argument("config", help="INI file with a [live-data] section")
     cli.add_common_arguments(parser)

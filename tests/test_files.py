@@ -426,6 +426,80 @@ def test_batch_durability_order(tmp_path: Path, audit: list[AuditHandler], count
     assert events == [*syncfs_handle, *["prepare-temp"] * count, *["rename"] * count, "open-directory"]
 
 
+def _record_opens(tmp_path: Path, events: list[str]) -> AuditHandler:
+    """An audit handler noting every open of the directory ("open-directory") and of its dests for reading."""
+
+    def watch(event: str, args: tuple) -> None:  # type: ignore[type-arg]
+        if event != "open" or not isinstance(args[0], str):
+            return
+        if args[0] == str(tmp_path) and args[2] & os.O_DIRECTORY:
+            events.append("open-directory")
+        elif os.path.dirname(args[0]) == str(tmp_path) and not is_temp_name(args[0]) and not args[2] & os.O_WRONLY:
+            events.append(f"read {os.path.basename(args[0])}")
+
+    return watch
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("count", [1, 20], ids=["per-file-fsync", "syncfs"])
+def test_replacing_a_dest_skips_the_directory_fsync_creating_one_does_not(
+    tmp_path: Path, audit: list[AuditHandler], count: int
+) -> None:
+    """A rename over an existing dest is left to the filesystem's commit (a power loss may only bring back the
+    complete version before); a rename that creates a name fsyncs its directory, so a dest never vanishes."""
+    specs = [FileSpec(os.path.join(tmp_path, f"f{i}")) for i in range(count)]
+    for spec in specs:
+        put(spec.path, b"old")
+    events: list[str] = []
+    audit.append(_record_opens(tmp_path, events))
+    assert sync_files([(spec, b"new") for spec in specs]) == [Outcome.WRITTEN] * count
+    audit.clear()
+    assert events.count("open-directory") == (1 if count > 8 else 0), events  # syncfs' handle, before writing
+    assert all(read(spec.path) == b"new" for spec in specs)
+
+    events.clear()
+    audit.append(_record_opens(tmp_path, events))
+    assert sync_file(FileSpec(os.path.join(tmp_path, "fresh")), b"new") is Outcome.WRITTEN
+    audit.clear()
+    assert events[-1] == "open-directory", events
+
+
+@pytest.mark.timeout(30)
+def test_previous_that_differs_replaces_without_reading_the_dest(tmp_path: Path, audit: list[AuditHandler]) -> None:
+    """The caller knows the dest holds other bytes: reading it back would only confirm it. The new file still
+    gets the spec's mode, and the rename (over an existing dest) fsyncs no directory."""
+    spec = FileSpec(os.path.join(tmp_path, "dest"), mode=0o640)
+    put(spec.path, b"v1", mode=0o600)
+    events: list[str] = []
+    audit.append(_record_opens(tmp_path, events))
+    assert sync_file(spec, b"v2", previous=b"v1") is Outcome.WRITTEN
+    audit.clear()
+    assert events == []
+    assert read(spec.path) == b"v2" and stat.S_IMODE(os.stat(spec.path).st_mode) == 0o640
+    assert temps_under(str(tmp_path)) == []
+
+
+@pytest.mark.timeout(30)
+def test_previous_never_skips_a_write(tmp_path: Path) -> None:
+    """A hint equal to the new data is checked against the file (it may have been edited since); a wrong hint
+    costs one needless replacement; none, a missing dest, and a symlink at the dest behave as without a hint."""
+    spec = FileSpec(os.path.join(tmp_path, "dest"))
+    put(spec.path, b"edited locally")
+    assert sync_file(spec, b"v1", previous=b"v1") is Outcome.WRITTEN
+    assert sync_file(spec, b"v1", previous=b"v1") is Outcome.UNCHANGED
+    inode = os.stat(spec.path).st_ino
+    assert sync_file(spec, b"v1", previous=b"v0") is Outcome.WRITTEN  # wrong hint: replaced, same bytes
+    assert os.stat(spec.path).st_ino != inode and read(spec.path) == b"v1"
+    os.unlink(spec.path)
+    assert sync_file(spec, b"v2", previous=b"v1") is Outcome.WRITTEN
+    target = os.path.join(tmp_path, "target")
+    put(target, b"untouched")
+    os.unlink(spec.path)
+    os.symlink(target, spec.path)
+    assert sync_files([(spec, b"v3")], previous={spec.path: b"v2"}) == [Outcome.WRITTEN]
+    assert read(spec.path) == b"v3" and not os.path.islink(spec.path) and read(target) == b"untouched"
+
+
 # ------------------------------------------------------------------------------------------- failures
 
 

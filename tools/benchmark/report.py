@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 # The FileWatcher probe calls get_data() every 0.5 ms while waiting for a change, and sleeps overshoot a little.
 _PROBE_RESOLUTION_MS = 1.0
+BURST_OVER_FLOOR_MS = 5.0  # worst round of a burst scenario
 _DECIMALS = {"s": 3, "ms": 2, "us": 1, "ns": 0, "MB": 1, "%": 2, "x": 1, "count": 1}
 
 
@@ -60,7 +61,12 @@ CHECKS = [
     Check("startup", "n50000_rss_mb", "memory at 50,000 nodes <= 120 MB", _const(120.0)),
     Check("propagation", "p50_over_floor_ms", "propagation p50 <= floor p50 + 0.5 ms", _const(0.5)),
     Check("propagation", "p99_over_floor_ms", "propagation p99 <= floor p99 + 2 ms", _const(2.0)),
-    Check("burst", "final_ms", "burst: final value <= 50 ms after the last set()", _const(50.0)),
+    # Not "after the last set()": ZooKeeper itself may apply a burst's last write well after it was sent, so
+    # the bound is what a watcher adds to a bare DataWatch on the same server seeing the final value.
+    Check(
+        "burst", "final_over_floor_ms", "burst: file final <= 5 ms after a bare DataWatch saw it",
+        _const(BURST_OVER_FLOOR_MS),
+    ),
     Check("fanout", "spread_p99_ms", "fan-out p99 spread <= the incumbent's", _theirs("spread_p99_ms")),
     Check("fanout", "last_p99_ms", "fan-out p99 time-to-last <= the incumbent's", _theirs("last_p99_ms")),
     Check(
