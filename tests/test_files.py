@@ -16,6 +16,7 @@ import sys
 import tempfile
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
@@ -23,6 +24,7 @@ from typing import Callable
 import pytest
 
 import livedata.files
+from livedata import files
 from livedata.files import (
     FileSpec,
     FileWriteError,
@@ -706,10 +708,11 @@ def test_cleanup_removes_only_temps_of_dead_writers_for_the_given_dests(tmp_path
     live = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     try:
         dead_pid = _dead_pid()
-        dead = f"{temp_prefix(dest)}{dead_pid}.{'a' * 16}"
-        own = f"{temp_prefix(dest)}{os.getpid()}.{'b' * 16}"
-        alive = f"{temp_prefix(dest)}{live.pid}.{'c' * 16}"
-        other_dest = f"{temp_prefix(os.path.join(tmp_path, 'other'))}{dead_pid}.{'d' * 16}"
+        tag = files._namespace_tag()  # made in this boot and pid namespace: the pid is checked
+        dead = f"{temp_prefix(dest)}{dead_pid}.{tag}{'a' * 8}"
+        own = f"{temp_prefix(dest)}{os.getpid()}.{tag}{'b' * 8}"
+        alive = f"{temp_prefix(dest)}{live.pid}.{tag}{'c' * 8}"
+        other_dest = f"{temp_prefix(os.path.join(tmp_path, 'other'))}{dead_pid}.{tag}{'d' * 8}"
         unrelated = os.path.join(tmp_path, ".dest.livedata-tmp.notapid")
         for path in (dead, own, alive, other_dest, unrelated):
             put(path, b"partial")
@@ -726,10 +729,27 @@ def test_cleanup_removes_only_temps_of_dead_writers_for_the_given_dests(tmp_path
 
 
 @pytest.mark.timeout(30)
+def test_temps_of_another_pid_namespace_are_left_until_they_are_old(tmp_path: Path) -> None:
+    """Two containers sharing a volume are both pid 1: a pid from another namespace proves nothing."""
+    dest = os.path.join(tmp_path, "dest")
+    put(dest, b"current")
+    foreign = "0" * 8 if files._namespace_tag() != "0" * 8 else "1" * 8
+    in_flight = f"{temp_prefix(dest)}{os.getpid()}.{foreign}{'a' * 8}"  # our pid, but not ours
+    leftover = f"{temp_prefix(dest)}{_dead_pid()}.{foreign}{'b' * 8}"
+    for path in (in_flight, leftover):
+        put(path, b"partial")
+    old = time.time() - files.FOREIGN_GRACE - 60
+    os.utime(leftover, (old, old))
+
+    assert cleanup_stale_temp_files([dest]) == [leftover]
+    assert os.path.exists(in_flight), "another namespace's write in flight is never taken"
+
+
+@pytest.mark.timeout(30)
 def test_temp_names_fit_for_the_longest_basename(tmp_path: Path) -> None:
     spec = FileSpec(os.path.join(tmp_path, "é" * 127))  # 254 bytes of UTF-8
     assert sync_file(spec, b"data") is Outcome.WRITTEN
-    stale = f"{temp_prefix(spec.path)}{_dead_pid()}.{'e' * 16}"
+    stale = f"{temp_prefix(spec.path)}{_dead_pid()}.{files._namespace_tag()}{'e' * 8}"
     assert len(os.fsencode(os.path.basename(stale))) <= 255
     put(stale, b"partial")
     assert is_temp_name(stale)

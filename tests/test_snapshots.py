@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from livedata import files
 from livedata.files import FileWriteError, Outcome, is_temp_name
 from livedata.snapshots import (
     DATA_LINK,
@@ -340,16 +341,17 @@ def test_cleanup_removes_debris_of_dead_writers_and_repairs_names(spec: TreeSpec
     publish(spec, {"a": b"1", "b": b"2"})
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)
-    unfinished = f"..2026_01_01_00_00_00.000000000.{pid}.{'ab' * 8}"
+    tag = files._namespace_tag()  # our boot and pid namespace: the pids in these names are checked
+    unfinished = f"..2026_01_01_00_00_00.000000000.{pid}.{tag}{'ab' * 4}"
     os.makedirs(os.path.join(spec.dest, unfinished, "a"))
-    os.symlink("whatever", os.path.join(spec.dest, f"...data.livedata-tmp.{pid}.{'cd' * 8}"))
-    alive = f"..2026_01_01_00_00_00.000000000.1.{'ef' * 8}"  # pid 1 is alive: an overlapping instance
+    os.symlink("whatever", os.path.join(spec.dest, f"...data.livedata-tmp.{pid}.{tag}{'cd' * 4}"))
+    alive = f"..2026_01_01_00_00_00.000000000.1.{tag}{'ef' * 4}"  # pid 1 is alive: an overlapping instance
     os.mkdir(os.path.join(spec.dest, alive))
     os.unlink(os.path.join(spec.dest, "a"))  # a visible name lost
     os.symlink(f"{DATA_LINK}/gone", os.path.join(spec.dest, "gone"))  # a name left dangling
     removed = cleanup(spec)
     assert sorted(removed) == sorted(
-        os.path.join(spec.dest, name) for name in [unfinished, f"...data.livedata-tmp.{pid}.{'cd' * 8}"]
+        os.path.join(spec.dest, name) for name in [unfinished, f"...data.livedata-tmp.{pid}.{tag}{'cd' * 4}"]
     )
     assert sorted(os.listdir(spec.dest)) == sorted([DATA_LINK, os.readlink(os.path.join(spec.dest, DATA_LINK)),
                                                    alive, "a", "b"])

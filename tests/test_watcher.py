@@ -262,7 +262,7 @@ def test_stale_temp_files_are_removed_at_start(zk_server, zk, zk_path, workdir, 
     dest = f"{workdir}/t"
     dead = subprocess.Popen(["true"])
     dead.wait()
-    stale = f"{files.temp_prefix(dest)}{dead.pid}.0123456789abcdef"
+    stale = f"{files.temp_prefix(dest)}{dead.pid}.{files._namespace_tag()}01234567"
     with open(stale, "wb") as f:
         f.write(b"half a wri")
     unrelated = os.path.join(workdir, "unrelated.txt")
