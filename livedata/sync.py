@@ -131,6 +131,7 @@ class MirroredNode:
         "dirty",
         "failure",
         "in_sync",
+        "last_written",
         "mirror",
         "mzxid",
         "read_delay",
@@ -159,6 +160,7 @@ class MirroredNode:
         self.retry_at = 0.0
         self.written_at = 0.0  # wall-clock time of the last successful write or confirmation
         self.written_version: int | None = None  # znode version the file last matched
+        self.last_written: bytes | None = None  # the bytes our last successful write left in the file
         self.active = True  # False once removed from the configuration: late callbacks are ignored
         self.read_state = IDLE  # the read queue's bookkeeping (see livedata.reads)
         self.reread = False
@@ -575,14 +577,18 @@ class Mirror:
         present = [node for node, _, _ in items]
         absent = [node for node in batch if node.wanted is ABSENT]
         writes = [(spec, data) for _, spec, data in items]
+        # What we last wrote there: a dest known to hold other bytes is replaced without reading it back first.
+        previous = {node.config.file.path: node.last_written for node in present if node.last_written is not None}
         if len(writes) <= INLINE_BATCH:
-            results: list[Outcome | FileWriteError] = files.sync_files(writes)
+            results: list[Outcome | FileWriteError] = files.sync_files(writes, previous)
         else:
-            results = gevent.get_hub().threadpool.apply(files.sync_files, (writes,))
-        for node, result in zip(present, results):
+            results = gevent.get_hub().threadpool.apply(files.sync_files, (writes, previous))
+        for (node, _, data), result in zip(items, results):
+            node.last_written = None if isinstance(result, FileWriteError) else data
             if node.active:  # removed by a reload while its file was written: no hook, no bookkeeping
                 self._written(node, result)
         for node in absent:
+            node.last_written = None
             self._written(node, self._remove(node))
 
     def _publish(self, tree: MirroredTree) -> None:
