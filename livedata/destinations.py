@@ -19,7 +19,7 @@ import os
 import stat
 from collections.abc import Iterable
 
-from livedata.files import FileSpec
+from livedata.files import FileSpec, set_new_directory_metadata
 
 log = logging.getLogger("livedata.destinations")
 
@@ -79,24 +79,9 @@ def _make_directories(directory: str, spec: FileSpec) -> list[str]:
         except FileExistsError:
             continue
         created.append(path)
-        _set_directory_metadata(path, spec)
+        set_new_directory_metadata(path, DIRECTORY_MODE, spec.owner, spec.group)
     return created
 
-
-def _set_directory_metadata(path: str, spec: FileSpec) -> None:
-    """Mode (whatever the umask) and owner of a directory we just made, through an fd of that very directory.
-
-    Never by path: between our mkdir and a chmod by path, whoever can write
-    to the parent could swap in a symlink, and chmod/chown would follow it.
-    O_NOFOLLOW|O_DIRECTORY refuses anything but the directory itself.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        if spec.owner is not None or spec.group is not None:
-            os.fchown(fd, -1 if spec.owner is None else spec.owner, -1 if spec.group is None else spec.group)
-        os.fchmod(fd, DIRECTORY_MODE)  # after chown, which may clear set-id bits
-    finally:
-        os.close(fd)
 
 
 def _id(value: int | None) -> str:

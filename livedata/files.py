@@ -594,8 +594,24 @@ def _make_directories(directory: str, created_parents: set[str]) -> None:
             if os.path.isdir(path):
                 continue  # another writer (say, an overlapping instance) made it first
             raise
-        os.chmod(path, DIRECTORY_MODE)
+        set_new_directory_metadata(path, DIRECTORY_MODE)
         created_parents.add(os.path.dirname(path))
+
+
+def set_new_directory_metadata(path: str, mode: int, owner: int | None = None, group: int | None = None) -> None:
+    """Owner and mode (whatever the umask) of a directory just made, through an fd of that very directory.
+
+    Never by path: between the mkdir and a chmod by path, whoever can write
+    to the parent could swap in a symlink, and chmod/chown would follow it.
+    O_NOFOLLOW|O_DIRECTORY refuse anything but the directory itself.
+    """
+    fd = os.open(path, _DIR_FLAGS | os.O_NOFOLLOW)
+    try:
+        if owner is not None or group is not None:
+            os.fchown(fd, _id_or_keep(owner), _id_or_keep(group))
+        os.fchmod(fd, mode)  # after chown, which may clear set-id bits
+    finally:
+        _close(fd)
 
 
 # ------------------------------------------------------------------------------------- stale temp cleanup

@@ -240,6 +240,36 @@ def test_temp_file_is_owner_only_until_its_owner_and_group_are_set(zk_server, zk
     assert (status.st_uid, status.st_gid, status.st_mode & 0o7777) == (65534, 65534, 0o440)
 
 
+def test_directories_it_makes_are_never_chmodded_or_chowned_by_path(zk_server, zk, zk_path, workdir):
+    """A symlink swapped in between our mkdir and a chmod by path would redirect the chmod: only fds are used."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    source, dest = f"{zk_path}/deep", f"{workdir}/made/for/us/deep"
+    zk.create(source, b"v0")
+    settings = base(zk_server.address)
+    settings.update(node_settings("deep", source, dest, owner=65534, group=65534))
+    config = write_ini(workdir, settings)
+    trace = f"{workdir}/trace"
+    process = subprocess.Popen(
+        ["strace", "-f", "-qq", "-o", trace, "-e", "trace=chmod,fchmodat,chown,fchownat,lchown,mkdir,mkdirat",
+         "-e", "signal=none", sys.executable, "-m", "livedata.watcher", config],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for_content(dest, b"v0", timeout=30)
+    finally:
+        for pid in traced_children(process.pid):
+            os.kill(pid, signal.SIGTERM)
+        process.wait(10)
+    with open(trace) as f:
+        calls = [line for line in f if "resumed" not in line]
+    made = [line for line in calls if "mkdir" in line and f"{workdir}/made" in line]
+    assert made, "the test must see the directories being made"
+    by_path = [line for line in calls if re.search(r"\b(chmod|fchmodat|chown|fchownat|lchown)\(", line)]
+    assert by_path == []
+    assert (os.stat(f"{workdir}/made").st_uid, os.stat(f"{workdir}/made").st_gid) == (65534, 65534)
+
+
 # --- 12. TLS -----------------------------------------------------------------------------------------------------
 
 @dataclass
