@@ -39,10 +39,11 @@ def config(tmp_path, zk_server) -> Path:
 
 
 @pytest.fixture
-def node(zk, zk_path) -> str:
+def node(zk, zk_path):
     path = f"{zk_path}/data"
     zk.create(path, b"plain\n")
-    return path
+    yield path
+    zk.delete(zk_path, recursive=True)  # megabytes: the shared server's heap is small
 
 
 def store(zk, node: str, data: bytes) -> None:
