@@ -11,7 +11,7 @@ import pytest
 
 from livedata.payload import encode
 from livedata.writer import push
-from tests.payloads import BAD_CASES, LIMIT, MiB, experiments_json, incompressible, put
+from tests.payloads import BAD_CASES, LIMIT, MiB, experiments_json, incompressible, large_data_server, put
 from tests.test_writer import write_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,6 +31,12 @@ def one_line_failure(result: subprocess.CompletedProcess[bytes], status: int, *f
     assert len(lines) == 1 and lines[0].startswith("livedata.reader: "), stderr
     for fragment in fragments:
         assert fragment in lines[0]
+
+
+@pytest.fixture(scope="module")
+def zk_server():
+    """Megabytes of transactions: a server of our own (see large_data_server)."""
+    yield from large_data_server()
 
 
 @pytest.fixture

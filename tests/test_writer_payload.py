@@ -28,6 +28,7 @@ from tests.payloads import (
     chunk_children,
     experiments_json,
     incompressible,
+    large_data_server,
     put,
 )
 from tests.test_writer import assert_one_line_failure, run_writer, secrets_config, write_config
@@ -42,6 +43,12 @@ def read_bytes(f: IO[bytes]) -> bytes:
 
 def decoded(zk: KazooClient, path: str) -> bytes:
     return chunks.read_decoded(zk, path, MAX).data
+
+
+@pytest.fixture(scope="module")
+def zk_server():
+    """Megabytes of transactions: a server of our own (see large_data_server)."""
+    yield from large_data_server()
 
 
 @pytest.fixture(autouse=True)
