@@ -401,33 +401,3 @@ def test_live_node_during_rewrites_sees_only_whole_versions(zk, zk_server, node)
     assert parsed[0] == OLD
     assert all(value in versions for value in parsed[1:])
     assert chunk_children(zk, node) == sorted(encode(versions[-1], "auto", LIMIT).chunks)
-
-
-# --- the diff of large data -----------------------------------------------------------------------------
-
-
-def _lines(count: int, changes: dict[int, str], end: str = "\n") -> bytes:
-    text = "".join(changes.get(i, f"line {i}") + "\n" for i in range(count))
-    return (text[:-1] + end).encode()
-
-
-@pytest.mark.parametrize(
-    ("old", "new"),
-    [
-        (_lines(100_000, {}), _lines(100_000, {50_000: "changed"})),
-        (_lines(100_000, {}), _lines(100_000, {0: "first"})),
-        (_lines(100_000, {}), _lines(100_000, {99_999: "last"}, end="")),
-        (_lines(100_000, {}), _lines(100_001, {})),
-        (_lines(50, {}), _lines(50, {2: "x", 40: "y"})),
-        (b"", _lines(10, {})),
-    ],
-    ids=["middle", "first line", "last line without newline", "one line added", "two hunks", "from empty"],
-)
-def test_diff_of_large_texts_is_difflibs(old, new):
-    """The diff only matches the changed region, but must print exactly what difflib prints for the whole."""
-    import difflib
-
-    from livedata.writer import _split_lines, _terminated, render_diff
-
-    whole = difflib.unified_diff(_split_lines(old.decode()), _split_lines(new.decode()), "a", "b")
-    assert render_diff(old, new, "a", "b") == "".join(_terminated(line) for line in whole)
