@@ -39,6 +39,9 @@ The API, kept small on purpose:
   once the chunks have been read (the watcher reads them asynchronously).
 * :func:`decode_node` ``(node_data, read_chunk, max_size) -> bytes``: the same in one call for synchronous
   readers; ``read_chunk(name)`` returns the chunk's bytes or ``None`` when the chunk does not exist.
+* :meth:`Envelope.check_size` ``(max_size)``: refuse early, before reading chunks; :func:`chunk_name`
+  ``(chunk) -> str``: a chunk's child name.  :mod:`livedata.chunks` does the ZooKeeper side (``chunk_path``,
+  ``read_decoded`` with the missing-chunk retry, writing and cleaning up).
 
 Every refusal raises a :class:`PayloadError` subclass whose message is one line naming the reason.  Decoding
 is bounded: the declared size is checked against ``max_size`` before any work, and the inflate is streamed
@@ -60,6 +63,7 @@ from typing import Any
 __all__ = [
     "CHUNK_PREFIX",
     "CODECS",
+    "DEFAULT_MAX_PAYLOAD_SIZE",
     "MAGIC",
     "MODES",
     "VERSION",

@@ -10,13 +10,16 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import struct
 import zlib
+from collections.abc import Iterator
 from typing import Any, Callable
 
 from kazoo.client import KazooClient
 
 from livedata.payload import CHUNK_PREFIX, MAGIC, VERSION, chunk_name
+from tests.harness import ZooKeeperServer, start_standalone
 
 LIMIT = 1024 * 1024 - 1024  # zookeeper.max_node_size's default
 MiB = 1024 * 1024
@@ -193,3 +196,16 @@ def put(client: KazooClient, path: str, node_data: bytes, chunks: dict[str, byte
 
 def chunk_children(client: KazooClient, path: str) -> list[str]:
     return sorted(name for name in client.get_children(path) if name.startswith(CHUNK_PREFIX))
+
+
+def large_data_server() -> Iterator[ZooKeeperServer]:
+    """A server for a module of megabyte-sized tests (use it to override ``zk_server``, module-scoped).
+
+    ZooKeeper keeps its last committed transactions in memory (``zookeeper.commitLogCount``, 500 by default),
+    megabyte chunks included, even once their nodes are deleted: on the run's shared server, with its 256 MB
+    heap, those tests would add up to an OutOfMemoryError for whoever comes after.
+    """
+    server = start_standalone(java_properties={"zookeeper.commitLogCount": "10"})
+    yield server
+    server.stop()
+    shutil.rmtree(server.directory, ignore_errors=True)

@@ -11,7 +11,7 @@ import pytest
 
 from livedata.payload import encode
 from livedata.writer import push
-from tests.payloads import BAD_CASES, LIMIT, MiB, experiments_json, incompressible, put
+from tests.payloads import BAD_CASES, LIMIT, MiB, experiments_json, incompressible, large_data_server, put
 from tests.test_writer import write_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,16 +33,23 @@ def one_line_failure(result: subprocess.CompletedProcess[bytes], status: int, *f
         assert fragment in lines[0]
 
 
+@pytest.fixture(scope="module")
+def zk_server():
+    """Megabytes of transactions: a server of our own (see large_data_server)."""
+    yield from large_data_server()
+
+
 @pytest.fixture
 def config(tmp_path, zk_server) -> Path:
     return write_config(tmp_path, zk_server.address)
 
 
 @pytest.fixture
-def node(zk, zk_path) -> str:
+def node(zk, zk_path):
     path = f"{zk_path}/data"
     zk.create(path, b"plain\n")
-    return path
+    yield path
+    zk.delete(zk_path, recursive=True)  # megabytes: the shared server's heap is small
 
 
 def store(zk, node: str, data: bytes) -> None:

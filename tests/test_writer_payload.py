@@ -28,6 +28,7 @@ from tests.payloads import (
     chunk_children,
     experiments_json,
     incompressible,
+    large_data_server,
     put,
 )
 from tests.test_writer import assert_one_line_failure, run_writer, secrets_config, write_config
@@ -42,6 +43,20 @@ def read_bytes(f: IO[bytes]) -> bytes:
 
 def decoded(zk: KazooClient, path: str) -> bytes:
     return chunks.read_decoded(zk, path, MAX).data
+
+
+@pytest.fixture(scope="module")
+def zk_server():
+    """Megabytes of transactions: a server of our own (see large_data_server)."""
+    yield from large_data_server()
+
+
+@pytest.fixture(autouse=True)
+def _remove_the_data(zk, zk_path):
+    """The server is shared by the whole run and holds everything in a 256 MB heap: take our megabytes back."""
+    yield
+    zk.add_auth("digest", "ci:right-password")  # the ACL tests' nodes
+    zk.delete(zk_path, recursive=True)
 
 
 @pytest.fixture
@@ -386,33 +401,3 @@ def test_live_node_during_rewrites_sees_only_whole_versions(zk, zk_server, node)
     assert parsed[0] == OLD
     assert all(value in versions for value in parsed[1:])
     assert chunk_children(zk, node) == sorted(encode(versions[-1], "auto", LIMIT).chunks)
-
-
-# --- the diff of large data -----------------------------------------------------------------------------
-
-
-def _lines(count: int, changes: dict[int, str], end: str = "\n") -> bytes:
-    text = "".join(changes.get(i, f"line {i}") + "\n" for i in range(count))
-    return (text[:-1] + end).encode()
-
-
-@pytest.mark.parametrize(
-    ("old", "new"),
-    [
-        (_lines(100_000, {}), _lines(100_000, {50_000: "changed"})),
-        (_lines(100_000, {}), _lines(100_000, {0: "first"})),
-        (_lines(100_000, {}), _lines(100_000, {99_999: "last"}, end="")),
-        (_lines(100_000, {}), _lines(100_001, {})),
-        (_lines(50, {}), _lines(50, {2: "x", 40: "y"})),
-        (b"", _lines(10, {})),
-    ],
-    ids=["middle", "first line", "last line without newline", "one line added", "two hunks", "from empty"],
-)
-def test_diff_of_large_texts_is_difflibs(old, new):
-    """The diff only matches the changed region, but must print exactly what difflib prints for the whole."""
-    import difflib
-
-    from livedata.writer import _split_lines, _terminated, render_diff
-
-    whole = difflib.unified_diff(_split_lines(old.decode()), _split_lines(new.decode()), "a", "b")
-    assert render_diff(old, new, "a", "b") == "".join(_terminated(line) for line in whole)
