@@ -19,7 +19,7 @@ from typing import Any, Callable
 from kazoo.client import KazooClient
 
 from livedata.payload import CHUNK_PREFIX, MAGIC, VERSION, chunk_name
-from tests.harness import ZooKeeperServer, start_standalone
+from livedata.testing.zookeeper import ZooKeeperServer, start_standalone
 
 LIMIT = 1024 * 1024 - 1024  # zookeeper.max_node_size's default
 MiB = 1024 * 1024
