@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -161,10 +162,13 @@ class TreeOutcome:
 def publish(spec: TreeSpec, children: Mapping[str, bytes]) -> TreeOutcome:
     """Make ``spec.dest`` hold exactly ``children`` (name -> bytes) as one atomic snapshot.
 
-    Stateless: unchanged children are recognised by reading the current files. A long-lived caller
-    should keep a ``TreePublisher`` instead, which remembers what it published and skips those reads.
+    Stateless: unchanged children are recognised by reading the current files, and the replaced snapshot
+    is deleted (no spare is kept for a next publish). A long-lived caller should keep a ``TreePublisher``
+    instead, which remembers what it published, skips those reads and reuses the replaced snapshot.
     """
-    return TreePublisher(spec).publish(children)
+    publisher = TreePublisher(spec)
+    publisher._keeps_spare = False
+    return publisher.publish(children)
 
 
 def cleanup(spec: TreeSpec) -> list[str]:
@@ -269,13 +273,16 @@ def is_snapshot_name(name: str) -> bool:
 
 @dataclass
 class _Published:
-    """What this publisher last put in place, so the next publish trusts it instead of reading it back."""
+    """A snapshot this publisher put in place (or read), so the next publish trusts it instead of reading it
+    back. For the spare, ``data`` may lack children whose bytes are unknown (their files get replaced)."""
 
     snapshot: str
     metadata: tuple[int, int | None, int | None]
     data: dict[str, bytes]
     inodes: dict[str, int]  # child -> inode of its file in ``snapshot``
     links: dict[str, int] = field(default_factory=dict)  # child -> inode of its visible symlink in dest
+    # On the spare: the children whose file differs from the current snapshot's (None: unknown, compare all).
+    delta: set[str] | None = None
 
 
 @dataclass
@@ -286,27 +293,33 @@ class _Plan:
     removed: list[str] = field(default_factory=list)
     dirty: bool = False  # the current snapshot holds something it should not
     metadata_fixed: bool = False
+    old_inodes: dict[str, int] = field(default_factory=dict)  # the current snapshot's regular files
 
 
 class TreePublisher:
-    """Publishes snapshots of one tree dest. Keep one per tree: it remembers what it published (bytes and
-    inodes), so a later publish of 10,000 children with one change reads nothing back from disk and costs
-    a hard link per unchanged child. Publishes of the same dest are serialised, in and across instances of
-    this process. Plain blocking syscalls: a gevent caller should run large trees in a thread pool.
+    """Publishes snapshots of one tree dest. Keep one per tree: it remembers the current snapshot and the
+    one before it, kept as a *spare* (bytes and inodes of both), so a later publish of 10,000 children with
+    one change renames the spare, brings it up to date with a few syscalls and switches to it: its cost
+    grows with the children that changed in the last two publishes, not with the tree. Publishes of the
+    same dest are serialised, in this process and across processes (``flock`` on dest). Plain blocking
+    syscalls: a gevent caller should run large trees in a thread pool.
     """
 
     def __init__(self, spec: TreeSpec) -> None:
         self.spec = spec
         self._published: _Published | None = None
+        self._spare: _Published | None = None
+        self._keeps_spare = True  # False for the stateless ``publish``: nobody would reuse it
 
     def publish(self, children: Mapping[str, bytes]) -> TreeOutcome:
         """Make dest hold exactly the children with safe names; raise TreeWriteError if impossible."""
         with _lock_for(self.spec.dest):
             dest_fd, cleaned = self._open_dest()
             try:
+                _flock(dest_fd, self.spec.dest)
                 return _Run(self, dest_fd, cleaned).publish(children)
             finally:
-                os.close(dest_fd)
+                os.close(dest_fd)  # releases the flock
 
     def cleanup(self) -> list[str]:
         """See the module-level ``cleanup``."""
@@ -318,7 +331,11 @@ class TreePublisher:
                     log.warning("cannot clean up tree %r: %s", self.spec.dest, exc.strerror or exc)
                 return []
             try:
+                _flock(dest_fd, self.spec.dest)
                 return _Run(self, dest_fd, []).repair()
+            except TreeWriteError as exc:
+                log.warning("cannot clean up tree %r: %s", self.spec.dest, exc.reason)
+                return []
             finally:
                 os.close(dest_fd)
 
@@ -371,6 +388,33 @@ class _Run:
         wanted, skipped = self._check_names(children)
         try:
             current = _current_snapshot(self.dest_fd)
+        except OSError as exc:
+            raise _error(self.dest, self.step, exc) from exc
+        if self._can_reuse_spare(current):
+            assert current is not None
+            outcome = self._publish_reusing(current, wanted, skipped)
+            if outcome is not None:
+                return outcome
+        return self._publish_building(current, wanted, skipped)
+
+    def _can_reuse_spare(self, current: str | None) -> bool:
+        """Double buffering needs both snapshots known: ``..data`` still names what this publisher last put
+        there (no other instance published since, no restart) and the metadata did not change."""
+        published, spare, metadata = self.publisher._published, self.publisher._spare, _metadata(self.spec)
+        return (
+            current is not None and published is not None and spare is not None and published.snapshot == current
+            and spare.snapshot != current and published.metadata == metadata and spare.metadata == metadata
+        )  # fmt: skip
+
+    def _publish_building(
+        self, current: str | None, wanted: dict[str, bytes], skipped: tuple[ChildNameError, ...]
+    ) -> TreeOutcome:
+        """The full build: a fresh directory, a hard link per unchanged child (found by reading the current
+        snapshot unless this publisher made it). Used first after a start, after another instance published,
+        after a metadata change or while there is no spare; the replaced snapshot becomes the spare."""
+        publisher = self.publisher
+        stale = {known.snapshot for known in (publisher._published, publisher._spare) if known is not None}
+        try:
             old_fd = os.open(current, _DIR_FLAGS, dir_fd=self.dest_fd) if current else None
         except OSError as exc:
             raise _error(self.dest, self.step, exc) from exc
@@ -382,32 +426,253 @@ class _Run:
                     current, False, kept=len(plan.keep), skipped=skipped,
                     cleaned=tuple(self.cleaned), metadata_fixed=plan.metadata_fixed,
                 )
+            trusted = publisher._published is not None and publisher._published.snapshot == current
+            previous = publisher._published
             snapshot = self._switch(old_fd, current, plan, wanted)
         finally:
             if old_fd is not None:
                 os.close(old_fd)
-        self._tidy(snapshot, set(wanted), replaced=current)
+        publisher._spare = None
+        if current is not None and not publisher._keeps_spare:
+            stale.add(current)
+        elif current is not None:
+            if trusted and previous is not None and previous.metadata == _metadata(self.spec):
+                previous.delta = set(plan.write) | set(plan.removed)
+                publisher._spare = previous
+            else:
+                known = {name: wanted[name] for name in plan.keep}
+                publisher._spare = _Published(current, _metadata(self.spec), known, dict(plan.old_inodes))
+        stale -= {snapshot} if publisher._spare is None else {snapshot, current}
+        self._tidy(snapshot, set(wanted), stale=frozenset(stale))
+        if publisher._spare is None and publisher._keeps_spare:
+            self._make_spare()
         return TreeOutcome(
             snapshot, True, tuple(sorted(plan.write)), tuple(sorted(plan.removed)), len(plan.keep), skipped,
             tuple(self.cleaned), plan.metadata_fixed,
         )
 
+    def _make_spare(self) -> None:
+        """A first snapshot has no predecessor to keep: make the spare now, after the switch (readers do not
+        wait for it), as hard links to the current files, so that the next publish already reuses it."""
+        published = self.publisher._published
+        assert published is not None, "called right after a switch"
+        name = f"..{_stamp()}.{files.unique_suffix()}"
+        try:
+            os.mkdir(name, 0o700, dir_fd=self.dest_fd)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=self.dest_fd)
+            try:
+                _fix_directory(fd, self.spec)
+                current_fd = os.open(published.snapshot, _DIR_FLAGS, dir_fd=self.dest_fd)
+                try:
+                    for child in published.inodes:
+                        os.link(child, child, src_dir_fd=current_fd, dst_dir_fd=fd, follow_symlinks=False)
+                finally:
+                    os.close(current_fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.warning("cannot make a spare snapshot in %r (the next publish builds one): %s",
+                        self.dest, exc.strerror or exc)  # fmt: skip
+            self._discard(name)
+            return
+        self.publisher._spare = _Published(
+            name, published.metadata, published.data, dict(published.inodes), delta=set()
+        )
+
     def _check_names(self, children: Mapping[str, bytes]) -> tuple[dict[str, bytes], tuple[ChildNameError, ...]]:
+        """Names already published are known to be safe: only new ones are checked (set arithmetic in C)."""
+        published = self.publisher._published
+        known = published.data if published is not None else {}
+        wanted = dict(children)
+        unknown = wanted.keys() - known.keys()
+        if not unknown:
+            return wanted, ()
         try:
             name_max = os.fpathconf(self.dest_fd, "PC_NAME_MAX")
         except (OSError, ValueError):
             name_max = _DEFAULT_NAME_MAX
-        published = self.publisher._published
-        known = published.data if published is not None else {}
-        wanted: dict[str, bytes] = {}
         skipped: list[ChildNameError] = []
-        for name, data in children.items():
-            problem = None if name in known else child_name_problem(name, name_max)
-            if problem is None:
-                wanted[name] = data
-            else:
+        for name in unknown:
+            problem = child_name_problem(name, name_max)
+            if problem is not None:
+                del wanted[name]
                 skipped.append(ChildNameError(self.dest, repr(name) if not isinstance(name, str) else name, problem))
-        return wanted, tuple(skipped)
+        return wanted, tuple(sorted(skipped, key=lambda error: error.child))
+
+    # ------------------------------------------------------------------------- double buffering (hot path)
+
+    def _publish_reusing(
+        self, current: str, wanted: dict[str, bytes], skipped: tuple[ChildNameError, ...]
+    ) -> TreeOutcome | None:
+        """Rename the spare to a fresh snapshot name and bring it from its content to ``wanted``; switch.
+
+        Returns None when the spare is gone (another instance's cleanup took it): the caller builds instead.
+        """
+        published, spare = self.publisher._published, self.publisher._spare
+        assert published is not None and spare is not None
+        # Children whose bytes differ from the current snapshot's: dict views compare in C, and bytes objects
+        # handed in again compare by identity first.
+        written = {name for name, _data in wanted.items() - published.data.items()}
+        removed = published.data.keys() - wanted.keys()
+        if not written and not removed and self._is_clean(current, published):
+            self._tidy(current, set(wanted))
+            return TreeOutcome(current, False, kept=len(wanted), skipped=skipped, cleaned=tuple(self.cleaned))
+        # Changes, or something planted in the current snapshot: switch to a clean one, built from the spare.
+        name = f"..{_stamp()}.{files.unique_suffix()}"
+        path = os.path.join(self.dest, name)
+        files.note_in_flight(path)
+        try:
+            self.step = "renaming the spare snapshot"
+            try:
+                os.rename(spare.snapshot, name, src_dir_fd=self.dest_fd, dst_dir_fd=self.dest_fd)
+            except FileNotFoundError:
+                self.publisher._spare = None
+                return None
+            self.publisher._spare = None  # from here on it is an unfinished snapshot: discarded if we fail
+            try:
+                new_fd = os.open(name, _DIR_FLAGS, dir_fd=self.dest_fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                    raise
+                self._discard(name)  # something planted at the spare's name, not our directory
+                return None
+            try:
+                _fix_directory(new_fd, self.spec)
+                self.step = "opening the current snapshot"
+                current_fd = os.open(current, _DIR_FLAGS, dir_fd=self.dest_fd)
+                try:
+                    inodes, fresh = self._bring_up_to_date(
+                        new_fd, current_fd, spare, published, wanted, written, removed)
+                finally:
+                    os.close(current_fd)
+                self.step = "creating the visible names of new children"
+                links = self._place_links(set(wanted), current)
+                self.step = "flushing the new snapshot to disk"
+                os.utime(new_fd)  # its mtime says when its content was made (TreeWatcher reports it)
+                self._flush(new_fd, fresh)
+                _fsync(self.dest_fd)
+            finally:
+                os.close(new_fd)
+            self.step = "switching ..data to the new snapshot"
+            self._swap(name)
+        except OSError as exc:
+            self._discard(name)
+            raise _error(self.dest, self.step, exc) from exc
+        finally:
+            files.forget_in_flight(path)
+        self.publisher._published = _Published(name, _metadata(self.spec), wanted, inodes, links)
+        published.delta = written | removed  # every other child has the same inode in both
+        self.publisher._spare = published
+        try:
+            _fsync(self.dest_fd)
+        except OSError as exc:
+            raise _error(self.dest, "making the switch durable (the new snapshot is already in place)", exc) from exc
+        self._tidy(name, set(wanted))
+        return TreeOutcome(
+            name, True, tuple(sorted(written)), tuple(sorted(removed)), len(wanted) - len(written), skipped,
+            tuple(self.cleaned),
+        )
+
+    def _bring_up_to_date(
+        self, fd: int, current_fd: int, spare: _Published, current: _Published, wanted: dict[str, bytes],
+        written: set[str], removed: set[str],
+    ) -> tuple[dict[str, int], list[str]]:
+        """Make the renamed spare (``fd``) hold exactly ``wanted``; return child -> inode and the files written.
+
+        One listing (getdents: names and inode numbers, no stat) checks the directory against what we left
+        in it; foreign or unknown entries go. Then only the differences cost syscalls: an unchanged child
+        whose file here is not the current snapshot's gets that file hard-linked over it (same inode in
+        both, so readers reuse what they parsed), a changed child a new file, a removed child an unlink.
+        Set arithmetic on dict views keeps the per-child work in C.
+        """
+        self.step = "listing the spare snapshot"
+        present = {entry.name: entry.inode() for entry in os.scandir(fd)}
+        # Entries here that are not the current snapshot's file of that name; current files missing here.
+        if present == spare.inodes and spare.delta is not None:  # as we left it: only the last changes differ
+            known = current.inodes
+            differing = {name for name in spare.delta if name in present and present[name] != known.get(name)}
+            missing = {name for name in spare.delta if name in known and present.get(name) != known[name]}
+        else:
+            if present != spare.inodes:
+                present = self._drop_foreign(fd, present, spare.inodes)
+            differing = {name for name, _inode in present.items() - current.inodes.items()}
+            missing = {name for name, _inode in current.inodes.items() - present.items()}
+        inodes = dict(current.inodes)
+        for name in removed:
+            del inodes[name]
+        self.step = "removing children that are gone"
+        for name in (differing - wanted.keys()) | (removed & present.keys()):
+            _remove_entry(fd, name)
+        self.step = "linking the unchanged children"
+        for name in missing - removed - written:
+            self._link_over(fd, current_fd, name, name in present)
+        self.step = "writing the changed children"
+        fresh: list[str] = []
+        for name in sorted(written):
+            inode = present.get(name)
+            if inode is not None and name in differing and self._holds(fd, name, spare, wanted[name]):
+                inodes[name] = inode  # the change undoes the one before: the spare's file is already right
+                continue
+            inodes[name] = self._write_over(fd, name, wanted[name], inode is not None)
+            fresh.append(name)
+        return inodes, fresh
+
+    def _drop_foreign(self, fd: int, present: dict[str, int], ours: dict[str, int]) -> dict[str, int]:
+        """Remove what we did not leave in the spare (planted, or left by a failed run); return what is ours."""
+        kept: dict[str, int] = {}
+        for name, inode in present.items():
+            if ours.get(name) == inode:
+                kept[name] = inode
+            else:
+                if name not in ours:
+                    log.info("removing %r from a spare snapshot: livedata did not write it",
+                             os.path.join(self.dest, "..", name))
+                _remove_entry(fd, name)
+        return kept
+
+    def _holds(self, fd: int, name: str, spare: _Published, data: bytes) -> bool:
+        """Is the spare's file ``name`` a regular file known to hold ``data``?"""
+        known = spare.data.get(name)
+        if known is None or (known is not data and known != data):
+            return False
+        return stat.S_ISREG(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode)
+
+    def _link_over(self, fd: int, current_fd: int, name: str, exists: bool) -> None:
+        """Hard-link the current snapshot's file ``name`` into ``fd``, replacing what is there with one rename."""
+        if not exists:
+            os.link(name, name, src_dir_fd=current_fd, dst_dir_fd=fd, follow_symlinks=False)
+            return
+        temp = self._temp_name(name, fd)
+        try:
+            os.link(name, temp, src_dir_fd=current_fd, dst_dir_fd=fd, follow_symlinks=False)
+            _rename_over(fd, temp, name)
+        except BaseException:
+            _unlink_quietly(fd, temp)
+            raise
+
+    def _write_over(self, fd: int, name: str, data: bytes, exists: bool) -> int:
+        """A new file for ``name`` in ``fd`` (livedata.files rules); an existing entry is replaced by rename."""
+        if not exists:
+            return files.create_file(fd, name, self.spec.child(name), data, False).st_ino
+        temp = self._temp_name(name, fd)
+        try:
+            inode = files.create_file(fd, temp, self.spec.child(name), data, False).st_ino
+            _rename_over(fd, temp, name)
+        except BaseException:
+            _unlink_quietly(fd, temp)
+            raise
+        return inode
+
+    def _is_clean(self, snapshot: str, known: _Published) -> bool:
+        """Does the current snapshot hold exactly the files we put there? (A listing, no stat.)"""
+        try:
+            fd = os.open(snapshot, _DIR_FLAGS, dir_fd=self.dest_fd)
+            try:
+                return {entry.name: entry.inode() for entry in os.scandir(fd)} == known.inodes
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise _error(self.dest, "listing the current snapshot", exc) from exc
 
     def _plan(self, old_fd: int | None, current: str | None, wanted: dict[str, bytes]) -> _Plan:
         """Sort children into kept (hard link) and written; note removed ones and foreign content."""
@@ -429,6 +694,8 @@ class _Run:
             raise _error(self.dest, self.step, exc) from exc
         for name, data in wanted.items():
             entry = entries.pop(name, None)
+            if entry is not None and entry.is_file(follow_symlinks=False):
+                plan.old_inodes[name] = entry.inode()
             if entry is None or not entry.is_file(follow_symlinks=False):
                 plan.dirty |= entry is not None
                 plan.write.append(name)
@@ -437,7 +704,9 @@ class _Run:
                 plan.kept_inodes[name] = entry.inode()
             else:
                 plan.write.append(name)
-        for name in entries:
+        for name, entry in entries.items():
+            if child_name_problem(name) is None and entry.is_file(follow_symlinks=False):
+                plan.old_inodes[name] = entry.inode()
             if child_name_problem(name) is None:
                 plan.removed.append(name)
             else:
@@ -597,51 +866,57 @@ class _Run:
         self.cleaned.append(os.path.join(self.dest, child))
         return os.stat(child, dir_fd=self.dest_fd, follow_symlinks=False).st_ino
 
-    def _tidy(self, snapshot: str, children: set[str], replaced: str | None = None) -> None:
+    def _tidy(self, snapshot: str, children: set[str], stale: frozenset[str] = frozenset()) -> None:
         """Make dest's entries match ``snapshot``: exactly one correct visible name per child, and nothing
-        else but ``..data``, ``snapshot`` and what live writers are still building.
+        else but ``..data``, ``snapshot``, this publisher's spare and what live writers are still building.
 
-        ``replaced`` is the snapshot this publish switched away from (removed without being reported).
+        ``stale`` are snapshots this publisher made or kept and no longer needs (removed without being
+        reported). The common case (entries as we left them) is checked with set arithmetic on inode
+        numbers; only the entries that differ are looked at one by one.
         Failures are logged: the snapshot is in place, and the next publish or cleanup tries again.
         """
         try:
-            entries = list(os.scandir(self.dest_fd))
+            listing = list(os.scandir(self.dest_fd))
         except OSError as exc:
             log.warning("cannot list tree %r to tidy it: %s", self.dest, exc.strerror or exc)
             return
         published = self.publisher._published
         links = published.links if published is not None and published.snapshot == snapshot else {}
-        missing = set(children)
-        for entry in entries:
-            name = entry.name
+        spare = self.publisher._spare.snapshot if self.publisher._spare is not None else None
+        symlinks = {entry.name: entry.inode() for entry in listing if entry.is_symlink()}  # d_type: no stat
+        trusted = {name for name, _inode in symlinks.items() & links.items()} & children
+        missing = children - {entry.name for entry in listing}
+        entries = {entry.name: entry for entry in listing}
+        for name in entries.keys() - trusted:
+            entry = entries[name]
             if name in children:
-                missing.discard(name)
-                if not entry.is_symlink() or (
-                    links.get(name) != entry.inode() and self._readlink(name) != _link_target(name)
-                ):
+                if not entry.is_symlink() or self._readlink(name) != _link_target(name):
                     self._repair_link(name, exists=True)
                 continue
-            reason, report = self._removal_reason(entry, snapshot, replaced)
+            reason, report = self._removal_reason(entry, snapshot, spare, stale)
             if reason is not None:
                 self._remove(name, reason, report)
         for name in sorted(missing):
             self._repair_link(name, exists=False)
 
     def _removal_reason(
-        self, entry: os.DirEntry[str], snapshot: str, replaced: str | None
+        self, entry: os.DirEntry[str], snapshot: str, spare: str | None, stale: frozenset[str]
     ) -> tuple[str | None, bool]:
         """Why an entry of dest that is not a child's visible name must go (None: keep it), and whether
         the caller should hear of it (debris and foreign entries) or not (our own routine removals)."""
         name = entry.name
-        if name in (DATA_LINK, snapshot):
+        if name in (DATA_LINK, snapshot, spare):
             return None, False
         snapshot_match = _SNAPSHOT.fullmatch(name)
         if snapshot_match is not None:
-            if name == replaced:
-                return "the snapshot just replaced", False
-            if files.writer_is_gone(os.path.join(self.dest, name), int(snapshot_match.group("pid"))):
+            if name in stale:
+                return "a snapshot this publisher no longer needs", False
+            owner = int(snapshot_match.group("pid"))
+            if owner == os.getpid() and files.writer_is_gone(os.path.join(self.dest, name), owner):
+                return "a snapshot kept by an earlier publisher of this process", False
+            if files.writer_is_gone(os.path.join(self.dest, name), owner):
                 return "a snapshot left by a writer that is gone", True
-            return None, False  # another live instance is building or has just replaced it
+            return None, False  # another live instance's spare (or current, as it believes)
         pid = files.temp_pid(name)
         if pid is not None:
             if files.writer_is_gone(os.path.join(self.dest, name), pid):
@@ -700,9 +975,12 @@ class _Run:
 
     # ------------------------------------------------------------------------------------------ helpers
 
-    def _temp_name(self, name: str) -> str:
+    def _temp_name(self, name: str, snapshot_fd: int | None = None) -> str:
+        """A livedata.files temp name for ``name``; in dest it is noted in flight (inside a snapshot being
+        built it needs not be: the whole snapshot is)."""
         temp = os.path.basename(files.temp_prefix(os.path.join(self.dest, name))) + files.unique_suffix()
-        files.note_in_flight(os.path.join(self.dest, temp))
+        if snapshot_fd is None:
+            files.note_in_flight(os.path.join(self.dest, temp))
         return temp
 
     def _readlink(self, name: str) -> str | None:
@@ -721,6 +999,15 @@ _locks_lock = threading.Lock()
 def _lock_for(dest: str) -> threading.Lock:
     with _locks_lock:
         return _locks.setdefault(dest, threading.Lock())
+
+
+def _flock(dest_fd: int, dest: str) -> None:
+    """Wait for other processes publishing or cleaning this dest (an overlapping instance during a deploy):
+    with one writer at a time, a spare or an unfinished snapshot is only ever touched by its owner."""
+    try:
+        fcntl.flock(dest_fd, fcntl.LOCK_EX)
+    except OSError as exc:
+        raise _error(dest, "locking the tree directory", exc) from exc
 
 
 def _current_snapshot(dest_fd: int) -> str | None:
@@ -806,6 +1093,23 @@ def _remove_tree_at(parent_fd: int, name: str) -> None:
     finally:
         os.close(fd)
     os.rmdir(name, dir_fd=parent_fd)
+
+
+def _remove_entry(dir_fd: int, name: str) -> None:
+    """Unlink ``name``; a directory (something planted) is removed with all it holds."""
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except IsADirectoryError:
+        _remove_tree_at(dir_fd, name)
+
+
+def _rename_over(dir_fd: int, temp: str, name: str) -> None:
+    """Replace ``name`` by ``temp`` in one rename; a directory in the way (planted) is removed first."""
+    try:
+        os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except IsADirectoryError:
+        _remove_tree_at(dir_fd, name)
+        os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 
 def _unlink_quietly(dir_fd: int, name: str) -> None:

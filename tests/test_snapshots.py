@@ -69,11 +69,20 @@ def inodes(dest: str) -> dict[str, int]:
     return {name: os.lstat(os.path.join(snapshot, name)).st_ino for name in os.listdir(snapshot)}
 
 
+def spares(dest: str) -> list[str]:
+    """Snapshot directories that ``..data`` does not name: a publisher's spare (reused by its next publish)."""
+    current = os.readlink(os.path.join(dest, DATA_LINK))
+    return [name for name in os.listdir(dest) if is_snapshot_name(name) and name != current]
+
+
 def assert_clean(dest: str, children: dict[str, bytes]) -> None:
-    """dest holds exactly ..data, the one snapshot it names, and one correct visible symlink per child."""
+    """dest holds exactly ..data, the snapshot it names, at most one spare snapshot, and one correct visible
+    symlink per child."""
     snapshot = os.readlink(os.path.join(dest, DATA_LINK))
     assert is_snapshot_name(snapshot)
-    assert sorted(os.listdir(dest)) == sorted([DATA_LINK, snapshot, *children])
+    spare = spares(dest)
+    assert len(spare) <= 1, spare
+    assert sorted(os.listdir(dest)) == sorted([DATA_LINK, snapshot, *spare, *children])
     for name, data in children.items():
         visible = os.path.join(dest, name)
         assert os.readlink(visible) == f"{DATA_LINK}/{name}"
