@@ -1,46 +1,66 @@
 """The one place that writes tree dests: a znode's children mirrored as a directory that switches atomically.
 
-Layout of a ``directory`` tree at ``dest`` (the shape of Kubernetes' AtomicWriter)::
+Layout of a ``directory`` tree at ``dest`` (the shape of Kubernetes' AtomicWriter, plus one spare)::
 
     dest/
       ..data -> ..2026_11_26_03_01_02.123456789.4242.0f3a9c1e5b7d2a64   (symlink, relative)
       ..2026_11_26_03_01_02.123456789.4242.0f3a9c1e5b7d2a64/           (the current snapshot)
           alpha                                                           (regular files, one per child)
           beta
+      ..2026_11_26_03_00_57.987654321.4242.5e1d0c7a9b3f2468/           (the spare: the snapshot before)
       alpha -> ..data/alpha                                               (one visible symlink per child)
       beta -> ..data/beta
 
-A new snapshot is a fresh directory holding every child: children whose bytes changed are written (with the
-rules of ``livedata.files``: O_EXCL|O_NOFOLLOW, fchown then fchmod before any data), unchanged children are
-hard links to the previous snapshot's file (one syscall, no rewrite: same inode, same mtime, same bytes). Once
-its files and entries are on disk, ``..data`` is switched to it with one rename of a temporary symlink, the
-directory is fsynced, visible names of removed children are dropped and the old snapshot is deleted.
+Double buffering. The snapshot a switch replaces is not deleted: it stays as the *spare*, and the publisher
+remembers the bytes and inodes of both directories. The next publish renames the spare to a fresh snapshot
+name (names are never reused) and brings it from its content to the wanted one: a listing of it (names and
+inode numbers from getdents, no stat) checks that it holds what we left there, and then only the children
+that differ cost syscalls. A child whose bytes are those of the current snapshot gets the current file
+hard-linked in (a temporary name renamed over the old entry: same inode in both directories, no rewrite);
+a new content is a new file (the rules of ``livedata.files``: O_EXCL|O_NOFOLLOW, fchown then fchmod before
+any data) renamed over the old entry; a child gone is unlinked; anything we did not leave there is removed.
+That is the changes of the last two publishes, whatever the tree's size. Once the new files' data and the
+directory's entries are on disk, ``..data`` is switched to it with one rename of a temporary symlink and dest
+is fsynced; visible names of removed children are dropped, and the replaced snapshot becomes the spare.
+
+A publisher that does not know both directories (the first publish after a start, after another instance
+published, after a mode or owner change, or when its spare is gone) builds a fresh directory instead, with
+a hard link per unchanged child, found by reading the current snapshot back unless it made it; the snapshot
+it replaces becomes the spare. A first snapshot gets its spare (hard links) right after its switch.
 
 What a reader may rely on:
 
 * ``dest/..data`` always resolves to one complete snapshot: the set of files and their bytes switch together.
   To read several children consistently, resolve ``..data`` once (``os.readlink``) and read them through
   ``dest/<that name>/``; list children there, never in ``dest`` (which also holds our own entries).
-* A replaced snapshot is deleted right after the switch. A reader that resolved it just before may find a
-  file gone (ENOENT) or the listing short: if ``..data`` no longer names the snapshot it read, retry. A file
-  already open stays readable. ``livedata.TreeWatcher`` does all of this.
-* Files inside a snapshot are never modified in place (only their mode or owner, when the configuration
-  changes them): a new content is a new inode. An unchanged child keeps its inode, size and mtime across
-  snapshots, but each switch changes its ctime (link counts move it), so a ``FileWatcher`` on one child
-  re-reads and compares its bytes after a switch (on each call for about 100 ms, its racy window); it never
-  reparses them.
+* A snapshot is never modified under the name ``..data`` gave it, and once replaced no name of it is ever
+  current again; but its directory is reused, under a new name, by the next publish. A reader that resolved
+  it before the switch may then find a file gone (ENOENT), the listing different, or a file holding a later
+  publish's bytes: if ``..data`` no longer names the snapshot it read, retry. A file already open stays
+  readable with the bytes it had. ``livedata.TreeWatcher`` does all of this.
+* Files are never modified in place (only their mode or owner, when the configuration changes them): a new
+  content is a new inode, replacing the old entry by rename. An unchanged child keeps its inode, size and
+  mtime across snapshots; its ctime moves once, at the first switch after the one that changed it (the hard
+  link into the reused directory), or at each switch of a full build (after a start), so a ``FileWatcher``
+  on one child then re-reads and compares its bytes (on each call for about 100 ms, its racy window); it
+  never reparses them.
 * ``dest/<child>`` resolves exactly when the current snapshot holds that child: names of new children are
   created (dangling) just before the switch, names of removed children dropped just after it.
 * Names starting with ``.`` are livedata's own; child names never start with ``.``.
 
 The writer owns ``dest``: anything in it that livedata did not write (files, symlinks, directories) is
-removed at the next snapshot, and a symlink planted anywhere in it is replaced, never followed. All work
-inside ``dest`` goes through a directory fd opened with O_NOFOLLOW, so nothing is ever written outside it.
+removed at the next snapshot (from a snapshot directory: it is out of the current snapshot after the next
+publish, and deleted when that directory is reused), and a symlink planted anywhere in it is replaced, never
+followed. All work inside ``dest`` goes through a directory fd opened with O_NOFOLLOW, so nothing is ever
+written outside it.
 
-Crash safety: a killed run leaves at most an unfinished snapshot directory (``..<stamp>.<pid>.<random>``)
-and temporary symlinks (``livedata.files`` temp names), never a half-switched ``..data``. ``cleanup`` (and
-every publish) removes those whose writer is gone, with the same rule as ``cleanup_stale_temp_files``: two
-overlapping instances never remove each other's work in progress.
+Crash safety: a killed run leaves at most an unfinished snapshot directory (``..<stamp>.<pid>.<random>``,
+maybe a spare it was reusing), its spare and temporary symlinks (``livedata.files`` temp names), never a
+half-switched ``..data``: the current snapshot is never touched. ``cleanup`` (and every publish) removes those
+whose writer is gone, with the same rule as ``cleanup_stale_temp_files``. Publishes and cleanups of one dest
+hold an exclusive ``flock`` on it, so two overlapping instances (during a deploy) take turns: each notices
+the other's switch and builds afresh, and neither touches the other's work in progress (a spare that
+vanished, whoever removed it, is simply rebuilt).
 
 Also here: the ``json`` format, where ``dest`` is one file holding ``{child: text}``, written by
 ``livedata.files`` like a node. Linux only; stdlib only (no kazoo or gevent).
