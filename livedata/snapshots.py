@@ -303,6 +303,9 @@ class _Published:
     links: dict[str, int] = field(default_factory=dict)  # child -> inode of its visible symlink in dest
     # On the spare: the children whose file differs from the current snapshot's (None: unknown, compare all).
     delta: set[str] | None = None
+    # On the spare: (inode, ctime) of its directory when a listing found it as we left it, a timestamp tick
+    # after its last change; while both stay the same, nothing was added, removed or renamed in it since.
+    verified: tuple[int, int] | None = None
 
 
 @dataclass
@@ -466,6 +469,8 @@ class _Run:
         self._tidy(snapshot, set(wanted), stale=frozenset(stale))
         if publisher._spare is None and publisher._keeps_spare:
             self._make_spare()
+        else:
+            self._verify_spare()
         return TreeOutcome(
             snapshot, True, tuple(sorted(plan.write)), tuple(sorted(plan.removed)), len(plan.keep), skipped,
             tuple(self.cleaned), plan.metadata_fixed,
@@ -544,6 +549,7 @@ class _Run:
         try:
             self.step = "renaming the spare snapshot"
             try:
+                unchanged = self._spare_unchanged(spare)
                 os.rename(spare.snapshot, name, src_dir_fd=self.dest_fd, dst_dir_fd=self.dest_fd)
             except FileNotFoundError:
                 self.publisher._spare = None
@@ -557,12 +563,13 @@ class _Run:
                 self._discard(name)  # something planted at the spare's name, not our directory
                 return None
             try:
+                unchanged = unchanged and spare.verified is not None and os.fstat(new_fd).st_ino == spare.verified[0]
                 _fix_directory(new_fd, self.spec)
                 self.step = "opening the current snapshot"
                 current_fd = os.open(current, _DIR_FLAGS, dir_fd=self.dest_fd)
                 try:
                     inodes, fresh = self._bring_up_to_date(
-                        new_fd, current_fd, spare, published, wanted, written, removed)
+                        new_fd, current_fd, spare, published, wanted, written, removed, unchanged)
                 finally:
                     os.close(current_fd)
                 self.step = "creating the visible names of new children"
@@ -588,6 +595,7 @@ class _Run:
         except OSError as exc:
             raise _error(self.dest, "making the switch durable (the new snapshot is already in place)", exc) from exc
         self._tidy(name, set(wanted))
+        self._verify_spare()
         return TreeOutcome(
             name, True, tuple(sorted(written)), tuple(sorted(removed)), len(wanted) - len(written), skipped,
             tuple(self.cleaned),
@@ -595,18 +603,20 @@ class _Run:
 
     def _bring_up_to_date(
         self, fd: int, current_fd: int, spare: _Published, current: _Published, wanted: dict[str, bytes],
-        written: set[str], removed: set[str],
+        written: set[str], removed: set[str], unchanged: bool,
     ) -> tuple[dict[str, int], list[str]]:
         """Make the renamed spare (``fd``) hold exactly ``wanted``; return child -> inode and the files written.
 
         One listing (getdents: names and inode numbers, no stat) checks the directory against what we left
-        in it; foreign or unknown entries go. Then only the differences cost syscalls: an unchanged child
+        in it; foreign or unknown entries go (skipped when ``_verify_spare`` listed it after the last switch
+        and its ctime has not moved since). Then only the differences cost syscalls: an unchanged child
         whose file here is not the current snapshot's gets that file hard-linked over it (same inode in
         both, so readers reuse what they parsed), a changed child a new file, a removed child an unlink.
         Set arithmetic on dict views keeps the per-child work in C.
         """
         self.step = "listing the spare snapshot"
-        present = {entry.name: entry.inode() for entry in os.scandir(fd)}
+        # Listed after the last switch already, and unchanged since (see _verify_spare): no listing now.
+        present = spare.inodes if unchanged else {entry.name: entry.inode() for entry in os.scandir(fd)}
         # Entries here that are not the current snapshot's file of that name; current files missing here.
         if present == spare.inodes and spare.delta is not None:  # as we left it: only the last changes differ
             known = current.inodes
@@ -636,6 +646,44 @@ class _Run:
             inodes[name] = self._write_over(fd, name, wanted[name], inode is not None)
             fresh.append(name)
         return inodes, fresh
+
+    def _spare_unchanged(self, spare: _Published) -> bool:
+        """Is the spare's directory as ``_verify_spare`` found it (same inode, same ctime)? Asked before the
+        rename, which moves the ctime; the caller checks the inode again through the opened directory."""
+        if spare.verified is None:
+            return False
+        status = os.stat(spare.snapshot, dir_fd=self.dest_fd, follow_symlinks=False)
+        return stat.S_ISDIR(status.st_mode) and (status.st_ino, status.st_ctime_ns) == spare.verified
+
+    def _verify_spare(self) -> None:
+        """List the new spare now, after the switch (readers do not wait for it), so that the next publish
+        only compares its directory's ctime instead of listing it before its switch.
+
+        Any entry added, removed or renamed in a directory moves its ctime, which nobody can set back; but
+        the kernel stamps it with a clock that ticks once per jiffy (whole seconds on some file systems), so
+        a change within the same tick as the stamp seen would go unnoticed. The listing therefore counts only
+        if it starts at least a tick after that stamp: a later change then gets a later stamp.
+        Failures are logged: the next publish lists the spare itself.
+        """
+        spare = self.publisher._spare
+        if spare is None:
+            return
+        spare.verified = None
+        try:
+            fd = os.open(spare.snapshot, _DIR_FLAGS, dir_fd=self.dest_fd)
+            try:
+                now = time.time_ns()
+                status = os.fstat(fd)
+                present = {entry.name: entry.inode() for entry in os.scandir(fd)}
+                if present != spare.inodes:
+                    spare.inodes = self._drop_foreign(fd, present, spare.inodes)
+                    spare.delta = None  # entries of ours went missing: compare everything at reuse
+                elif now - status.st_ctime_ns >= _timestamp_tick(status.st_ctime_ns):
+                    spare.verified = (status.st_ino, status.st_ctime_ns)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.warning("cannot check the spare snapshot of %r: %s", self.dest, exc.strerror or exc)
 
     def _drop_foreign(self, fd: int, present: dict[str, int], ours: dict[str, int]) -> dict[str, int]:
         """Remove what we did not leave in the spare (planted, or left by a failed run); return what is ours."""
@@ -845,8 +893,10 @@ class _Run:
         published = self.publisher._published
         known = published.links if published is not None else {}
         if published is not None and published.snapshot == current:
-            trusted = {child: known[child] for child in children if child in known}
-            for child in children - trusted.keys():
+            trusted = dict(known)
+            for child in known.keys() - children:
+                del trusted[child]
+            for child in children - known.keys():
                 trusted[child] = self._make_link(child, False)
             return trusted
         entries = {entry.name: entry for entry in os.scandir(self.dest_fd) if entry.name in children}
@@ -1068,6 +1118,12 @@ def _fix_directory(fd: int, spec: TreeSpec) -> None:
         os.fchown(fd, uid, gid)
     if uid != -1 or gid != -1 or stat.S_IMODE(status.st_mode) != spec.directory_mode:
         os.fchmod(fd, spec.directory_mode)
+
+
+def _timestamp_tick(ctime_ns: int) -> int:
+    """How long a directory's ctime may stay the same across changes: the kernel's coarse clock ticks once per
+    jiffy (10 ms at most; 20 ms for margin), file systems that store whole seconds round to 2 s (FAT)."""
+    return 2_000_000_000 if ctime_ns % 1_000_000_000 == 0 else 20_000_000
 
 
 def _link_target(child: str) -> str:

@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -235,6 +236,26 @@ def test_entries_planted_in_the_spare_never_become_visible(tmp_path: Path, spec:
     assert os.listdir(outside) == ["precious"] and stat.S_IMODE(os.stat(outside + "/precious").st_mode) != 0o444
     with open(os.path.join(outside, "precious"), "rb") as f:
         assert f.read() == b"keep"
+
+
+@pytest.mark.timeout(30)
+def test_a_spare_checked_after_the_switch_still_notices_what_is_planted_later(spec: TreeSpec) -> None:
+    """The spare is listed after the switch that made it the spare; the next publish only compares its
+    directory's ctime, which any entry planted since moves."""
+    publisher = TreePublisher(spec)
+    publisher.publish({"a": b"1", "b": b"1"})
+    first = os.path.join(spec.dest, os.readlink(os.path.join(spec.dest, DATA_LINK)))
+    # The listing counts only a timestamp tick (20 ms) after the directory's last change.
+    wait_for(lambda: time.time_ns() - os.stat(first).st_ctime_ns > 30_000_000, 5, "the snapshot to age a tick")
+    publisher.publish({"a": b"1", "b": b"2"})
+    assert publisher._spare is not None and publisher._spare.verified is not None, "the spare was listed"
+    with open(os.path.join(first, "intruder"), "w") as f:
+        f.write("x")
+    os.unlink(os.path.join(first, "a"))
+    os.symlink("/etc/passwd", os.path.join(first, "a"))
+    publisher.publish({"a": b"1", "b": b"3"})
+    assert read_tree(spec.dest) == {"a": b"1", "b": b"3"}
+    assert_clean(spec.dest, {"a": b"1", "b": b"3"})
 
 
 @pytest.mark.timeout(30)
