@@ -13,9 +13,12 @@ Layout of a ``directory`` tree at ``dest`` (the shape of Kubernetes' AtomicWrite
 
 Double buffering. The snapshot a switch replaces is not deleted: it stays as the *spare*, and the publisher
 remembers the bytes and inodes of both directories. The next publish renames the spare to a fresh snapshot
-name (names are never reused) and brings it from its content to the wanted one: a listing of it (names and
-inode numbers from getdents, no stat) checks that it holds what we left there, and then only the children
-that differ cost syscalls. A child whose bytes are those of the current snapshot gets the current file
+name (names are never reused) and brings it from its content to the wanted one. That it holds what we left
+there was checked by a listing (names and inode numbers from getdents, no stat) right after the switch that
+made it the spare, off the readers' path; before reusing it, one ``stat`` checks that its directory's ctime
+has not moved since (any entry added, removed or renamed moves it; if it moved, or the listing came too soon
+after the directory's last change to rule out a change in the same clock tick, it is listed again then).
+Only the children that differ cost syscalls. A child whose bytes are those of the current snapshot gets the current file
 hard-linked in (a temporary name renamed over the old entry: same inode in both directories, no rewrite);
 a new content is a new file (the rules of ``livedata.files``: O_EXCL|O_NOFOLLOW, fchown then fchmod before
 any data) renamed over the old entry; a child gone is unlinked; anything we did not leave there is removed.
