@@ -176,7 +176,7 @@ class TreeOutcome:
     switched: bool  # a new snapshot replaced the old one
     written: tuple[str, ...] = ()  # children added or changed: their files were written
     removed: tuple[str, ...] = ()  # children gone from the tree
-    kept: int = 0  # unchanged children carried into the new snapshot by hard link, not rewritten
+    kept: int = 0  # unchanged children carried into the new snapshot (the same file, hard-linked), not rewritten
     skipped: tuple[ChildNameError, ...] = ()  # children not written: their names are unsafe
     cleaned: tuple[str, ...] = ()  # paths removed that were not part of the tree (foreign files, debris)
     metadata_fixed: bool = False  # a mode or owner was corrected in place
@@ -696,8 +696,7 @@ class _Run:
                 kept[name] = inode
             else:
                 if name not in ours:
-                    log.info("removing %r from a spare snapshot: livedata did not write it",
-                             os.path.join(self.dest, "..", name))
+                    log.info("removing %r from the spare snapshot of %r: livedata did not write it", name, self.dest)
                 _remove_entry(fd, name)
         return kept
 
