@@ -637,10 +637,13 @@ class _Run:
         for name in (differing - wanted.keys()) | (removed & present.keys()):
             _remove_entry(fd, name)
         self.step = "linking the unchanged children"
+        fresh: list[str] = []
         for name in missing - removed - written:
             self._link_over(fd, current_fd, name, name in present)
+            if not self._is_our_file(fd, name, current.inodes[name]):  # replaced in the current snapshot
+                inodes[name] = self._write_over(fd, name, wanted[name], True)
+                fresh.append(name)
         self.step = "writing the changed children"
-        fresh: list[str] = []
         for name in sorted(written):
             inode = present.get(name)
             if inode is not None and name in differing and self._holds(fd, name, spare, wanted[name]):
@@ -706,6 +709,12 @@ class _Run:
         if known is None or (known is not data and known != data):
             return False
         return stat.S_ISREG(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode)
+
+    @staticmethod
+    def _is_our_file(fd: int, name: str, inode: int) -> bool:
+        """Is ``name`` the regular file we made with that inode? (A link is made by name: this checks it.)"""
+        status = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        return status.st_ino == inode and stat.S_ISREG(status.st_mode)
 
     def _link_over(self, fd: int, current_fd: int, name: str, exists: bool) -> None:
         """Hard-link the current snapshot's file ``name`` into ``fd``, replacing what is there with one rename."""

@@ -259,6 +259,20 @@ def test_a_spare_checked_after_the_switch_still_notices_what_is_planted_later(sp
 
 
 @pytest.mark.timeout(30)
+def test_a_file_replaced_in_the_current_snapshot_is_not_linked_into_the_next(spec: TreeSpec) -> None:
+    publisher = TreePublisher(spec)
+    publisher.publish({"a": b"1", "b": b"1"})
+    publisher.publish({"a": b"2", "b": b"1"})  # the spare still holds a's old file: the next publish links a
+    current = os.path.join(spec.dest, os.readlink(os.path.join(spec.dest, DATA_LINK)))
+    os.unlink(os.path.join(current, "a"))
+    with open(os.path.join(current, "a"), "wb") as f:
+        f.write(b"evil")
+    publisher.publish({"a": b"2", "b": b"2"})
+    assert read_tree(spec.dest) == {"a": b"2", "b": b"2"}
+    assert_clean(spec.dest, {"a": b"2", "b": b"2"})
+
+
+@pytest.mark.timeout(30)
 def test_a_spare_removed_behind_the_publishers_back_is_rebuilt(spec: TreeSpec) -> None:
     publisher = TreePublisher(spec)
     publisher.publish({"a": b"1", "b": b"1"})
