@@ -689,6 +689,18 @@ def test_publish_cost_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:
     assert "tree_switch_us_per_child" in metrics and os.listdir(tmp_path) == []
 
 
+@pytest.mark.timeout(60)
+def test_publish_cost_benchmark_compares_with_a_git_revision(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tools.benchmark.tree_publish import main
+
+    assert main(["--baseline", "HEAD", "--sizes", "3", "--changes", "1", "--workdir", str(tmp_path)]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == ["HEAD", "this", "tree"] and len(rows) == 6
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.timeout(30)
 def test_switching_formats_replaces_the_dest_both_ways(spec: TreeSpec) -> None:
     publish(spec, {"a": b"1"})
