@@ -538,9 +538,7 @@ class _Run:
         """
         published, spare = self.publisher._published, self.publisher._spare
         assert published is not None and spare is not None
-        # Children whose bytes differ from the current snapshot's: dict views compare in C, and bytes objects
-        # handed in again compare by identity first.
-        written = {name for name, _data in wanted.items() - published.data.items()}
+        written = _changed(wanted, published.data)
         removed = published.data.keys() - wanted.keys()
         if not written and not removed and self._is_clean(current, published):
             self._tidy(current, set(wanted))
@@ -1107,6 +1105,15 @@ def _current_snapshot(dest_fd: int) -> str | None:
     except FileNotFoundError:
         return None
     return target
+
+
+def _changed(wanted: dict[str, bytes], known: dict[str, bytes]) -> set[str]:
+    """Children of ``wanted`` whose bytes are not those in ``known``: dict views compare in C (bytes cache
+    their hash, and objects handed in again compare by identity first); a loop for unhashable buffers."""
+    try:
+        return {name for name, _data in wanted.items() - known.items()}
+    except TypeError:
+        return {name for name, data in wanted.items() if name not in known or known[name] != data}
 
 
 def _same(published: _Published | None, name: str, inode: int, data: bytes) -> bool:
