@@ -52,10 +52,10 @@ What a reader may rely on:
 * Names starting with ``.`` are livedata's own; child names never start with ``.``.
 
 The writer owns ``dest``: anything in it that livedata did not write (files, symlinks, directories) is
-removed at the next snapshot (from a snapshot directory: it is out of the current snapshot after the next
-publish, and deleted when that directory is reused), and a symlink planted anywhere in it is replaced, never
-followed. All work inside ``dest`` goes through a directory fd opened with O_NOFOLLOW, so nothing is ever
-written outside it.
+removed at the next snapshot (inside the current snapshot: the next publish switches to a snapshot without
+it, then deletes it from the directory that became the spare), and a symlink planted anywhere in it is
+replaced, never followed. All work inside ``dest`` goes through a directory fd opened with O_NOFOLLOW, so
+nothing is ever written outside it.
 
 Crash safety: a killed run leaves at most an unfinished snapshot directory (``..<stamp>.<pid>.<random>``,
 maybe a spare it was reusing), its spare and temporary symlinks (``livedata.files`` temp names), never a
