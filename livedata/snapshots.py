@@ -1,46 +1,69 @@
 """The one place that writes tree dests: a znode's children mirrored as a directory that switches atomically.
 
-Layout of a ``directory`` tree at ``dest`` (the shape of Kubernetes' AtomicWriter)::
+Layout of a ``directory`` tree at ``dest`` (the shape of Kubernetes' AtomicWriter, plus one spare)::
 
     dest/
       ..data -> ..2026_11_26_03_01_02.123456789.4242.0f3a9c1e5b7d2a64   (symlink, relative)
       ..2026_11_26_03_01_02.123456789.4242.0f3a9c1e5b7d2a64/           (the current snapshot)
           alpha                                                           (regular files, one per child)
           beta
+      ..2026_11_26_03_00_57.987654321.4242.5e1d0c7a9b3f2468/           (the spare: the snapshot before)
       alpha -> ..data/alpha                                               (one visible symlink per child)
       beta -> ..data/beta
 
-A new snapshot is a fresh directory holding every child: children whose bytes changed are written (with the
-rules of ``livedata.files``: O_EXCL|O_NOFOLLOW, fchown then fchmod before any data), unchanged children are
-hard links to the previous snapshot's file (one syscall, no rewrite: same inode, same mtime, same bytes). Once
-its files and entries are on disk, ``..data`` is switched to it with one rename of a temporary symlink, the
-directory is fsynced, visible names of removed children are dropped and the old snapshot is deleted.
+Double buffering. The snapshot a switch replaces is not deleted: it stays as the *spare*, and the publisher
+remembers the bytes and inodes of both directories. The next publish renames the spare to a fresh snapshot
+name (names are never reused) and brings it from its content to the wanted one. That it holds what we left
+there was checked by a listing (names and inode numbers from getdents, no stat) right after the switch that
+made it the spare, off the readers' path; before reusing it, one ``stat`` checks that its directory's ctime
+has not moved since (any entry added, removed or renamed moves it; if it moved, or the listing came too soon
+after the directory's last change to rule out a change in the same clock tick, it is listed again then).
+Only the children that differ cost syscalls. A child whose bytes are those of the current snapshot gets the current file
+hard-linked in (a temporary name renamed over the old entry: same inode in both directories, no rewrite);
+a new content is a new file (the rules of ``livedata.files``: O_EXCL|O_NOFOLLOW, fchown then fchmod before
+any data) renamed over the old entry; a child gone is unlinked; anything we did not leave there is removed.
+That is the changes of the last two publishes, whatever the tree's size. Once the new files' data and the
+directory's entries are on disk, ``..data`` is switched to it with one rename of a temporary symlink and dest
+is fsynced; visible names of removed children are dropped, and the replaced snapshot becomes the spare.
+
+A publisher that does not know both directories (the first publish after a start, after another instance
+published, after a mode or owner change, or when its spare is gone) builds a fresh directory instead, with
+a hard link per unchanged child, found by reading the current snapshot back unless it made it; the snapshot
+it replaces becomes the spare. A first snapshot gets its spare (hard links) right after its switch.
 
 What a reader may rely on:
 
 * ``dest/..data`` always resolves to one complete snapshot: the set of files and their bytes switch together.
   To read several children consistently, resolve ``..data`` once (``os.readlink``) and read them through
   ``dest/<that name>/``; list children there, never in ``dest`` (which also holds our own entries).
-* A replaced snapshot is deleted right after the switch. A reader that resolved it just before may find a
-  file gone (ENOENT) or the listing short: if ``..data`` no longer names the snapshot it read, retry. A file
-  already open stays readable. ``livedata.TreeWatcher`` does all of this.
-* Files inside a snapshot are never modified in place (only their mode or owner, when the configuration
-  changes them): a new content is a new inode. An unchanged child keeps its inode, size and mtime across
-  snapshots, but each switch changes its ctime (link counts move it), so a ``FileWatcher`` on one child
-  re-reads and compares its bytes after a switch (on each call for about 100 ms, its racy window); it never
-  reparses them.
+* A snapshot is never modified under the name ``..data`` gave it, and once replaced no name of it is ever
+  current again; but its directory is reused, under a new name, by the next publish. A reader that resolved
+  it before the switch may then find a file gone (ENOENT), the listing different, or a file holding a later
+  publish's bytes: if ``..data`` no longer names the snapshot it read, retry. A file already open stays
+  readable with the bytes it had. ``livedata.TreeWatcher`` does all of this.
+* Files are never modified in place (only their mode or owner, when the configuration changes them): a new
+  content is a new inode, replacing the old entry by rename. An unchanged child keeps its inode, size and
+  mtime across snapshots; its ctime moves once, at the first switch after the one that changed it (the hard
+  link into the reused directory), or at each switch of a full build (after a start), so a ``FileWatcher``
+  on one child then re-reads and compares its bytes (on each call for about 100 ms, its racy window); it
+  never reparses them.
 * ``dest/<child>`` resolves exactly when the current snapshot holds that child: names of new children are
   created (dangling) just before the switch, names of removed children dropped just after it.
 * Names starting with ``.`` are livedata's own; child names never start with ``.``.
 
 The writer owns ``dest``: anything in it that livedata did not write (files, symlinks, directories) is
-removed at the next snapshot, and a symlink planted anywhere in it is replaced, never followed. All work
-inside ``dest`` goes through a directory fd opened with O_NOFOLLOW, so nothing is ever written outside it.
+removed at the next snapshot (inside the current snapshot: the next publish switches to a snapshot without
+it, then deletes it from the directory that became the spare), and a symlink planted anywhere in it is
+replaced, never followed. All work inside ``dest`` goes through a directory fd opened with O_NOFOLLOW, so
+nothing is ever written outside it.
 
-Crash safety: a killed run leaves at most an unfinished snapshot directory (``..<stamp>.<pid>.<random>``)
-and temporary symlinks (``livedata.files`` temp names), never a half-switched ``..data``. ``cleanup`` (and
-every publish) removes those whose writer is gone, with the same rule as ``cleanup_stale_temp_files``: two
-overlapping instances never remove each other's work in progress.
+Crash safety: a killed run leaves at most an unfinished snapshot directory (``..<stamp>.<pid>.<random>``,
+maybe a spare it was reusing), its spare and temporary symlinks (``livedata.files`` temp names), never a
+half-switched ``..data``: the current snapshot is never touched. ``cleanup`` (and every publish) removes those
+whose writer is gone, with the same rule as ``cleanup_stale_temp_files``. Publishes and cleanups of one dest
+hold an exclusive ``flock`` on it, so two overlapping instances (during a deploy) take turns: each notices
+the other's switch and builds afresh, and neither touches the other's work in progress (a spare that
+vanished, whoever removed it, is simply rebuilt).
 
 Also here: the ``json`` format, where ``dest`` is one file holding ``{child: text}``, written by
 ``livedata.files`` like a node. Linux only; stdlib only (no kazoo or gevent).
@@ -49,6 +72,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -152,7 +176,7 @@ class TreeOutcome:
     switched: bool  # a new snapshot replaced the old one
     written: tuple[str, ...] = ()  # children added or changed: their files were written
     removed: tuple[str, ...] = ()  # children gone from the tree
-    kept: int = 0  # unchanged children carried into the new snapshot by hard link, not rewritten
+    kept: int = 0  # unchanged children carried into the new snapshot (the same file, hard-linked), not rewritten
     skipped: tuple[ChildNameError, ...] = ()  # children not written: their names are unsafe
     cleaned: tuple[str, ...] = ()  # paths removed that were not part of the tree (foreign files, debris)
     metadata_fixed: bool = False  # a mode or owner was corrected in place
@@ -161,10 +185,13 @@ class TreeOutcome:
 def publish(spec: TreeSpec, children: Mapping[str, bytes]) -> TreeOutcome:
     """Make ``spec.dest`` hold exactly ``children`` (name -> bytes) as one atomic snapshot.
 
-    Stateless: unchanged children are recognised by reading the current files. A long-lived caller
-    should keep a ``TreePublisher`` instead, which remembers what it published and skips those reads.
+    Stateless: unchanged children are recognised by reading the current files, and the replaced snapshot
+    is deleted (no spare is kept for a next publish). A long-lived caller should keep a ``TreePublisher``
+    instead, which remembers what it published, skips those reads and reuses the replaced snapshot.
     """
-    return TreePublisher(spec).publish(children)
+    publisher = TreePublisher(spec)
+    publisher._keeps_spare = False
+    return publisher.publish(children)
 
 
 def cleanup(spec: TreeSpec) -> list[str]:
@@ -269,13 +296,19 @@ def is_snapshot_name(name: str) -> bool:
 
 @dataclass
 class _Published:
-    """What this publisher last put in place, so the next publish trusts it instead of reading it back."""
+    """A snapshot this publisher put in place (or read), so the next publish trusts it instead of reading it
+    back. For the spare, ``data`` may lack children whose bytes are unknown (their files get replaced)."""
 
     snapshot: str
     metadata: tuple[int, int | None, int | None]
     data: dict[str, bytes]
     inodes: dict[str, int]  # child -> inode of its file in ``snapshot``
     links: dict[str, int] = field(default_factory=dict)  # child -> inode of its visible symlink in dest
+    # On the spare: the children whose file differs from the current snapshot's (None: unknown, compare all).
+    delta: set[str] | None = None
+    # On the spare: (inode, ctime) of its directory when a listing found it as we left it, a timestamp tick
+    # after its last change; while both stay the same, nothing was added, removed or renamed in it since.
+    verified: tuple[int, int] | None = None
 
 
 @dataclass
@@ -286,27 +319,33 @@ class _Plan:
     removed: list[str] = field(default_factory=list)
     dirty: bool = False  # the current snapshot holds something it should not
     metadata_fixed: bool = False
+    old_inodes: dict[str, int] = field(default_factory=dict)  # the current snapshot's regular files
 
 
 class TreePublisher:
-    """Publishes snapshots of one tree dest. Keep one per tree: it remembers what it published (bytes and
-    inodes), so a later publish of 10,000 children with one change reads nothing back from disk and costs
-    a hard link per unchanged child. Publishes of the same dest are serialised, in and across instances of
-    this process. Plain blocking syscalls: a gevent caller should run large trees in a thread pool.
+    """Publishes snapshots of one tree dest. Keep one per tree: it remembers the current snapshot and the
+    one before it, kept as a *spare* (bytes and inodes of both), so a later publish of 10,000 children with
+    one change renames the spare, brings it up to date with a few syscalls and switches to it: its cost
+    grows with the children that changed in the last two publishes, not with the tree. Publishes of the
+    same dest are serialised, in this process and across processes (``flock`` on dest). Plain blocking
+    syscalls: a gevent caller should run large trees in a thread pool.
     """
 
     def __init__(self, spec: TreeSpec) -> None:
         self.spec = spec
         self._published: _Published | None = None
+        self._spare: _Published | None = None
+        self._keeps_spare = True  # False for the stateless ``publish``: nobody would reuse it
 
     def publish(self, children: Mapping[str, bytes]) -> TreeOutcome:
         """Make dest hold exactly the children with safe names; raise TreeWriteError if impossible."""
         with _lock_for(self.spec.dest):
             dest_fd, cleaned = self._open_dest()
             try:
+                _flock(dest_fd, self.spec.dest)
                 return _Run(self, dest_fd, cleaned).publish(children)
             finally:
-                os.close(dest_fd)
+                os.close(dest_fd)  # releases the flock
 
     def cleanup(self) -> list[str]:
         """See the module-level ``cleanup``."""
@@ -318,7 +357,11 @@ class TreePublisher:
                     log.warning("cannot clean up tree %r: %s", self.spec.dest, exc.strerror or exc)
                 return []
             try:
+                _flock(dest_fd, self.spec.dest)
                 return _Run(self, dest_fd, []).repair()
+            except TreeWriteError as exc:
+                log.warning("cannot clean up tree %r: %s", self.spec.dest, exc.reason)
+                return []
             finally:
                 os.close(dest_fd)
 
@@ -371,6 +414,33 @@ class _Run:
         wanted, skipped = self._check_names(children)
         try:
             current = _current_snapshot(self.dest_fd)
+        except OSError as exc:
+            raise _error(self.dest, self.step, exc) from exc
+        if self._can_reuse_spare(current):
+            assert current is not None
+            outcome = self._publish_reusing(current, wanted, skipped)
+            if outcome is not None:
+                return outcome
+        return self._publish_building(current, wanted, skipped)
+
+    def _can_reuse_spare(self, current: str | None) -> bool:
+        """Double buffering needs both snapshots known: ``..data`` still names what this publisher last put
+        there (no other instance published since, no restart) and the metadata did not change."""
+        published, spare, metadata = self.publisher._published, self.publisher._spare, _metadata(self.spec)
+        return (
+            current is not None and published is not None and spare is not None and published.snapshot == current
+            and spare.snapshot != current and published.metadata == metadata and spare.metadata == metadata
+        )  # fmt: skip
+
+    def _publish_building(
+        self, current: str | None, wanted: dict[str, bytes], skipped: tuple[ChildNameError, ...]
+    ) -> TreeOutcome:
+        """The full build: a fresh directory, a hard link per unchanged child (found by reading the current
+        snapshot unless this publisher made it). Used first after a start, after another instance published,
+        after a metadata change or while there is no spare; the replaced snapshot becomes the spare."""
+        publisher = self.publisher
+        stale = {known.snapshot for known in (publisher._published, publisher._spare) if known is not None}
+        try:
             old_fd = os.open(current, _DIR_FLAGS, dir_fd=self.dest_fd) if current else None
         except OSError as exc:
             raise _error(self.dest, self.step, exc) from exc
@@ -382,32 +452,304 @@ class _Run:
                     current, False, kept=len(plan.keep), skipped=skipped,
                     cleaned=tuple(self.cleaned), metadata_fixed=plan.metadata_fixed,
                 )
+            trusted = publisher._published is not None and publisher._published.snapshot == current
+            previous = publisher._published
             snapshot = self._switch(old_fd, current, plan, wanted)
         finally:
             if old_fd is not None:
                 os.close(old_fd)
-        self._tidy(snapshot, set(wanted), replaced=current)
+        publisher._spare = None
+        if current is not None and not publisher._keeps_spare:
+            stale.add(current)
+        elif current is not None:
+            if trusted and previous is not None and previous.metadata == _metadata(self.spec):
+                previous.delta = set(plan.write) | set(plan.removed)
+                publisher._spare = previous
+            else:
+                known = {name: wanted[name] for name in plan.keep}
+                publisher._spare = _Published(current, _metadata(self.spec), known, dict(plan.old_inodes))
+        stale -= {snapshot} if publisher._spare is None else {snapshot, current}
+        self._tidy(snapshot, set(wanted), stale=frozenset(stale))
+        if publisher._spare is None and publisher._keeps_spare:
+            self._make_spare()
+        else:
+            self._verify_spare()
         return TreeOutcome(
             snapshot, True, tuple(sorted(plan.write)), tuple(sorted(plan.removed)), len(plan.keep), skipped,
             tuple(self.cleaned), plan.metadata_fixed,
         )
 
+    def _make_spare(self) -> None:
+        """A first snapshot has no predecessor to keep: make the spare now, after the switch (readers do not
+        wait for it), as hard links to the current files, so that the next publish already reuses it."""
+        published = self.publisher._published
+        assert published is not None, "called right after a switch"
+        name = f"..{_stamp()}.{files.unique_suffix()}"
+        try:
+            os.mkdir(name, 0o700, dir_fd=self.dest_fd)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=self.dest_fd)
+            try:
+                _fix_directory(fd, self.spec)
+                current_fd = os.open(published.snapshot, _DIR_FLAGS, dir_fd=self.dest_fd)
+                try:
+                    for child in published.inodes:
+                        os.link(child, child, src_dir_fd=current_fd, dst_dir_fd=fd, follow_symlinks=False)
+                finally:
+                    os.close(current_fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.warning("cannot make a spare snapshot in %r (the next publish builds one): %s",
+                        self.dest, exc.strerror or exc)  # fmt: skip
+            self._discard(name)
+            return
+        self.publisher._spare = _Published(
+            name, published.metadata, published.data, dict(published.inodes), delta=set()
+        )
+
     def _check_names(self, children: Mapping[str, bytes]) -> tuple[dict[str, bytes], tuple[ChildNameError, ...]]:
+        """Names already published are known to be safe: only new ones are checked (set arithmetic in C)."""
+        published = self.publisher._published
+        known = published.data if published is not None else {}
+        wanted = dict(children)
+        unknown = wanted.keys() - known.keys()
+        if not unknown:
+            return wanted, ()
         try:
             name_max = os.fpathconf(self.dest_fd, "PC_NAME_MAX")
         except (OSError, ValueError):
             name_max = _DEFAULT_NAME_MAX
-        published = self.publisher._published
-        known = published.data if published is not None else {}
-        wanted: dict[str, bytes] = {}
         skipped: list[ChildNameError] = []
-        for name, data in children.items():
-            problem = None if name in known else child_name_problem(name, name_max)
-            if problem is None:
-                wanted[name] = data
-            else:
+        for name in unknown:
+            problem = child_name_problem(name, name_max)
+            if problem is not None:
+                del wanted[name]
                 skipped.append(ChildNameError(self.dest, repr(name) if not isinstance(name, str) else name, problem))
-        return wanted, tuple(skipped)
+        return wanted, tuple(sorted(skipped, key=lambda error: error.child))
+
+    # ------------------------------------------------------------------------- double buffering (hot path)
+
+    def _publish_reusing(
+        self, current: str, wanted: dict[str, bytes], skipped: tuple[ChildNameError, ...]
+    ) -> TreeOutcome | None:
+        """Rename the spare to a fresh snapshot name and bring it from its content to ``wanted``; switch.
+
+        Returns None when the spare is gone (another instance's cleanup took it): the caller builds instead.
+        """
+        published, spare = self.publisher._published, self.publisher._spare
+        assert published is not None and spare is not None
+        written = _changed(wanted, published.data)
+        removed = published.data.keys() - wanted.keys()
+        if not written and not removed and self._is_clean(current, published):
+            self._tidy(current, set(wanted))
+            return TreeOutcome(current, False, kept=len(wanted), skipped=skipped, cleaned=tuple(self.cleaned))
+        # Changes, or something planted in the current snapshot: switch to a clean one, built from the spare.
+        name = f"..{_stamp()}.{files.unique_suffix()}"
+        path = os.path.join(self.dest, name)
+        files.note_in_flight(path)
+        try:
+            self.step = "renaming the spare snapshot"
+            try:
+                unchanged = self._spare_unchanged(spare)
+                os.rename(spare.snapshot, name, src_dir_fd=self.dest_fd, dst_dir_fd=self.dest_fd)
+            except FileNotFoundError:
+                self.publisher._spare = None
+                return None
+            self.publisher._spare = None  # from here on it is an unfinished snapshot: discarded if we fail
+            try:
+                new_fd = os.open(name, _DIR_FLAGS, dir_fd=self.dest_fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                    raise
+                self._discard(name)  # something planted at the spare's name, not our directory
+                return None
+            try:
+                unchanged = unchanged and spare.verified is not None and os.fstat(new_fd).st_ino == spare.verified[0]
+                _fix_directory(new_fd, self.spec)
+                self.step = "opening the current snapshot"
+                current_fd = os.open(current, _DIR_FLAGS, dir_fd=self.dest_fd)
+                try:
+                    inodes, fresh = self._bring_up_to_date(
+                        new_fd, current_fd, spare, published, wanted, written, removed, unchanged)
+                finally:
+                    os.close(current_fd)
+                self.step = "creating the visible names of new children"
+                links = self._place_links(set(wanted), current)
+                self.step = "flushing the new snapshot to disk"
+                os.utime(new_fd)  # its mtime says when its content was made (TreeWatcher reports it)
+                self._flush(new_fd, fresh)
+                _fsync(self.dest_fd)
+            finally:
+                os.close(new_fd)
+            self.step = "switching ..data to the new snapshot"
+            self._swap(name)
+        except OSError as exc:
+            self._discard(name)
+            raise _error(self.dest, self.step, exc) from exc
+        finally:
+            files.forget_in_flight(path)
+        self.publisher._published = _Published(name, _metadata(self.spec), wanted, inodes, links)
+        published.delta = written | removed  # every other child has the same inode in both
+        self.publisher._spare = published
+        try:
+            _fsync(self.dest_fd)
+        except OSError as exc:
+            raise _error(self.dest, "making the switch durable (the new snapshot is already in place)", exc) from exc
+        self._tidy(name, set(wanted))
+        self._verify_spare()
+        return TreeOutcome(
+            name, True, tuple(sorted(written)), tuple(sorted(removed)), len(wanted) - len(written), skipped,
+            tuple(self.cleaned),
+        )
+
+    def _bring_up_to_date(
+        self, fd: int, current_fd: int, spare: _Published, current: _Published, wanted: dict[str, bytes],
+        written: set[str], removed: set[str], unchanged: bool,
+    ) -> tuple[dict[str, int], list[str]]:
+        """Make the renamed spare (``fd``) hold exactly ``wanted``; return child -> inode and the files written.
+
+        One listing (getdents: names and inode numbers, no stat) checks the directory against what we left
+        in it; foreign or unknown entries go (skipped when ``_verify_spare`` listed it after the last switch
+        and its ctime has not moved since). Then only the differences cost syscalls: an unchanged child
+        whose file here is not the current snapshot's gets that file hard-linked over it (same inode in
+        both, so readers reuse what they parsed), a changed child a new file, a removed child an unlink.
+        Set arithmetic on dict views keeps the per-child work in C.
+        """
+        self.step = "listing the spare snapshot"
+        # Listed after the last switch already, and unchanged since (see _verify_spare): no listing now.
+        present = spare.inodes if unchanged else {entry.name: entry.inode() for entry in os.scandir(fd)}
+        # Entries here that are not the current snapshot's file of that name; current files missing here.
+        if present == spare.inodes and spare.delta is not None:  # as we left it: only the last changes differ
+            known = current.inodes
+            differing = {name for name in spare.delta if name in present and present[name] != known.get(name)}
+            missing = {name for name in spare.delta if name in known and present.get(name) != known[name]}
+        else:
+            if present != spare.inodes:
+                present = self._drop_foreign(fd, present, spare.inodes)
+            differing = {name for name, _inode in present.items() - current.inodes.items()}
+            missing = {name for name, _inode in current.inodes.items() - present.items()}
+        inodes = dict(current.inodes)
+        for name in removed:
+            del inodes[name]
+        self.step = "removing children that are gone"
+        for name in (differing - wanted.keys()) | (removed & present.keys()):
+            _remove_entry(fd, name)
+        self.step = "linking the unchanged children"
+        fresh: list[str] = []
+        for name in missing - removed - written:
+            self._link_over(fd, current_fd, name, name in present)
+            if not self._is_our_file(fd, name, current.inodes[name]):  # replaced in the current snapshot
+                inodes[name] = self._write_over(fd, name, wanted[name], True)
+                fresh.append(name)
+        self.step = "writing the changed children"
+        for name in sorted(written):
+            inode = present.get(name)
+            if inode is not None and name in differing and self._holds(fd, name, spare, wanted[name]):
+                inodes[name] = inode  # the change undoes the one before: the spare's file is already right
+                continue
+            inodes[name] = self._write_over(fd, name, wanted[name], inode is not None)
+            fresh.append(name)
+        return inodes, fresh
+
+    def _spare_unchanged(self, spare: _Published) -> bool:
+        """Is the spare's directory as ``_verify_spare`` found it (same inode, same ctime)? Asked before the
+        rename, which moves the ctime; the caller checks the inode again through the opened directory."""
+        if spare.verified is None:
+            return False
+        status = os.stat(spare.snapshot, dir_fd=self.dest_fd, follow_symlinks=False)
+        return stat.S_ISDIR(status.st_mode) and (status.st_ino, status.st_ctime_ns) == spare.verified
+
+    def _verify_spare(self) -> None:
+        """List the new spare now, after the switch (readers do not wait for it), so that the next publish
+        only compares its directory's ctime instead of listing it before its switch.
+
+        Any entry added, removed or renamed in a directory moves its ctime, which nobody can set back; but
+        the kernel stamps it with a clock that ticks once per jiffy (whole seconds on some file systems), so
+        a change within the same tick as the stamp seen would go unnoticed. The listing therefore counts only
+        if it starts at least a tick after that stamp: a later change then gets a later stamp.
+        Failures are logged: the next publish lists the spare itself.
+        """
+        spare = self.publisher._spare
+        if spare is None:
+            return
+        spare.verified = None
+        try:
+            fd = os.open(spare.snapshot, _DIR_FLAGS, dir_fd=self.dest_fd)
+            try:
+                now = time.time_ns()
+                status = os.fstat(fd)
+                present = {entry.name: entry.inode() for entry in os.scandir(fd)}
+                if present != spare.inodes:
+                    spare.inodes = self._drop_foreign(fd, present, spare.inodes)
+                    spare.delta = None  # entries of ours went missing: compare everything at reuse
+                elif now - status.st_ctime_ns >= _timestamp_tick(status.st_ctime_ns):
+                    spare.verified = (status.st_ino, status.st_ctime_ns)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.warning("cannot check the spare snapshot of %r: %s", self.dest, exc.strerror or exc)
+
+    def _drop_foreign(self, fd: int, present: dict[str, int], ours: dict[str, int]) -> dict[str, int]:
+        """Remove what we did not leave in the spare (planted, or left by a failed run); return what is ours."""
+        kept: dict[str, int] = {}
+        for name, inode in present.items():
+            if ours.get(name) == inode:
+                kept[name] = inode
+            else:
+                if name not in ours:
+                    log.info("removing %r from the spare snapshot of %r: livedata did not write it", name, self.dest)
+                _remove_entry(fd, name)
+        return kept
+
+    def _holds(self, fd: int, name: str, spare: _Published, data: bytes) -> bool:
+        """Is the spare's file ``name`` a regular file known to hold ``data``?"""
+        known = spare.data.get(name)
+        if known is None or (known is not data and known != data):
+            return False
+        return stat.S_ISREG(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode)
+
+    @staticmethod
+    def _is_our_file(fd: int, name: str, inode: int) -> bool:
+        """Is ``name`` the regular file we made with that inode? (A link is made by name: this checks it.)"""
+        status = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        return status.st_ino == inode and stat.S_ISREG(status.st_mode)
+
+    def _link_over(self, fd: int, current_fd: int, name: str, exists: bool) -> None:
+        """Hard-link the current snapshot's file ``name`` into ``fd``, replacing what is there with one rename."""
+        if not exists:
+            os.link(name, name, src_dir_fd=current_fd, dst_dir_fd=fd, follow_symlinks=False)
+            return
+        temp = self._temp_name(name, fd)
+        try:
+            os.link(name, temp, src_dir_fd=current_fd, dst_dir_fd=fd, follow_symlinks=False)
+            _rename_over(fd, temp, name)
+        except BaseException:
+            _unlink_quietly(fd, temp)
+            raise
+
+    def _write_over(self, fd: int, name: str, data: bytes, exists: bool) -> int:
+        """A new file for ``name`` in ``fd`` (livedata.files rules); an existing entry is replaced by rename."""
+        if not exists:
+            return files.create_file(fd, name, self.spec.child(name), data, False).st_ino
+        temp = self._temp_name(name, fd)
+        try:
+            inode = files.create_file(fd, temp, self.spec.child(name), data, False).st_ino
+            _rename_over(fd, temp, name)
+        except BaseException:
+            _unlink_quietly(fd, temp)
+            raise
+        return inode
+
+    def _is_clean(self, snapshot: str, known: _Published) -> bool:
+        """Does the current snapshot hold exactly the files we put there? (A listing, no stat.)"""
+        try:
+            fd = os.open(snapshot, _DIR_FLAGS, dir_fd=self.dest_fd)
+            try:
+                return {entry.name: entry.inode() for entry in os.scandir(fd)} == known.inodes
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise _error(self.dest, "listing the current snapshot", exc) from exc
 
     def _plan(self, old_fd: int | None, current: str | None, wanted: dict[str, bytes]) -> _Plan:
         """Sort children into kept (hard link) and written; note removed ones and foreign content."""
@@ -429,6 +771,8 @@ class _Run:
             raise _error(self.dest, self.step, exc) from exc
         for name, data in wanted.items():
             entry = entries.pop(name, None)
+            if entry is not None and entry.is_file(follow_symlinks=False):
+                plan.old_inodes[name] = entry.inode()
             if entry is None or not entry.is_file(follow_symlinks=False):
                 plan.dirty |= entry is not None
                 plan.write.append(name)
@@ -437,7 +781,9 @@ class _Run:
                 plan.kept_inodes[name] = entry.inode()
             else:
                 plan.write.append(name)
-        for name in entries:
+        for name, entry in entries.items():
+            if child_name_problem(name) is None and entry.is_file(follow_symlinks=False):
+                plan.old_inodes[name] = entry.inode()
             if child_name_problem(name) is None:
                 plan.removed.append(name)
             else:
@@ -556,8 +902,10 @@ class _Run:
         published = self.publisher._published
         known = published.links if published is not None else {}
         if published is not None and published.snapshot == current:
-            trusted = {child: known[child] for child in children if child in known}
-            for child in children - trusted.keys():
+            trusted = dict(known)
+            for child in known.keys() - children:
+                del trusted[child]
+            for child in children - known.keys():
                 trusted[child] = self._make_link(child, False)
             return trusted
         entries = {entry.name: entry for entry in os.scandir(self.dest_fd) if entry.name in children}
@@ -597,51 +945,57 @@ class _Run:
         self.cleaned.append(os.path.join(self.dest, child))
         return os.stat(child, dir_fd=self.dest_fd, follow_symlinks=False).st_ino
 
-    def _tidy(self, snapshot: str, children: set[str], replaced: str | None = None) -> None:
+    def _tidy(self, snapshot: str, children: set[str], stale: frozenset[str] = frozenset()) -> None:
         """Make dest's entries match ``snapshot``: exactly one correct visible name per child, and nothing
-        else but ``..data``, ``snapshot`` and what live writers are still building.
+        else but ``..data``, ``snapshot``, this publisher's spare and what live writers are still building.
 
-        ``replaced`` is the snapshot this publish switched away from (removed without being reported).
+        ``stale`` are snapshots this publisher made or kept and no longer needs (removed without being
+        reported). The common case (entries as we left them) is checked with set arithmetic on inode
+        numbers; only the entries that differ are looked at one by one.
         Failures are logged: the snapshot is in place, and the next publish or cleanup tries again.
         """
         try:
-            entries = list(os.scandir(self.dest_fd))
+            listing = list(os.scandir(self.dest_fd))
         except OSError as exc:
             log.warning("cannot list tree %r to tidy it: %s", self.dest, exc.strerror or exc)
             return
         published = self.publisher._published
         links = published.links if published is not None and published.snapshot == snapshot else {}
-        missing = set(children)
-        for entry in entries:
-            name = entry.name
+        spare = self.publisher._spare.snapshot if self.publisher._spare is not None else None
+        symlinks = {entry.name: entry.inode() for entry in listing if entry.is_symlink()}  # d_type: no stat
+        trusted = {name for name, _inode in symlinks.items() & links.items()} & children
+        missing = children - {entry.name for entry in listing}
+        entries = {entry.name: entry for entry in listing}
+        for name in entries.keys() - trusted:
+            entry = entries[name]
             if name in children:
-                missing.discard(name)
-                if not entry.is_symlink() or (
-                    links.get(name) != entry.inode() and self._readlink(name) != _link_target(name)
-                ):
+                if not entry.is_symlink() or self._readlink(name) != _link_target(name):
                     self._repair_link(name, exists=True)
                 continue
-            reason, report = self._removal_reason(entry, snapshot, replaced)
+            reason, report = self._removal_reason(entry, snapshot, spare, stale)
             if reason is not None:
                 self._remove(name, reason, report)
         for name in sorted(missing):
             self._repair_link(name, exists=False)
 
     def _removal_reason(
-        self, entry: os.DirEntry[str], snapshot: str, replaced: str | None
+        self, entry: os.DirEntry[str], snapshot: str, spare: str | None, stale: frozenset[str]
     ) -> tuple[str | None, bool]:
         """Why an entry of dest that is not a child's visible name must go (None: keep it), and whether
         the caller should hear of it (debris and foreign entries) or not (our own routine removals)."""
         name = entry.name
-        if name in (DATA_LINK, snapshot):
+        if name in (DATA_LINK, snapshot, spare):
             return None, False
         snapshot_match = _SNAPSHOT.fullmatch(name)
         if snapshot_match is not None:
-            if name == replaced:
-                return "the snapshot just replaced", False
-            if files.writer_is_gone(os.path.join(self.dest, name), int(snapshot_match.group("pid"))):
+            if name in stale:
+                return "a snapshot this publisher no longer needs", False
+            owner = int(snapshot_match.group("pid"))
+            if owner == os.getpid() and files.writer_is_gone(os.path.join(self.dest, name), owner):
+                return "a snapshot kept by an earlier publisher of this process", False
+            if files.writer_is_gone(os.path.join(self.dest, name), owner):
                 return "a snapshot left by a writer that is gone", True
-            return None, False  # another live instance is building or has just replaced it
+            return None, False  # another live instance's spare (or current, as it believes)
         pid = files.temp_pid(name)
         if pid is not None:
             if files.writer_is_gone(os.path.join(self.dest, name), pid):
@@ -700,9 +1054,12 @@ class _Run:
 
     # ------------------------------------------------------------------------------------------ helpers
 
-    def _temp_name(self, name: str) -> str:
+    def _temp_name(self, name: str, snapshot_fd: int | None = None) -> str:
+        """A livedata.files temp name for ``name``; in dest it is noted in flight (inside a snapshot being
+        built it needs not be: the whole snapshot is)."""
         temp = os.path.basename(files.temp_prefix(os.path.join(self.dest, name))) + files.unique_suffix()
-        files.note_in_flight(os.path.join(self.dest, temp))
+        if snapshot_fd is None:
+            files.note_in_flight(os.path.join(self.dest, temp))
         return temp
 
     def _readlink(self, name: str) -> str | None:
@@ -723,6 +1080,15 @@ def _lock_for(dest: str) -> threading.Lock:
         return _locks.setdefault(dest, threading.Lock())
 
 
+def _flock(dest_fd: int, dest: str) -> None:
+    """Wait for other processes publishing or cleaning this dest (an overlapping instance during a deploy):
+    with one writer at a time, a spare or an unfinished snapshot is only ever touched by its owner."""
+    try:
+        fcntl.flock(dest_fd, fcntl.LOCK_EX)
+    except OSError as exc:
+        raise _error(dest, "locking the tree directory", exc) from exc
+
+
 def _current_snapshot(dest_fd: int) -> str | None:
     """The snapshot ``..data`` names, if it is one of ours and a real directory; None otherwise."""
     try:
@@ -739,6 +1105,15 @@ def _current_snapshot(dest_fd: int) -> str | None:
     except FileNotFoundError:
         return None
     return target
+
+
+def _changed(wanted: dict[str, bytes], known: dict[str, bytes]) -> set[str]:
+    """Children of ``wanted`` whose bytes are not those in ``known``: dict views compare in C (bytes cache
+    their hash, and objects handed in again compare by identity first); a loop for unhashable buffers."""
+    try:
+        return {name for name, _data in wanted.items() - known.items()}
+    except TypeError:
+        return {name for name, data in wanted.items() if name not in known or known[name] != data}
 
 
 def _same(published: _Published | None, name: str, inode: int, data: bytes) -> bool:
@@ -761,6 +1136,12 @@ def _fix_directory(fd: int, spec: TreeSpec) -> None:
         os.fchown(fd, uid, gid)
     if uid != -1 or gid != -1 or stat.S_IMODE(status.st_mode) != spec.directory_mode:
         os.fchmod(fd, spec.directory_mode)
+
+
+def _timestamp_tick(ctime_ns: int) -> int:
+    """How long a directory's ctime may stay the same across changes: the kernel's coarse clock ticks once per
+    jiffy (10 ms at most; 20 ms for margin), file systems that store whole seconds round to 2 s (FAT)."""
+    return 2_000_000_000 if ctime_ns % 1_000_000_000 == 0 else 20_000_000
 
 
 def _link_target(child: str) -> str:
@@ -806,6 +1187,23 @@ def _remove_tree_at(parent_fd: int, name: str) -> None:
     finally:
         os.close(fd)
     os.rmdir(name, dir_fd=parent_fd)
+
+
+def _remove_entry(dir_fd: int, name: str) -> None:
+    """Unlink ``name``; a directory (something planted) is removed with all it holds."""
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except IsADirectoryError:
+        _remove_tree_at(dir_fd, name)
+
+
+def _rename_over(dir_fd: int, temp: str, name: str) -> None:
+    """Replace ``name`` by ``temp`` in one rename; a directory in the way (planted) is removed first."""
+    try:
+        os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except IsADirectoryError:
+        _remove_tree_at(dir_fd, name)
+        os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 
 def _unlink_quietly(dir_fd: int, name: str) -> None:

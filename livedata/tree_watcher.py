@@ -2,13 +2,16 @@
 
 An application reads a tree as one value: {child name: parsed child}. It must never see half of a change, so
 every load resolves ``dest/..data`` once, reads the children through the snapshot directory it names, and
-checks afterwards that ``..data`` still names it; if not (the writer switched and deleted that snapshot while
-we read), it starts over with the new one. What is served is always exactly one snapshot.
+checks afterwards that ``..data`` still names it; if not (the writer switched, and may already be reusing that
+snapshot's directory under a new name for the next one), it starts over with the new one. What is served is
+always exactly one snapshot, and a child that fails to parse is blamed on a snapshot only if ``..data`` still
+names it after the failure.
 
 It must also stay cheap when 10,000 children hold one change:
 
 * The hot path is one ``readlink`` of ``..data`` and a string comparison (none within ``check_interval``):
-  snapshot names are unique and snapshots are never modified, so the same name means the same data.
+  snapshot names are unique and a snapshot is never modified under its name, so the same name means the
+  same data.
 * On a switch, children are listed with their (device, inode, size, mtime). The writer carries an unchanged
   child over by hard link, which keeps all four, so its parsed value is reused without reading it. Any other
   child is read, and parsed only if its bytes differ from the last good load. The ctime is not used: every
@@ -63,7 +66,7 @@ _Fast = Tuple[float, bytes, Mapping[str, T], float]
 
 
 class _Moved(Exception):
-    """The snapshot being read was replaced (and is being deleted): start over with the new one."""
+    """The snapshot being read was replaced (its directory is being reused or deleted): start over."""
 
 
 class _Child(Generic[T]):
@@ -228,6 +231,9 @@ class TreeWatcher(Generic[T]):
                     continue  # the snapshot went away under us: a switch
                 return self._failed(state, seen, exc)
             except _ParseError as exc:
+                if not self._still_current(seen):
+                    error = exc.cause
+                    continue  # the writer was already reusing that directory: what failed was not a snapshot
                 return self._failed(state, seen, exc.cause, exc.child)
             if self._still_current(seen):
                 if state.loaded is not None and state.error is not None:

@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,11 +71,20 @@ def inodes(dest: str) -> dict[str, int]:
     return {name: os.lstat(os.path.join(snapshot, name)).st_ino for name in os.listdir(snapshot)}
 
 
+def spares(dest: str) -> list[str]:
+    """Snapshot directories that ``..data`` does not name: a publisher's spare (reused by its next publish)."""
+    current = os.readlink(os.path.join(dest, DATA_LINK))
+    return [name for name in os.listdir(dest) if is_snapshot_name(name) and name != current]
+
+
 def assert_clean(dest: str, children: dict[str, bytes]) -> None:
-    """dest holds exactly ..data, the one snapshot it names, and one correct visible symlink per child."""
+    """dest holds exactly ..data, the snapshot it names, at most one spare snapshot, and one correct visible
+    symlink per child."""
     snapshot = os.readlink(os.path.join(dest, DATA_LINK))
     assert is_snapshot_name(snapshot)
-    assert sorted(os.listdir(dest)) == sorted([DATA_LINK, snapshot, *children])
+    spare = spares(dest)
+    assert len(spare) <= 1, spare
+    assert sorted(os.listdir(dest)) == sorted([DATA_LINK, snapshot, *spare, *children])
     for name, data in children.items():
         visible = os.path.join(dest, name)
         assert os.readlink(visible) == f"{DATA_LINK}/{name}"
@@ -152,6 +162,170 @@ def test_ten_thousand_children_then_one_change_writes_one_file(spec: TreeSpec) -
     assert outcome.written == ("child04242",) and outcome.kept == 9_999
     assert [name for name in after if after[name] != before[name]] == ["child04242"]
     assert read_tree(spec.dest) == children
+
+
+# -------------------------------------------------------------------------------------- double buffering
+
+
+@pytest.mark.timeout(60)
+def test_random_changes_through_the_spare_read_back_exactly_and_keep_unchanged_inodes(spec: TreeSpec) -> None:
+    """Model check of the spare's reuse: changes, additions, removals and changes undone, 300 publishes."""
+    rng = random.Random(2026)
+    publisher = TreePublisher(spec)
+    values = [b"", b"a", b"bb", b"ccc", bytes(range(256))]
+    children = {f"n{i:02d}": rng.choice(values) for i in range(20)}
+    publisher.publish(children)
+    for _step in range(300):
+        before, previous = inodes(spec.dest), dict(children)
+        for _change in range(rng.choice([1, 1, 1, 2, 5])):
+            name = f"n{rng.randrange(30):02d}"
+            if name in children and rng.random() < 0.3:
+                del children[name]
+            else:
+                children[name] = rng.choice(values)
+        current = os.readlink(os.path.join(spec.dest, DATA_LINK))
+        (spare,) = [os.lstat(os.path.join(spec.dest, name)).st_ino for name in spares(spec.dest)]
+        outcome = publisher.publish(dict(children))
+        written = tuple(sorted(name for name in children if previous.get(name) != children[name]))
+        assert (outcome.written, outcome.removed) == (written, tuple(sorted(previous.keys() - children.keys())))
+        assert outcome.switched == bool(outcome.written or outcome.removed)
+        assert read_tree(spec.dest) == children
+        assert_clean(spec.dest, children)
+        after = inodes(spec.dest)
+        assert [name for name in children if previous.get(name) == children[name] and after[name] != before[name]] == []
+        if outcome.switched:
+            assert spares(spec.dest) == [current], "the replaced snapshot is the spare"
+            assert os.stat(os.path.join(spec.dest, DATA_LINK)).st_ino == spare, "the spare was reused"
+
+
+@pytest.mark.timeout(60)
+def test_a_one_child_change_touches_only_that_child(spec: TreeSpec) -> None:
+    """Unchanged children keep inode and ctime: no link count moves, so a FileWatcher does not even re-read."""
+    publisher = TreePublisher(spec)
+    children = {f"c{i:04d}": b"same" for i in range(2000)}
+    publisher.publish(children)
+    for value in (b"one", b"two", b"three"):  # the second and third reuse spares that differ by one child
+        before = os.stat(os.path.join(spec.dest, "c0999"))
+        children["c0000"] = value
+        outcome = publisher.publish(children)
+        after = os.stat(os.path.join(spec.dest, "c0999"))
+        assert outcome.written == ("c0000",) and outcome.kept == 1999
+        assert (after.st_ino, after.st_ctime_ns, after.st_nlink) == (before.st_ino, before.st_ctime_ns, 2)
+    assert read_tree(spec.dest) == children
+
+
+@pytest.mark.timeout(30)
+def test_entries_planted_in_the_spare_never_become_visible(tmp_path: Path, spec: TreeSpec) -> None:
+    outside = os.path.join(tmp_path, "outside")
+    os.mkdir(outside)
+    with open(os.path.join(outside, "precious"), "wb") as f:
+        f.write(b"keep")
+    publisher = TreePublisher(spec)
+    publisher.publish({"a": b"1", "b": b"1"})
+    publisher.publish({"a": b"1", "b": b"2"})
+    (spare,) = spares(spec.dest)
+    spare = os.path.join(spec.dest, spare)
+    with open(os.path.join(spare, "intruder"), "w") as f:
+        f.write("x")
+    os.makedirs(os.path.join(spare, "subdir", "deeper"))
+    os.unlink(os.path.join(spare, "a"))
+    os.symlink(os.path.join(outside, "precious"), os.path.join(spare, "a"))  # a child's name, as a symlink
+    outcome = publisher.publish({"a": b"1", "b": b"3"})
+    assert outcome.written == ("b",)
+    assert read_tree(spec.dest) == {"a": b"1", "b": b"3"}
+    assert_clean(spec.dest, {"a": b"1", "b": b"3"})
+    assert os.listdir(outside) == ["precious"] and stat.S_IMODE(os.stat(outside + "/precious").st_mode) != 0o444
+    with open(os.path.join(outside, "precious"), "rb") as f:
+        assert f.read() == b"keep"
+
+
+@pytest.mark.timeout(30)
+def test_a_spare_checked_after_the_switch_still_notices_what_is_planted_later(spec: TreeSpec) -> None:
+    """The spare is listed after the switch that made it the spare; the next publish only compares its
+    directory's ctime, which any entry planted since moves."""
+    publisher = TreePublisher(spec)
+    publisher.publish({"a": b"1", "b": b"1"})
+    first = os.path.join(spec.dest, os.readlink(os.path.join(spec.dest, DATA_LINK)))
+    # The listing counts only a timestamp tick (20 ms) after the directory's last change.
+    wait_for(lambda: time.time_ns() - os.stat(first).st_ctime_ns > 30_000_000, 5, "the snapshot to age a tick")
+    publisher.publish({"a": b"1", "b": b"2"})
+    assert publisher._spare is not None and publisher._spare.verified is not None, "the spare was listed"
+    with open(os.path.join(first, "intruder"), "w") as f:
+        f.write("x")
+    os.unlink(os.path.join(first, "a"))
+    os.symlink("/etc/passwd", os.path.join(first, "a"))
+    publisher.publish({"a": b"1", "b": b"3"})
+    assert read_tree(spec.dest) == {"a": b"1", "b": b"3"}
+    assert_clean(spec.dest, {"a": b"1", "b": b"3"})
+
+
+@pytest.mark.timeout(30)
+def test_a_file_replaced_in_the_current_snapshot_is_not_linked_into_the_next(spec: TreeSpec) -> None:
+    publisher = TreePublisher(spec)
+    publisher.publish({"a": b"1", "b": b"1"})
+    publisher.publish({"a": b"2", "b": b"1"})  # the spare still holds a's old file: the next publish links a
+    current = os.path.join(spec.dest, os.readlink(os.path.join(spec.dest, DATA_LINK)))
+    os.unlink(os.path.join(current, "a"))
+    with open(os.path.join(current, "a"), "wb") as f:
+        f.write(b"evil")
+    publisher.publish({"a": b"2", "b": b"2"})
+    assert read_tree(spec.dest) == {"a": b"2", "b": b"2"}
+    assert_clean(spec.dest, {"a": b"2", "b": b"2"})
+
+
+@pytest.mark.timeout(30)
+def test_a_spare_removed_behind_the_publishers_back_is_rebuilt(spec: TreeSpec) -> None:
+    publisher = TreePublisher(spec)
+    publisher.publish({"a": b"1", "b": b"1"})
+    for value in (b"2", b"3"):
+        (spare,) = spares(spec.dest)
+        subprocess.run(["rm", "-rf", os.path.join(spec.dest, spare)], check=True)
+        outcome = publisher.publish({"a": b"1", "b": value})
+        assert outcome.switched and outcome.written == ("b",) and outcome.kept == 1
+        assert_clean(spec.dest, {"a": b"1", "b": value})
+        assert len(spares(spec.dest)) == 1
+
+
+@pytest.mark.timeout(30)
+def test_a_file_held_open_keeps_its_bytes_when_its_snapshot_is_reused(spec: TreeSpec) -> None:
+    publisher = TreePublisher(spec)
+    publisher.publish({"a": b"old"})
+    with open(os.path.join(spec.dest, "a"), "rb") as held:
+        publisher.publish({"a": b"new"})
+        publisher.publish({"a": b"newer"})  # reuses the directory the held file was opened in
+        publisher.publish({})
+        assert held.read() == b"old"
+    assert read_tree(spec.dest) == {}
+
+
+@pytest.mark.timeout(30)
+def test_a_metadata_change_reaches_every_file_of_later_snapshots(tmp_path: Path) -> None:
+    dest = os.path.join(tmp_path, "tree")
+    publisher = TreePublisher(TreeSpec(dest, 0o444))
+    for value in (b"1", b"2", b"3"):
+        publisher.publish({"a": b"same", "b": value, "c": value})
+    publisher.spec = TreeSpec(dest, 0o440, NOBODY, NOBODY)
+    for value in (b"2", b"4", b"5"):  # b changes back to what the spare holds, then on
+        publisher.publish({"a": b"same", "b": value, "c": b"3"})
+        snapshot = os.path.join(dest, os.readlink(os.path.join(dest, DATA_LINK)))
+        for path in [snapshot] + [os.path.join(snapshot, name) for name in os.listdir(snapshot)]:
+            status = os.lstat(path)
+            assert (status.st_uid, status.st_gid) == (NOBODY, NOBODY), path
+            assert stat.S_IMODE(status.st_mode) == (0o750 if path == snapshot else 0o440), path
+
+
+@pytest.mark.timeout(30)
+def test_the_stateless_publish_keeps_no_spare(spec: TreeSpec) -> None:
+    publish(spec, {"a": b"1"})
+    publish(spec, {"a": b"2"})
+    assert spares(spec.dest) == []
+    publisher = TreePublisher(spec)
+    publisher.publish({"a": b"3"})
+    assert len(spares(spec.dest)) == 1
+    assert publisher.cleanup() == [] and len(spares(spec.dest)) == 1, "the publisher's own spare stays"
+    assert cleanup(spec) == [] and spares(spec.dest) == [], "another publisher of this process: removed quietly"
+    assert publisher.publish({"a": b"4"}).written == ("a",)
+    assert_clean(spec.dest, {"a": b"4"})
 
 
 # -------------------------------------------------------------------------------------------- metadata
@@ -515,6 +689,18 @@ def test_publish_cost_benchmark_runs_at_a_tiny_size(tmp_path: Path) -> None:
     metrics = {metric.key: metric.value for metric in publish_costs(str(tmp_path), sizes=(5, 20), changes=2)}
     assert set(metrics) >= {"tree5_initial_s", "tree20_switch_p50_ms", "tree20_change_p50_ms", "tree20_reload_p50_ms"}
     assert "tree_switch_us_per_child" in metrics and os.listdir(tmp_path) == []
+
+
+@pytest.mark.timeout(60)
+def test_publish_cost_benchmark_compares_with_a_git_revision(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tools.benchmark.tree_publish import main
+
+    assert main(["--baseline", "HEAD", "--sizes", "3", "--changes", "1", "--workdir", str(tmp_path)]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == ["HEAD", "this", "tree"] and len(rows) == 6
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.timeout(30)

@@ -311,3 +311,44 @@ def test_a_listing_cut_short_by_the_writer_deleting_the_snapshot_is_not_served(t
     watcher = TreeWatcher(str(dest), parser, check_interval=3600)  # serves what the constructor loaded
     assert fired.is_set()
     assert watcher.get_data() == {f"c{i:05d}": "new" for i in range(count)}
+
+
+@pytest.mark.timeout(60)
+def test_a_bad_child_read_from_a_directory_being_reused_is_not_blamed_on_a_snapshot(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The writer reuses a replaced snapshot's directory for the next one: a reader still in it may read a
+    child of a later publish, which may not parse. That is not a failure of any snapshot it could serve.
+
+    Deterministic: the writer's part runs inside the parser. It switches to ``..new`` and rewrites a child
+    of ``..old`` (the directory being read) with bytes that do not parse."""
+    dest = tmp_path / "tree"
+    first, old, new = dest / "..first", dest / "..old", dest / "..new"
+    for directory in (first, old, new):
+        directory.mkdir(parents=True)
+        for name in ("a", "b"):
+            (directory / name).write_text("first" if directory == first else "good")
+    os.symlink(first.name, dest / DATA_LINK)
+    fired = threading.Event()
+
+    def parser(f: IO[Any]) -> str:
+        value: str = f.read()
+        if value == "bad":
+            raise ValueError("unparseable")
+        if value == "good" and not fired.is_set():
+            fired.set()
+            os.symlink(new.name, dest / "..swap")
+            os.rename(dest / "..swap", dest / DATA_LINK)
+            other = "b" if os.path.basename(f.name) == "a" else "a"  # the child not read yet
+            (old / ".tmp").write_text("bad")
+            os.rename(old / ".tmp", old / other)  # a later publish's bytes, in the directory being read
+        return value
+
+    watcher = TreeWatcher(str(dest), parser)
+    assert dict(watcher.get_data()) == {"a": "first", "b": "first"}
+    os.symlink(old.name, dest / "..swap")
+    os.rename(dest / "..swap", dest / DATA_LINK)
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        assert dict(watcher.get_data()) == {"a": "good", "b": "good"}
+    assert fired.is_set()
+    assert not caplog.records, [record.getMessage() for record in caplog.records]

@@ -17,11 +17,11 @@ from typing import Any
 from kazoo.client import KazooClient
 
 from livedata.testing.zookeeper import start_standalone
-from tools.benchmark import measure, report, scenarios, targets
+from tools.benchmark import measure, report, scenarios, targets, trees
 from tools.benchmark.scenarios import Bench, Metric
 from tools.benchmark.targets import BenchError, Target
 
-SCENARIOS = ("startup", "propagation", "burst", "fanout", "filewatcher", "idle", "payloads")
+SCENARIOS = ("startup", "propagation", "burst", "fanout", "filewatcher", "idle", "payloads", trees.NAME)
 
 # Full-run defaults (about ten minutes for ours alone) and the tiny ones of --smoke (seconds; used by the tests).
 FULL = {
@@ -32,13 +32,14 @@ FULL = {
     "filewatcher_calls": 100_000, "filewatcher_interval": 1.0, "filewatcher_payload": 200,
     "idle_nodes": 5000, "idle_seconds": 60.0, "idle_payload": 200,
     "payloads_sizes": [100 * 1024, 900 * 1024, 5 * 1024 * 1024], "payloads_changes": 30, "payloads_writer_runs": 5,
+    **trees.FULL,
 }  # fmt: skip
 SMOKE = {
     **FULL,
     "startup_nodes": [20], "startup_repeats": 1, "propagation_changes": 10, "burst_sets": 50, "burst_rounds": 1,
     "fanout_processes": 3, "fanout_changes": 5, "filewatcher_calls": 1000, "filewatcher_interval": 0.05,
     "idle_nodes": 20, "idle_seconds": 1.0, "payloads_sizes": [100 * 1024], "payloads_changes": 3,
-    "payloads_writer_runs": 1,
+    "payloads_writer_runs": 1, **trees.SMOKE,
 }  # fmt: skip
 
 
@@ -58,11 +59,12 @@ _SIZE_FLAGS = [
     ("payloads-sizes", "BYTES", "sizes of the JSON documents"),
     ("payloads-changes", "K", "changes timed per size and stored form"),
     ("payloads-writer-runs", "K", "tools/write_node runs timed per size"),
+    *trees.SIZE_FLAGS,
     *((f"{name}-payload", "BYTES", f"bytes per node ({name})") for name in SCENARIOS if name != "payloads"),
 ]
 
 
-_LISTS = ("startup_nodes", "payloads_sizes")  # flags that take several values
+_LISTS = ("startup_nodes", "payloads_sizes", *trees.LISTS)  # flags that take several values
 
 
 def _shown(value: object) -> str:
@@ -119,6 +121,7 @@ def runners(args: argparse.Namespace) -> dict[str, Callable[[Bench, Target], lis
         ),
         "idle": lambda b, t: scenarios.idle(b, t, a.idle_nodes, a.idle_seconds, a.idle_payload),
         "payloads": lambda b, t: scenarios.payloads(b, t, a.payloads_sizes, a.payloads_changes, a.payloads_writer_runs),
+        trees.NAME: trees.runner(a),
     }
 
 

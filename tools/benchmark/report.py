@@ -91,6 +91,12 @@ CHECKS = [
         lambda ours, _t, _s: ours.get("kib900_live_plain_p50_ms"),
     ),
     Check("payloads", "kib5120_start_to_live_s", "5 MiB JSON from writer start to LiveNode < 1 s", _const(1.0)),
+    Check(
+        "trees", "tree_initial_s", "a tree's initial sync no slower than as many nodes",
+        lambda ours, _t, _s: ours.get("nodes_initial_s"),
+    ),
+    Check("trees", "tree100_over_floor_ms", "one child of 100 changed: p50 <= floor p50 + 5 ms", _const(5.0)),
+    Check("trees", "tree10000_over_floor_ms", "one child of 10,000 changed: p50 <= floor p50 + 25 ms", _const(25.0)),
 ]
 
 

@@ -1,26 +1,33 @@
 """What a tree snapshot costs on its own, without ZooKeeper: the disk and syscall share of the trees scenario.
 
 ``publish_costs`` publishes a tree of each size, then changes one child ``changes`` times, timing when
-``..data`` switched (write the child, hard-link the others, flush, rename: what readers wait for), the whole
-publish (which then deletes the old snapshot) and the TreeWatcher reload that follows. The trees scenario of
-``tools/bench`` can put these beside its end-to-end figures, to show how much of a change's latency is the
-snapshot and how it grows from 100 to 10,000 children.
+``..data`` switched (rename the spare snapshot, bring it up to date, flush, rename: what readers wait for),
+the whole publish (which then tidies dest's visible names) and the TreeWatcher reload that follows. The trees
+scenario of ``tools/bench`` puts these beside its end-to-end figures, to show how much of a change's latency
+is the snapshot and how it grows from 100 to 10,000 children.
 
-Standalone: ``.venv/bin/python -m tools.benchmark.tree_publish --sizes 100 10000 --changes 20``.
+Standalone: ``.venv/bin/python -m tools.benchmark.tree_publish --sizes 100 10000 --changes 20``; with
+``--baseline REV`` the publisher of git revision REV (its ``livedata/snapshots.py``) is measured first, under
+the same conditions, and both columns are printed: before and after a change to the publisher.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
 
-from livedata.snapshots import DATA_LINK, TreeOutcome, TreePublisher, TreeSpec
+from livedata import snapshots
+from livedata.snapshots import DATA_LINK
 from livedata.tree_watcher import TreeWatcher
 from tools.benchmark.inotify import IN_MOVED_TO, DirectoryEvents
 from tools.benchmark.measure import payload
@@ -28,14 +35,18 @@ from tools.benchmark.scenarios import Metric
 
 
 def publish_costs(
-    workdir: str, sizes: Sequence[int] = (100, 10_000), changes: int = 20, size: int = 200
+    workdir: str, sizes: Sequence[int] = (100, 10_000), changes: int = 20, size: int = 200,
+    implementation: ModuleType = snapshots,
 ) -> list[Metric]:
-    """Figures per tree size: initial publish, one-child change (p50, max), reader reload after it (p50)."""
+    """Figures per tree size: initial publish, one-child change (p50, max), reader reload after it (p50).
+
+    ``implementation`` is the module whose ``TreePublisher`` and ``TreeSpec`` are timed (another revision's).
+    """
     metrics: list[Metric] = []
     for count in sizes:
         dest = os.path.join(workdir, f"tree-{count}")
         children = {f"child{i:06d}": payload("tree", i, size) for i in range(count)}
-        publisher = TreePublisher(TreeSpec(dest, 0o444))
+        publisher = implementation.TreePublisher(implementation.TreeSpec(dest, 0o444))
         start = time.perf_counter()
         publisher.publish(children)
         initial = time.perf_counter() - start
@@ -56,6 +67,8 @@ def publish_costs(
             Metric(f"tree{count}_initial_s", f"{label}: initial publish", "s", initial),
             Metric(f"tree{count}_switch_p50_ms", f"{label}: one-child change, ..data switched p50", "ms",
                    statistics.median(switches)),
+            Metric(f"tree{count}_switch_max_ms", f"{label}: one-child change, ..data switched max", "ms",
+                   max(switches)),
             Metric(f"tree{count}_change_p50_ms", f"{label}: one-child change, publish p50", "ms",
                    statistics.median(publishes)),
             Metric(f"tree{count}_change_max_ms", f"{label}: one-child change, publish max", "ms", max(publishes)),
@@ -74,11 +87,11 @@ def publish_costs(
 
 
 def _timed_publish(
-    publisher: TreePublisher, children: dict[str, bytes], events: DirectoryEvents
-) -> tuple[float, float, float, TreeOutcome]:
+    publisher: Any, children: dict[str, bytes], events: DirectoryEvents
+) -> tuple[float, float, float, Any]:
     """Publish in a thread while this one sleeps on inotify, to time the ``..data`` rename (when readers see
-    the change) apart from the whole publish (which then deletes the old snapshot)."""
-    result: list[TreeOutcome] = []
+    the change) apart from the whole publish (which then tidies dest)."""
+    result: list[Any] = []
     thread = threading.Thread(target=lambda: result.append(publisher.publish(children)))
     start = time.perf_counter()
     thread.start()
@@ -94,18 +107,43 @@ def _timed_publish(
     return start, switched, published, result[0]
 
 
+def load_revision(revision: str, workdir: str) -> ModuleType:
+    """``livedata/snapshots.py`` as it was at git ``revision``, imported under a name of its own."""
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    shown = subprocess.run(["git", "-C", repo, "show", f"{revision}:livedata/snapshots.py"], capture_output=True)
+    if shown.returncode != 0:
+        sys.exit(f"tree_publish: cannot read livedata/snapshots.py at {revision!r}: {shown.stderr.decode().strip()}")
+    path = os.path.join(workdir, "baseline_snapshots.py")
+    with open(path, "wb") as f:
+        f.write(shown.stdout)
+    spec = importlib.util.spec_from_file_location("baseline_snapshots", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is being made
+    spec.loader.exec_module(module)
+    return module
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 10_000])
     parser.add_argument("--changes", type=int, default=20)
     parser.add_argument("--payload", type=int, default=200)
     parser.add_argument("--workdir", default=None, help="where to build the trees (default: a temp dir)")
+    parser.add_argument("--baseline", metavar="REV", help="also time the publisher of this git revision, first")
     args = parser.parse_args(argv)
     workdir = tempfile.mkdtemp(prefix="livedata-tree-bench-", dir=args.workdir)
     try:
-        for metric in publish_costs(workdir, args.sizes, args.changes, args.payload):
-            shown = "n/a" if metric.value is None else f"{metric.value:.3f}"
-            print(f"{metric.label:<62} {shown:>10} {metric.unit}")
+        columns = []
+        if args.baseline:
+            baseline = load_revision(args.baseline, workdir)
+            columns.append((args.baseline, publish_costs(workdir, args.sizes, args.changes, args.payload, baseline)))
+        columns.append(("this tree", publish_costs(workdir, args.sizes, args.changes, args.payload)))
+        print(f"{'':<62} " + " ".join(f"{name[:12]:>12}" for name, _ in columns))
+        for row, metric in enumerate(columns[-1][1]):
+            shown = [column[row].value for _, column in columns]
+            cells = " ".join(f"{'n/a' if value is None else f'{value:.3f}':>12}" for value in shown)
+            print(f"{metric.label:<62} {cells} {metric.unit}")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
