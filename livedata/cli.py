@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn
+from typing import Callable, NoReturn, TypeVar
 
 from livedata.logs import LEVELS
 from livedata.logs import setup_logging as setup
+
+T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -31,6 +33,19 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: {message} (see --help)\n")
+
+
+def argument(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """A config-spec parser (``znode_path``, ``byte_size``...) as an argparse ``type``: same rules, one line."""
+
+    def parse_argument(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parse_argument.__name__ = parse.__name__  # argparse names the type in its messages
+    return parse_argument
 
 
 def fail(prog: str, message: object, status: int) -> int:

@@ -96,41 +96,43 @@ def problems(
 
 
 def file_problems(spec: FileSpec, max_age: float, now: float) -> list[str]:
-    try:
-        status = os.lstat(spec.path)
-    except FileNotFoundError:
-        return ["missing"]
-    except OSError as e:
-        return [f"cannot inspect: {e.strerror or e}"]
+    status = _status(spec.path)
+    if isinstance(status, list):
+        return status
     if not stat.S_ISREG(status.st_mode):
         return ["not a regular file"]
     found = []
     mode = stat.S_IMODE(status.st_mode)
     if mode != spec.mode:
         found.append(f"mode {mode:04o}, expected {spec.mode:04o}")
-    if spec.owner is not None and status.st_uid != spec.owner:
-        found.append(f"owner uid {status.st_uid}, expected {spec.owner}")
-    if spec.group is not None and status.st_gid != spec.group:
-        found.append(f"group gid {status.st_gid}, expected {spec.group}")
-    age = now - status.st_mtime
-    if age > max_age:
-        found.append(f"stale: modified {age:.0f}s ago, more than {STALE_HEARTBEATS} heartbeats ({max_age:g}s)")
-    return found
+    return found + _ownership_and_age(status, spec, max_age, now)
 
 
 def tree_problems(spec: FileSpec, max_age: float, now: float) -> list[str]:
     """A ``directory`` tree: a directory whose ``..data`` names a snapshot, touched by the heartbeat."""
-    try:
-        status = os.lstat(spec.path)
-    except FileNotFoundError:
-        return ["missing"]
-    except OSError as e:
-        return [f"cannot inspect: {e.strerror or e}"]
+    status = _status(spec.path)
+    if isinstance(status, list):
+        return status
     if not stat.S_ISDIR(status.st_mode):
         return ["not a directory"]
     found = []
     if not os.path.isdir(os.path.join(spec.path, "..data")):
         found.append("no snapshot (..data does not name one)")
+    return found + _ownership_and_age(status, spec, max_age, now)
+
+
+def _status(path: str) -> os.stat_result | list[str]:
+    """The dest's own status (a symlink is not followed), or the one problem that stops any other check."""
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return ["missing"]
+    except OSError as e:
+        return [f"cannot inspect: {e.strerror or e}"]
+
+
+def _ownership_and_age(status: os.stat_result, spec: FileSpec, max_age: float, now: float) -> list[str]:
+    found = []
     if spec.owner is not None and status.st_uid != spec.owner:
         found.append(f"owner uid {status.st_uid}, expected {spec.owner}")
     if spec.group is not None and status.st_gid != spec.group:

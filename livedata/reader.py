@@ -21,6 +21,7 @@ from livedata.cli import (
     ArgumentParser,
     CommandError,
     add_common_arguments,
+    argument,
     fail,
     log_level,
     setup_logging,
@@ -77,31 +78,13 @@ def describe(path: str, decoded: Decoded) -> str:
     return "".join(f"{key}: {value}\n" for key, value in lines)
 
 
-def _node_argument(text: str) -> str:
-    import argparse
-
-    try:
-        return znode_path(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _size_argument(text: str) -> int:
-    import argparse
-
-    try:
-        return byte_size(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = ArgumentParser(prog=PROG, description="Print the decoded data of a ZooKeeper node.")
     parser.add_argument("config", metavar="CONFIG", help="INI file with a [live-data] section (zookeeper.*, secrets.*)")
-    parser.add_argument("node", metavar="NODE", type=_node_argument, help="absolute path of the znode")
+    parser.add_argument("node", metavar="NODE", type=argument(znode_path), help="absolute path of the znode")
     parser.add_argument("--stat", action="store_true", help="print how the node is stored instead of its data")
     parser.add_argument(
-        "--max-size", type=_size_argument, default=DEFAULT_MAX_PAYLOAD_SIZE, metavar="BYTES",
+        "--max-size", type=argument(byte_size), default=DEFAULT_MAX_PAYLOAD_SIZE, metavar="BYTES",
         help="refuse data that decodes to more than this (default 64 MiB)",
     )
     add_common_arguments(parser)

@@ -43,6 +43,7 @@ from livedata.cli import (
     ArgumentParser,
     CommandError,
     add_common_arguments,
+    argument,
     fail,
     log_level,
     setup_logging,
@@ -506,15 +507,6 @@ def connected_client(config: RawConfig, settings: ConfigNamespace) -> Iterator[K
 # --- the command line -----------------------------------------------------------------------------
 
 
-def _node_argument(text: str) -> str:
-    import argparse
-
-    try:
-        return znode_path(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = ArgumentParser(
         prog=PROG,
@@ -522,7 +514,7 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("config", metavar="CONFIG", help="INI file with a [live-data] section (zookeeper.*, secrets.*)")
     parser.add_argument("source", metavar="SOURCE", help="file whose bytes to write, or - for standard input")
-    parser.add_argument("node", metavar="NODE", type=_node_argument, help="absolute path of an existing znode")
+    parser.add_argument("node", metavar="NODE", type=argument(znode_path), help="absolute path of an existing znode")
     parser.add_argument("--dry-run", action="store_true", help="show the difference but write nothing")
     parser.add_argument(
         "--no-validate", dest="validate", action="store_false", help="do not require a *.json SOURCE to parse as JSON"
