@@ -17,17 +17,11 @@ from kazoo.client import KazooClient
 from livedata.testing.watcher_process import base_settings, node_settings, read_bytes, wait_for_content
 from livedata.writer import push, stored_form
 from tests.payloads import BAD_CASES, LIMIT, MiB, experiments_json, incompressible, put
+from tests.test_writer_payload import CASES
 
 pytestmark = pytest.mark.timeout(180)
 
-ROUND_TRIPS = {
-    "empty": lambda: b"",
-    "one byte": lambda: b"x",
-    "exactly the node limit": lambda: b"a" * LIMIT,
-    "one byte over the limit": lambda: b"a" * (LIMIT + 1),
-    "5 MiB of experiments JSON": lambda: experiments_json(5 * MiB),
-    "20 MiB incompressible": lambda: incompressible(20 * MiB),
-}
+ROUND_TRIPS = CASES  # the writer's own round trips, seen through the watcher
 
 
 def write(client: KazooClient, path: str, data: bytes, mode: str = "auto") -> None:
