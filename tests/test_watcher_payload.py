@@ -16,10 +16,16 @@ from kazoo.client import KazooClient
 
 from livedata.testing.watcher_process import base_settings, node_settings, read_bytes, wait_for_content
 from livedata.writer import push, stored_form
-from tests.payloads import BAD_CASES, LIMIT, MiB, experiments_json, incompressible, put
+from tests.payloads import BAD_CASES, LIMIT, MiB, experiments_json, incompressible, large_data_server, put
 from tests.test_writer_payload import CASES
 
 pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def zk_server():
+    """Megabytes of transactions: a server of our own (see tests.payloads.large_data_server)."""
+    yield from large_data_server()
 
 ROUND_TRIPS = CASES  # the writer's own round trips, seen through the watcher
 
