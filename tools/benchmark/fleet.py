@@ -74,6 +74,7 @@ class Sample:
     cpu: float  # seconds of CPU, all JVM threads
     response_bytes: int
     packets_sent: int
+    serialized: int  # getData replies serialized afresh (zk_response_packet_cache_misses); the rest reuse one
 
     def rate(self, later: Sample) -> tuple[float, float, float]:
         """(CPU seconds, bytes, packets) per second between this sample and a later one."""
@@ -83,7 +84,7 @@ class Sample:
 
 
 def sample(servers: Sequence[ZooKeeperServer]) -> Sample:
-    cpu, sent, packets = 0.0, 0, 0
+    cpu, sent, packets, serialized = 0.0, 0, 0, 0
     at = time.monotonic()
     for server in servers:
         assert server.process is not None
@@ -91,7 +92,8 @@ def sample(servers: Sequence[ZooKeeperServer]) -> Sample:
         counters = mntr(server)
         sent += int(counters["zk_response_bytes"])
         packets += int(counters["zk_packets_sent"])
-    return Sample(at, cpu, sent, packets)
+        serialized += int(counters.get("zk_response_packet_cache_misses", 0))
+    return Sample(at, cpu, sent, packets, serialized)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -247,6 +249,7 @@ def fleet_size(
             if synced < count:
                 raise BenchError(f"fleet: only {synced} of {count} sessions synced ({label})")
             connect_seconds = time.monotonic() - began
+            started = (merged(answers, "expired"), merged(answers, "disconnects"))
             idle = _idle(topology, pool, plan.quiet)
             rows = [
                 Metric(f"{config}.connect_s", f"{label}: start to every host synced", "s", connect_seconds),
@@ -265,10 +268,13 @@ def fleet_size(
                     continue
                 rows += _timed_size(topology, writer, pool, layout, datawatch, root, count, size, plan, idle)
             final = pool.ask({"command": "usage"}, timeout=10.0)
-            rows.append(Metric(f"{config}.expired", f"{label}: sessions expired during the run", "count",
-                               merged(final, "expired")))  # fmt: skip
-            rows.append(Metric(f"{config}.disconnects", f"{label}: disconnections during the run", "count",
-                               merged(final, "disconnects")))  # fmt: skip
+            rows += [
+                Metric(f"{config}.expired", f"{label}: sessions expired once all were synced", "count",
+                       merged(final, "expired") - started[0]),
+                Metric(f"{config}.disconnects", f"{label}: disconnections once all were synced", "count",
+                       merged(final, "disconnects") - started[1]),
+                Metric(f"{config}.start_expired", f"{label}: sessions expired while starting", "count", started[0]),
+            ]  # fmt: skip
         return rows
     finally:
         shutil.rmtree(dest_root, ignore_errors=True)
@@ -362,6 +368,8 @@ def _timed_size(
         Metric(f"{config}.sent_kb", f"{label}: bytes sent to clients per change", "KB", sent / 1e3),
         Metric(f"{config}.sent_per_host", f"{label}: bytes sent per change per host / stored bytes", "x",
                sent / count / len(layout.stored(last))),
+        Metric(f"{config}.serialized", f"{label}: replies serialized per change (the rest reuse them)", "count",
+               (after.serialized - before.serialized) / plan.changes),
         Metric(f"{config}.client_cpu_us", f"{label}: bench CPU per host per change, net of idle", "us",
                1e6 * client_cpu),
         Metric(f"{config}.missed", f"{label}: host-changes not seen within {plan.change_timeout:g}s", "count",

@@ -89,14 +89,15 @@ CHECKS = [
 _FLEET_PER_CHANGE = [
     ("first_ms", "first ms"), ("median_ms", "median ms"), ("p99_ms", "p99 ms"), ("last_ms", "last ms"),
     ("last_max_ms", "last max ms"), ("server_cpu_ms", "server CPU ms"), ("voters_cpu_ms", "voters CPU ms"),
-    ("sent_kb", "sent KB"), ("sent_per_host", "sent/host/stored"), ("client_cpu_us", "bench CPU/host us"),
+    ("sent_kb", "sent KB"), ("sent_per_host", "sent/host/stored"),
+    ("serialized", "serialized"), ("client_cpu_us", "bench CPU/host us"),
     ("missed", "missed"), ("stale_files", "stale files"),
 ]  # fmt: skip
 _FLEET_PER_SIZE = [
     ("connect_s", "start to synced s"), ("busiest_pct", "on busiest server %"),
     ("idle_server_pct", "idle server CPU %"), ("idle_client_us", "idle bench CPU/host us/s"),
     ("worker_kb", "bench KB/host"),
-    ("expired", "sessions expired"), ("disconnects", "disconnections"),
+    ("start_expired", "expired starting"), ("expired", "expired after"), ("disconnects", "disconnections after"),
 ]  # fmt: skip
 
 
