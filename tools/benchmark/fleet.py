@@ -266,7 +266,9 @@ def fleet_size(
                     _warn(f"skipping {label}, {size} bytes: the run-time budget is spent")
                     rows.append(Metric(f"{config}.{size_label(size)}.skipped", f"{label}: skipped", "count", 1))
                     continue
-                rows += _timed_size(topology, writer, pool, layout, datawatch, root, count, size, plan, idle)
+                rows += _timed_size(
+                    topology, writer, pool, layout, datawatch, root, count, size, plan, idle, deadline
+                )
             final = pool.ask({"command": "usage"}, timeout=10.0)
             rows += [
                 Metric(f"{config}.expired", f"{label}: sessions expired once all were synced", "count",
@@ -332,6 +334,7 @@ def _timed_size(
     size: int,
     plan: FleetPlan,
     idle: Idle,
+    deadline: float,
 ) -> list[Metric]:
     config = f"{topology.name}.n{count}.{variant(layout, datawatch)}.{size_label(size)}"
     label = f"{topology.label}, {count:,} hosts, {size_label(size)} {variant(layout, datawatch)}"
@@ -340,22 +343,25 @@ def _timed_size(
         _change(writer, pool, layout, root, document(f"{root}:{size}:warmup{i}", size), plan.change_timeout)
     before, voters_before = sample(topology.serving), sample(topology.voters)
     client_before = merged(pool.ask({"command": "usage"}, 10.0), "cpu")
-    changes = []
+    changes: list[Change] = []
     for i in range(plan.changes):
+        if changes and time.monotonic() > deadline:
+            _warn(f"{label}: the run-time budget is spent after {len(changes)} of {plan.changes} changes")
+            break
         last = document(f"{root}:{size}:{i}", size)
         changes.append(_change(writer, pool, layout, root, last, plan.change_timeout))
         time.sleep(rng.uniform(0.05, 0.15))  # live data changes rarely; a fixed period could alias with pings
     after, voters_after = sample(topology.serving), sample(topology.voters)
     client_after = merged(pool.ask({"command": "usage"}, 10.0), "cpu")
     span = after.at - before.at
-    server_cpu = (after.cpu - before.cpu - idle.server_cpu * span) / plan.changes
-    sent = (after.response_bytes - before.response_bytes - idle.server_bytes * span) / plan.changes
-    client_cpu = (client_after - client_before - idle.client_cpu * span) / plan.changes / count
+    n = len(changes)
+    server_cpu = (after.cpu - before.cpu - idle.server_cpu * span) / n
+    sent = (after.response_bytes - before.response_bytes - idle.server_bytes * span) / n
+    client_cpu = (client_after - client_before - idle.client_cpu * span) / n / count
 
     def p50_of(pick: int) -> float:
         return 1000 * statistics.median(change.seconds[pick] for change in changes)
 
-    n = plan.changes
     rows = [
         Metric(f"{config}.first_ms", f"{label}: set() to first host, p50 of {n} changes", "ms", p50_of(0)),
         Metric(f"{config}.median_ms", f"{label}: set() to median host, p50", "ms", p50_of(count // 2)),
@@ -369,7 +375,7 @@ def _timed_size(
         Metric(f"{config}.sent_per_host", f"{label}: bytes sent per change per host / stored bytes", "x",
                sent / count / len(layout.stored(last))),
         Metric(f"{config}.serialized", f"{label}: replies serialized per change (the rest reuse them)", "count",
-               (after.serialized - before.serialized) / plan.changes),
+               (after.serialized - before.serialized) / n),
         Metric(f"{config}.client_cpu_us", f"{label}: bench CPU per host per change, net of idle", "us",
                1e6 * client_cpu),
         Metric(f"{config}.missed", f"{label}: host-changes not seen within {plan.change_timeout:g}s", "count",
@@ -379,7 +385,7 @@ def _timed_size(
         stale = _stale_files(pool.dests(), layout.expected(last))
         rows.append(Metric(f"{config}.stale_files", f"{label}: files not holding the last change", "count", stale))
     if topology.voters:
-        voters_cpu = (voters_after.cpu - voters_before.cpu - idle.voters_cpu * span) / plan.changes
+        voters_cpu = (voters_after.cpu - voters_before.cpu - idle.voters_cpu * span) / n
         rows.append(Metric(f"{config}.voters_cpu_ms", f"{label}: voters' CPU per change, net of idle", "ms",
                            1000 * voters_cpu))  # fmt: skip
     return rows
