@@ -258,8 +258,6 @@ def fleet_size(
                 Metric(f"{config}.idle_server_pct", f"{label}: server CPU, idle sessions", "%", 100 * idle.server_cpu),
                 Metric(f"{config}.idle_client_us", f"{label}: bench CPU per idle host per second", "us",
                        1e6 * idle.client_cpu / count),
-                Metric(f"{config}.worker_kb", f"{label}: bench memory per host (worker peak RSS)", "KB",
-                       1024 * merged(answers, "maxrss_mb") / count),
             ]  # fmt: skip
             for size in plan.sizes:
                 if time.monotonic() > deadline:
@@ -276,6 +274,8 @@ def fleet_size(
                 Metric(f"{config}.disconnects", f"{label}: disconnections once all were synced", "count",
                        merged(final, "disconnects") - started[1]),
                 Metric(f"{config}.start_expired", f"{label}: sessions expired while starting", "count", started[0]),
+                Metric(f"{config}.worker_kb", f"{label}: bench memory per host (workers' peak RSS)", "KB",
+                       1024 * merged(final, "maxrss_mb") / count),
             ]  # fmt: skip
         return rows
     finally:
