@@ -18,6 +18,7 @@ from kazoo.client import KazooClient
 
 from tests.harness import start_standalone
 from tools.benchmark import fleet, measure, report, scenarios, targets
+from tools.benchmark.fleet_layouts import LAYOUTS
 from tools.benchmark.scenarios import Bench, Metric
 from tools.benchmark.targets import BenchError, Target
 
@@ -65,7 +66,7 @@ _SIZE_FLAGS = [
     ("fleet-sizes", "BYTES", "stored bytes per change"),
     ("fleet-changes", "K", "changes timed per configuration"),
     ("fleet-workers", "N", "processes the simulated hosts are packed into"),
-    ("fleet-layouts", "LAYOUT", f"how the data is stored ({', '.join(fleet.LAYOUTS)})"),
+    ("fleet-layouts", "LAYOUT", f"how the data is stored ({', '.join(LAYOUTS)})"),
     ("fleet-quiet", "SECONDS", "idle window per fleet size (figures are net of idle)"),
     ("fleet-budget", "SECONDS", "longest the fleet scenario may run; what is left is skipped"),
 ]
@@ -108,9 +109,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = [name for name in args.scenarios if name not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario {unknown[0]!r} (choose from {', '.join(SCENARIOS)})")
-    unknown = [name for name in (args.fleet_layouts or []) if name not in fleet.LAYOUTS]
+    unknown = [name for name in (args.fleet_layouts or []) if name not in LAYOUTS]
     if unknown:
-        parser.error(f"--fleet-layouts: unknown layout {unknown[0]!r} (choose from {', '.join(fleet.LAYOUTS)})")
+        parser.error(f"--fleet-layouts: unknown layout {unknown[0]!r} (choose from {', '.join(LAYOUTS)})")
     if args.scenarios:
         args.scenario = [*(args.scenario or []), *args.scenarios]
     for key, value in (SMOKE if args.smoke else FULL).items():
