@@ -24,6 +24,9 @@ from tools.benchmark.targets import BenchError, Target
 
 SCENARIOS = ("startup", "propagation", "burst", "fanout", "filewatcher", "idle", "fleet")
 _PAYLOAD_SCENARIOS = SCENARIOS[:-1]  # fleet sets its stored sizes with --fleet-sizes
+# What a run that names no scenario measures: fleet (a quarter of an hour, thousands of sessions) runs only when
+# named, `tools/bench fleet`, or in --smoke at its tiny size.
+UNNAMED = SCENARIOS[:-1]
 
 # Full-run defaults (about ten minutes for ours alone) and the tiny ones of --smoke (seconds; used by the tests).
 FULL = {
@@ -85,7 +88,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "ours/baseplate: below 1 is better, except for the FileWatcher speed-up. Absolute figures drift with the "
         "machine's load; compare within one run.",
     )
-    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="same as --scenario (tools/bench fleet)")
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO",
+                        help="same as --scenario; fleet runs only when named: tools/bench fleet")  # fmt: skip
     parser.add_argument("--scenario", action="append", choices=SCENARIOS, help="run only this one (repeatable)")
     parser.add_argument("--fleet-floor", action="store_true", help="also time every fleet configuration with "
                         "bare kazoo DataWatches (no file written): what ZooKeeper and kazoo alone allow")  # fmt: skip
@@ -167,7 +171,7 @@ def check_filesystem(workdir: str, info: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace, workdir: str) -> dict[str, dict[str, list[Metric]]]:
-    chosen = [name for name in SCENARIOS if not args.scenario or name in args.scenario]
+    chosen = [name for name in SCENARIOS if name in (args.scenario or (SCENARIOS if args.smoke else UNNAMED))]
     implementations = [targets.ours(args.watcher_cmd)]
     if args.compare_baseplate:
         implementations.append(targets.baseplate(args.baseplate_venv, workdir))
