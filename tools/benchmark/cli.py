@@ -23,9 +23,9 @@ from tools.benchmark.scenarios import Bench, Metric
 from tools.benchmark.targets import BenchError, Target
 
 SCENARIOS = ("startup", "propagation", "burst", "fanout", "filewatcher", "idle", "fleet")
-_PAYLOAD_SCENARIOS = SCENARIOS[:-1]  # fleet sets its stored sizes with --fleet-sizes
 # What a run that names no scenario measures: fleet (a quarter of an hour, thousands of sessions) runs only when
-# named, `tools/bench fleet`, or in --smoke at its tiny size.
+# named, `tools/bench fleet`, or in --smoke at its tiny size.  These also take --<name>-payload; fleet has
+# --fleet-sizes.
 UNNAMED = SCENARIOS[:-1]
 
 # Full-run defaults (about ten minutes for ours alone) and the tiny ones of --smoke (seconds; used by the tests).
@@ -63,7 +63,7 @@ _SIZE_FLAGS = [
     ("filewatcher-interval", "SECONDS", "the check_interval measured"),
     ("idle-nodes", "N", "nodes the idle watcher holds"),
     ("idle-seconds", "SECONDS", "length of the quiet window"),
-    *((f"{name}-payload", "BYTES", f"bytes per node ({name})") for name in _PAYLOAD_SCENARIOS),
+    *((f"{name}-payload", "BYTES", f"bytes per node ({name})") for name in UNNAMED),
     ("fleet-sessions", "N", "simulated hosts (ZooKeeper sessions) on one standalone server"),
     ("fleet-observer-sessions", "N", "simulated hosts spread over 2 observers of 3 voters (0: none)"),
     ("fleet-sizes", "BYTES", "stored bytes per change"),

@@ -101,7 +101,6 @@ _FLEET_PER_SIZE = [
 ]  # fmt: skip
 
 
-
 def _figures(metrics: Sequence[Metric]) -> dict[str, float | None]:
     return {metric.key: metric.value for metric in metrics}
 
