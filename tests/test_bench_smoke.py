@@ -51,7 +51,12 @@ def test_smoke_run_covers_every_scenario(tmp_path: Path) -> None:
     header = next(line for line in lines if line.startswith("scenario"))
     assert header.split() == ["scenario", "figure", "ours"]
     for scenario in SCENARIOS:
-        assert any(line.startswith(scenario + " ") for line in lines), f"no table row for {scenario}"
+        if scenario != "fleet":  # its figures are pivoted into tables of their own
+            assert any(line.startswith(scenario + " ") for line in lines), f"no table row for {scenario}"
+    assert "fleet, per change" in lines and "fleet, per fleet size" in lines
+    fleet = document["scenarios"]["fleet"]["ours"]
+    assert fleet["standalone.n20.plain.1KiB.missed"] == 0 and fleet["standalone.n20.plain.1KiB.stale_files"] == 0
+    assert fleet["standalone.n20.plain.expired"] == 0
 
 
 @pytest.mark.timeout(30)
@@ -62,3 +67,18 @@ def test_scenario_flag_runs_only_the_chosen_ones(tmp_path: Path) -> None:
     document = json.loads(output.read_text())
     assert list(document["scenarios"]) == ["startup", "filewatcher"]
     assert_every_figure_is_a_number(document, "filewatcher")
+
+
+@pytest.mark.timeout(60)
+def test_fleet_on_observers(tmp_path: Path) -> None:
+    """The fleet scenario's other topology: simulated hosts spread over the 2 observers of a 5-server ensemble."""
+    output = tmp_path / "bench.json"
+    run_bench("fleet", "--fleet-sessions", "0", "--fleet-observer-sessions", "10", "--json", str(output), timeout=55)
+
+    document = json.loads(output.read_text())
+    assert list(document["scenarios"]) == ["fleet"]
+    assert_every_figure_is_a_number(document, "fleet")
+    fleet = document["scenarios"]["fleet"]["ours"]
+    assert fleet["observers.n10.plain.1KiB.missed"] == 0 and fleet["observers.n10.plain.1KiB.stale_files"] == 0
+    assert fleet["observers.n10.plain.expired"] == 0
+    assert not any(key.startswith("standalone.") for key in fleet)

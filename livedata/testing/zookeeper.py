@@ -126,6 +126,7 @@ class ZooKeeperServer:
     client_port: int
     server_id: int = 0
     peers: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # id -> (peer, election, client) ports
+    observer_ids: frozenset[int] = frozenset()  # peers that are observers: they serve clients but never vote
     extra_config: dict[str, str] = field(default_factory=dict)
     java_properties: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
@@ -158,7 +159,10 @@ class ZooKeeperServer:
             "maxClientCnxns": "0",
         }
         for peer_id, (peer_port, election_port, _) in sorted(self.peers.items()):
-            settings[f"server.{peer_id}"] = f"127.0.0.1:{peer_port}:{election_port}"
+            role = ":observer" if peer_id in self.observer_ids else ""
+            settings[f"server.{peer_id}"] = f"127.0.0.1:{peer_port}:{election_port}{role}"
+        if self.server_id in self.observer_ids:
+            settings["peerType"] = "observer"
         settings.update(self.extra_config)
         with open(self.config_path, "w") as f:
             f.writelines(f"{key}={value}\n" for key, value in settings.items())
@@ -260,22 +264,51 @@ def start_standalone(
 
 
 class Ensemble:
-    """Three (or more) servers forming one quorum on loopback."""
+    """Three (or more) voting servers forming one quorum on loopback, plus ``observers`` non-voting ones.
 
-    def __init__(self, size: int = 3, directory: str | None = None, java_properties: dict[str, str] | None = None):
+    Observers follow the leader like followers do and serve clients (reads and watches) the same way, but
+    take no part in elections or write quorums: they are how ZooKeeper scales to many readers without
+    slowing writes.  ``extra_config`` goes into every server's zoo.cfg (e.g. ``{"maxClientCnxns": "60"}``).
+    """
+
+    def __init__(
+        self,
+        size: int = 3,
+        directory: str | None = None,
+        java_properties: dict[str, str] | None = None,
+        observers: int = 0,
+        extra_config: dict[str, str] | None = None,
+    ):
         self.directory = directory or tempfile.mkdtemp(prefix="livedata-ensemble-")
-        ports = free_ports(3 * size)
-        peers = {i + 1: (ports[3 * i], ports[3 * i + 1], ports[3 * i + 2]) for i in range(size)}
+        total = size + observers
+        ports = free_ports(3 * total)
+        peers = {i + 1: (ports[3 * i], ports[3 * i + 1], ports[3 * i + 2]) for i in range(total)}
+        observer_ids = frozenset(range(size + 1, total + 1))
         self.servers = [
             ZooKeeperServer(
                 directory=os.path.join(self.directory, f"server{server_id}"),
                 client_port=client_port,
                 server_id=server_id,
                 peers=peers,
+                observer_ids=observer_ids,
+                extra_config=dict(extra_config or {}),
                 java_properties=dict(java_properties or {}),
             )
             for server_id, (_, _, client_port) in peers.items()
         ]
+
+    @property
+    def voters(self) -> list[ZooKeeperServer]:
+        return [server for server in self.servers if server.server_id not in server.observer_ids]
+
+    @property
+    def observers(self) -> list[ZooKeeperServer]:
+        return [server for server in self.servers if server.server_id in server.observer_ids]
+
+    @property
+    def observer_hosts(self) -> str:
+        """The connection string of the observers alone, for clients that must never load the voters."""
+        return ",".join(server.address for server in self.observers)
 
     @property
     def hosts(self) -> str:

@@ -17,11 +17,16 @@ from typing import Any
 from kazoo.client import KazooClient
 
 from livedata.testing.zookeeper import start_standalone
-from tools.benchmark import measure, report, scenarios, targets, trees
+from tools.benchmark import fleet, measure, report, scenarios, targets, trees
+from tools.benchmark.fleet_layouts import LAYOUTS
 from tools.benchmark.scenarios import Bench, Metric
 from tools.benchmark.targets import BenchError, Target
 
-SCENARIOS = ("startup", "propagation", "burst", "fanout", "filewatcher", "idle", "payloads", trees.NAME)
+SCENARIOS = ("startup", "propagation", "burst", "fanout", "filewatcher", "idle", "payloads", trees.NAME, "fleet")
+# What a run that names no scenario measures: fleet (a quarter of an hour, thousands of sessions) runs only when
+# named, `tools/bench fleet`, or in --smoke at its tiny size.  Most also take --<name>-payload; fleet has
+# --fleet-sizes.
+UNNAMED = SCENARIOS[:-1]
 
 # Full-run defaults (about ten minutes for ours alone) and the tiny ones of --smoke (seconds; used by the tests).
 FULL = {
@@ -33,6 +38,9 @@ FULL = {
     "idle_nodes": 5000, "idle_seconds": 60.0, "idle_payload": 200,
     "payloads_sizes": [100 * 1024, 900 * 1024, 5 * 1024 * 1024], "payloads_changes": 30, "payloads_writer_runs": 5,
     **trees.FULL,
+    "fleet_sessions": [100, 500, 1000, 2000], "fleet_observer_sessions": [1000],
+    "fleet_sizes": [1024, 100 * 1024, 900 * 1024], "fleet_changes": 20, "fleet_workers": 4,
+    "fleet_layouts": ["plain"], "fleet_quiet": 3.0, "fleet_budget": 2400.0,
 }  # fmt: skip
 SMOKE = {
     **FULL,
@@ -40,6 +48,8 @@ SMOKE = {
     "fanout_processes": 3, "fanout_changes": 5, "filewatcher_calls": 1000, "filewatcher_interval": 0.05,
     "idle_nodes": 20, "idle_seconds": 1.0, "payloads_sizes": [100 * 1024], "payloads_changes": 3,
     "payloads_writer_runs": 1, **trees.SMOKE,
+    "fleet_sessions": [20], "fleet_observer_sessions": [], "fleet_sizes": [1024], "fleet_changes": 1,
+    "fleet_workers": 2, "fleet_quiet": 0.3, "fleet_budget": 60.0,
 }  # fmt: skip
 
 
@@ -60,7 +70,15 @@ _SIZE_FLAGS = [
     ("payloads-changes", "K", "changes timed per size and stored form"),
     ("payloads-writer-runs", "K", "tools/write_node runs timed per size"),
     *trees.SIZE_FLAGS,
-    *((f"{name}-payload", "BYTES", f"bytes per node ({name})") for name in SCENARIOS if name != "payloads"),
+    *((f"{name}-payload", "BYTES", f"bytes per node ({name})") for name in UNNAMED if name != "payloads"),
+    ("fleet-sessions", "N", "simulated hosts (ZooKeeper sessions) on one standalone server"),
+    ("fleet-observer-sessions", "N", "simulated hosts spread over 2 observers of 3 voters (0: none)"),
+    ("fleet-sizes", "BYTES", "stored bytes per change"),
+    ("fleet-changes", "K", "changes timed per configuration"),
+    ("fleet-workers", "N", "processes the simulated hosts are packed into"),
+    ("fleet-layouts", "LAYOUT", f"how the data is stored ({', '.join(LAYOUTS)})"),
+    ("fleet-quiet", "SECONDS", "idle window per fleet size (figures are net of idle)"),
+    ("fleet-budget", "SECONDS", "longest the fleet scenario may run; what is left is skipped"),
 ]
 
 
@@ -80,7 +98,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "ours/baseplate: below 1 is better, except for the FileWatcher speed-up. Absolute figures drift with the "
         "machine's load; compare within one run.",
     )
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO",
+                        help="same as --scenario; fleet runs only when named: tools/bench fleet")  # fmt: skip
     parser.add_argument("--scenario", action="append", choices=SCENARIOS, help="run only this one (repeatable)")
+    parser.add_argument("--fleet-floor", action="store_true", help="also time every fleet configuration with "
+                        "bare kazoo DataWatches (no file written): what ZooKeeper and kazoo alone allow")  # fmt: skip
     parser.add_argument("--compare-baseplate", action="store_true", help="also run the incumbent, side by side")
     parser.add_argument("--json", metavar="FILE", help="also write every figure (and the run's details) here")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and durations: does every scenario run?")
@@ -92,11 +114,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     sizes = parser.add_argument_group("sizes and durations (shown as full run / --smoke)")
     for flag, metavar, meaning in _SIZE_FLAGS:
         key = flag.replace("-", "_")
+        kind = float if metavar == "SECONDS" else str if metavar == "LAYOUT" else int
         sizes.add_argument(
-            f"--{flag}", type=float if metavar == "SECONDS" else int, nargs="+" if key in _LISTS else None,
+            f"--{flag}", type=kind, nargs="+" if key in _LISTS or isinstance(FULL[key], list) else None,
             metavar=metavar, help=f"{meaning} ({_shown(FULL[key])} / {_shown(SMOKE[key])})",
         )  # fmt: skip
     args = parser.parse_args(argv)
+    unknown = [name for name in args.scenarios if name not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario {unknown[0]!r} (choose from {', '.join(SCENARIOS)})")
+    unknown = [name for name in (args.fleet_layouts or []) if name not in LAYOUTS]
+    if unknown:
+        parser.error(f"--fleet-layouts: unknown layout {unknown[0]!r} (choose from {', '.join(LAYOUTS)})")
+    if args.scenarios:
+        args.scenario = [*(args.scenario or []), *args.scenarios]
     for key, value in (SMOKE if args.smoke else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -122,7 +153,17 @@ def runners(args: argparse.Namespace) -> dict[str, Callable[[Bench, Target], lis
         "idle": lambda b, t: scenarios.idle(b, t, a.idle_nodes, a.idle_seconds, a.idle_payload),
         "payloads": lambda b, t: scenarios.payloads(b, t, a.payloads_sizes, a.payloads_changes, a.payloads_writer_runs),
         trees.NAME: trees.runner(a),
+        "fleet": lambda b, t: fleet.fleet(b, fleet_plan(a)),
     }
+
+
+def fleet_plan(args: argparse.Namespace) -> fleet.FleetPlan:
+    return fleet.FleetPlan(
+        sessions=[n for n in args.fleet_sessions if n > 0],
+        observer_sessions=[n for n in args.fleet_observer_sessions if n > 0],
+        sizes=args.fleet_sizes, changes=args.fleet_changes, workers=args.fleet_workers, layouts=args.fleet_layouts,
+        floor=args.fleet_floor, quiet=args.fleet_quiet, budget=args.fleet_budget,
+    )  # fmt: skip
 
 
 # A fresh, quiet ext4 creates an empty file in well under 100 us; after mass deletions, several times that.
@@ -142,7 +183,7 @@ def check_filesystem(workdir: str, info: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace, workdir: str) -> dict[str, dict[str, list[Metric]]]:
-    chosen = [name for name in SCENARIOS if not args.scenario or name in args.scenario]
+    chosen = [name for name in SCENARIOS if name in (args.scenario or (SCENARIOS if args.smoke else UNNAMED))]
     implementations = [targets.ours(args.watcher_cmd)]
     if args.compare_baseplate:
         implementations.append(targets.baseplate(args.baseplate_venv, workdir))
@@ -154,6 +195,8 @@ def run(args: argparse.Namespace, workdir: str) -> dict[str, dict[str, list[Metr
         bench = Bench(zk, server.address, workdir)
         for name in chosen:
             for target in implementations:
+                if name == "fleet" and target.name != "ours":
+                    continue  # the simulated hosts run our Mirror; the incumbent has no such piece
                 began = time.perf_counter()
                 print(f"bench: {name} / {target.name}...", file=sys.stderr, flush=True)
                 results.setdefault(name, {})[target.name] = runners(args)[name](bench, target)
@@ -207,7 +250,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     commit = (info["commit"] or "no commit")[:12] + (" (dirty)" if info["dirty"] else "")
     print(f"livedata bench, {info['date']}, commit {commit}, {info['cpus']} CPUs, file create {info['create_us']} us")
     print(f"$ {info['command']}")
-    print(report.table(results, names))
+    main_table = report.table(results, names)
+    if main_table:
+        print(main_table)
+    fleet_tables = report.fleet_tables(results)
+    if fleet_tables:
+        print(("\n" if main_table else "") + fleet_tables)
     verdicts = report.targets_table(results, settings_of(args))
     if verdicts:
         print("\n" + verdicts)

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
+from tools.benchmark.fleet import TOPOLOGIES
 from tools.benchmark.scenarios import Metric
 
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 # The FileWatcher probe calls get_data() every 0.5 ms while waiting for a change, and sleeps overshoot a little.
 _PROBE_RESOLUTION_MS = 1.0
 BURST_OVER_FLOOR_MS = 5.0  # worst round of a burst scenario
-_DECIMALS = {"s": 3, "ms": 2, "us": 1, "ns": 0, "MB": 1, "%": 2, "x": 1, "count": 1}
+_DECIMALS = {"s": 3, "ms": 2, "us": 1, "ns": 0, "MB": 1, "%": 2, "x": 1, "count": 1, "KB": 0}
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,28 @@ CHECKS = [
     ),
     Check("trees", "tree100_over_floor_ms", "one child of 100 changed: p50 <= floor p50 + 5 ms", _const(5.0)),
     Check("trees", "tree10000_over_floor_ms", "one child of 10,000 changed: p50 <= floor p50 + 25 ms", _const(25.0)),
+    Check(
+        "fleet", "standalone.n1000.plain.1KiB.last_ms", "fleet: 1,000 hosts, 1 server, last has 1 KiB <= 500 ms (p50)",
+        lambda _o, _t, settings: 500.0 if settings["fleet_changes"] >= 20 else None,
+    ),
+    Check("fleet", "standalone.n1000.plain.expired", "fleet: 1,000 hosts, 1 server, no session lost", _const(0.0)),
+    Check("fleet", "standalone.n1000.plain.1KiB.missed", "fleet: 1,000 hosts, every change reached all", _const(0.0)),
 ]
+
+# The fleet scenario's rows, pivoted: one line per configuration, one column per figure (key suffix -> header).
+_FLEET_PER_CHANGE = [
+    ("first_ms", "first ms"), ("median_ms", "median ms"), ("p99_ms", "p99 ms"), ("last_ms", "last ms"),
+    ("last_max_ms", "last max ms"), ("server_cpu_ms", "server CPU ms"), ("voters_cpu_ms", "voters CPU ms"),
+    ("sent_kb", "sent KB"), ("sent_per_host", "sent/host/stored"),
+    ("serialized", "serialized"), ("client_cpu_us", "bench CPU/host us"),
+    ("missed", "missed"), ("stale_files", "stale files"),
+]  # fmt: skip
+_FLEET_PER_SIZE = [
+    ("connect_s", "start to synced s"), ("busiest_pct", "on busiest server %"),
+    ("idle_server_pct", "idle server CPU %"), ("idle_client_us", "idle bench CPU/host us/s"),
+    ("worker_kb", "bench KB/host"),
+    ("start_expired", "expired starting"), ("expired", "expired after"), ("disconnects", "disconnections after"),
+]  # fmt: skip
 
 
 def _figures(metrics: Sequence[Metric]) -> dict[str, float | None]:
@@ -129,12 +151,15 @@ def write_json(path: str, document: Mapping[str, Any]) -> None:
 
 
 def table(results: Results, targets: Sequence[str]) -> str:
+    """Every scenario's figures, one row each; the fleet scenario's go to :func:`fleet_tables` instead."""
     header = ["scenario", "figure", *targets]
     comparing = len(targets) == 2
     if comparing:
         header.append(f"{targets[0]}/{targets[1]}")
     rows = [header]
     for scenario, by_target in results.items():
+        if scenario == "fleet":
+            continue
         columns = [_figures(by_target.get(name, [])) for name in targets]
         for metric in by_target.get(targets[0], []):
             values = [column.get(metric.key) for column in columns]
@@ -142,7 +167,46 @@ def table(results: Results, targets: Sequence[str]) -> str:
             if comparing:
                 row.append(_ratio(values[0], values[1]))
             rows.append(row)
-    return _align(rows)
+    return _align(rows) if len(rows) > 1 else ""
+
+
+def fleet_tables(results: Results) -> str:
+    """The fleet figures as two tables: per change (one row per stored size) and per fleet size."""
+    metrics = results.get("fleet", {}).get("ours", [])
+    if not metrics:
+        return ""
+    per_change: dict[tuple[str, ...], dict[str, float | None]] = {}
+    per_size: dict[tuple[str, ...], dict[str, float | None]] = {}
+    units = {}
+    for metric in metrics:
+        parts = metric.key.split(".")
+        units[parts[-1]] = metric.unit
+        if len(parts) == 5:
+            per_change.setdefault(tuple(parts[:4]), {})[parts[4]] = metric.value
+        elif len(parts) == 4:
+            per_size.setdefault(tuple(parts[:3]), {})[parts[3]] = metric.value
+    skipped = next((m.value for m in metrics if m.key == "skipped"), 0)
+    return "\n\n".join([
+        _pivot("fleet, per change", ["servers", "hosts", "variant", "stored"], per_change, _FLEET_PER_CHANGE, units),
+        _pivot("fleet, per fleet size", ["servers", "hosts", "variant"], per_size, _FLEET_PER_SIZE, units),
+        f"fleet: configurations skipped (time budget or memory): {skipped:g}",
+    ])  # fmt: skip
+
+
+def _pivot(
+    title: str,
+    names: list[str],
+    rows: Mapping[tuple[str, ...], Mapping[str, float | None]],
+    columns: Sequence[tuple[str, str]],
+    units: Mapping[str, str],
+) -> str:
+    shown = [(key, header) for key, header in columns if any(key in row for row in rows.values())]
+    lines = [[*names, *(header for _, header in shown)]]
+    for config, row in rows.items():
+        topology, count, *rest = config
+        cells = [TOPOLOGIES.get(topology, topology), f"{int(count[1:]):,}", *rest]
+        lines.append(cells + [_format(row.get(key), units.get(key, "")) if key in row else "" for key, _ in shown])
+    return f"{title}\n" + _align(lines, text_columns=len(names))
 
 
 def targets_table(results: Results, settings: Mapping[str, Any]) -> str:
