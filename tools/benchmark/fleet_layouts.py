@@ -1,10 +1,10 @@
 """What the simulated hosts of ``tools/bench fleet`` watch and how a change is stored: the seam for variants.
 
 A layout says which znode(s) every host mirrors, what ``set()`` stores for a document, and what a host's file
-holds once it has that document.  Today there is one, ``plain`` (one znode holding the document as it is).
-Compressed nodes (stored compressed, inflated by the watcher) and trees (one child of a 1,000-child parent
-changes) are further :class:`Layout` subclasses registered in :data:`LAYOUTS`: ``--fleet-layouts plain
-compressed`` then measures both with the same sessions, sizes and figures.
+holds once it has that document: ``plain`` (one znode holding the document as it is) and ``compressed`` (the
+same document stored compressed, inflated by every watcher).  ``--fleet-layouts plain compressed`` measures
+both with the same sessions, sizes and figures.  Trees (one child of a 1,000-child parent changes) would be
+one more :class:`Layout` subclass registered in :data:`LAYOUTS`.
 
 This module is imported by the driver and by the gevent workers, so it holds no clients and no threads.
 """
@@ -14,10 +14,12 @@ import json
 import random
 from typing import Any
 
+from livedata import payload
 from livedata.files import FileSpec
 from livedata.sync import NodeConfig
 
 _HEADER_ROOM = 64  # bytes kept free for the per-change header when a document is cut to size
+_MAX_NODE_SIZE = 1024 * 1024 - 1024  # zookeeper.max_node_size's default
 
 
 class Layout:
@@ -55,7 +57,19 @@ class Layout:
         return [NodeConfig("data", source, FileSpec(dest, mode=0o644))]
 
 
-LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (Layout(),)}
+class Compressed(Layout):
+    """The document as the writer stores it with ``--compress always``: zlib in livedata's envelope, inflated
+    and verified by every host's watcher.  Fewer bytes per change leave the servers."""
+
+    name = "compressed"
+
+    def stored(self, document: bytes) -> bytes:
+        stored = payload.encode(document, "always", _MAX_NODE_SIZE)
+        assert not stored.chunks, "fleet documents compress into one node"
+        return stored.node_data
+
+
+LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (Layout(), Compressed())}
 
 
 def document(tag: str, size: int) -> bytes:
