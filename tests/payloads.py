@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import random
 import shutil
 import struct
 import zlib
@@ -19,9 +17,9 @@ from typing import Any, Callable
 from kazoo.client import KazooClient
 
 from livedata.payload import CHUNK_PREFIX, MAGIC, VERSION, chunk_name
+from livedata.testing.documents import LIMIT, experiments_json, incompressible  # noqa: F401 -- for the tests
 from livedata.testing.zookeeper import ZooKeeperServer, start_standalone
 
-LIMIT = 1024 * 1024 - 1024  # zookeeper.max_node_size's default
 MiB = 1024 * 1024
 
 Case = tuple[bytes, dict[str, bytes], str]
@@ -60,35 +58,6 @@ def chunked(data: bytes, pieces: int, codec: str = "zlib") -> tuple[bytes, dict[
     parts = [body[i : i + step] for i in range(0, len(body), step)]
     names = [chunk_name(part) for part in parts]
     return envelope(header(data, body, codec, names), b""), dict(zip(names, parts))
-
-
-def experiments_json(size: int, seed: int = 13) -> bytes:
-    """A realistic experiments config of about ``size`` bytes: thousands of entries, ids, owners, variants."""
-    rng = random.Random(seed)
-    entries: list[dict[str, Any]] = []
-    text = b""
-    while len(text) < size:
-        for _ in range(500):
-            n = len(entries)
-            entries.append({
-                "id": f"exp-{n:06d}-{rng.getrandbits(32):08x}",
-                "name": f"{rng.choice(['checkout', 'search', 'feed', 'ads', 'onboarding'])}_{rng.randint(1, 10**6)}",
-                "owner": f"team-{rng.randint(1, 300)}@example.com",
-                "enabled": rng.random() < 0.7,
-                "start_ts": 1_700_000_000 + rng.randint(0, 10**7),
-                "variants": [
-                    {"name": f"v{k}", "bucket": rng.randint(0, 999), "weight": round(rng.random(), 4)}
-                    for k in range(rng.randint(2, 4))
-                ],
-                "targeting": {"country": rng.sample(["US", "DE", "FR", "JP", "BR", "IN", "GB"], 2)},
-            })
-        text = json.dumps({"version": 3, "experiments": entries}, indent=1).encode("utf-8")
-    count = max(1, int(len(entries) * size / len(text)))  # entries are alike in size: trim to about ``size``
-    return json.dumps({"version": 3, "experiments": entries[:count]}, indent=1).encode("utf-8")
-
-
-def incompressible(size: int) -> bytes:
-    return os.urandom(size)
 
 
 # --- the bad cases --------------------------------------------------------------------------------

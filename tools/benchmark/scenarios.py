@@ -375,7 +375,7 @@ def payloads(bench: Bench, target: Target, sizes: Sequence[int], changes: int, w
 
 def _payload_size(bench: Bench, size: int, changes: int, writer_runs: int) -> list[Metric]:
     from livedata.payload import encode
-    from tests.payloads import LIMIT, experiments_json
+    from livedata.testing.documents import LIMIT, experiments_json
 
     base = experiments_json(size, seed=size)
     variants = [base.replace(b'"version": 3', b'"version": 1%06d' % i, 1) for i in range(_WARMUP + changes)]
@@ -433,8 +433,8 @@ def _live_latencies(bench: Bench, path: str, variants: Sequence[bytes], mode: st
     """ms from the start of each store to the LiveNode's parser holding the new data."""
     from livedata.live_node import LiveNode
     from livedata.payload import encode
+    from livedata.testing.documents import LIMIT
     from livedata.writer import read_current, store
-    from tests.payloads import LIMIT
 
     arrivals = _Arrivals()
     app = KazooClient(hosts=bench.hosts, timeout=10.0)
