@@ -62,6 +62,28 @@ def files_match(client: KazooClient, dests: dict[str, str]) -> bool:
     return True
 
 
+def add_tree(settings: dict, source: str, dest: str) -> None:
+    settings.update({"trees.tree.source": source, "trees.tree.dest": dest})
+
+
+def tree_matches(client: KazooClient, source: str, dest: str) -> bool:
+    """The tree's current snapshot holds exactly the source's children (none when the source is missing)."""
+    names = client.get_children(source) if client.exists(source) else []
+    wanted = {name: client.get(f"{source}/{name}")[0] or b"" for name in names}
+    try:
+        current = os.path.join(dest, os.readlink(os.path.join(dest, "..data")))
+        held = {name: read_bytes(os.path.join(current, name)) for name in os.listdir(current)}
+    except OSError:
+        return False
+    return held == wanted
+
+
+def tree_state(dest: str) -> tuple[str, dict[str, bytes | None]]:
+    current = os.readlink(os.path.join(dest, "..data"))
+    directory = os.path.join(dest, current)
+    return current, {name: read_bytes(os.path.join(directory, name)) for name in sorted(os.listdir(directory))}
+
+
 def newest_write_seen(dests: dict[str, str]) -> int:
     """The highest write number (see :class:`Writer`) found in any dest."""
     numbers = [int(content.rsplit(b" ", 1)[1]) for content in map(read_bytes, dests.values())
@@ -211,22 +233,28 @@ def test_failover_keeps_every_file_converging(zk_ensemble: Ensemble, workdir: st
 @pytest.mark.timeout(120)
 def test_full_outage_keeps_files_and_recovers(zk_ensemble: Ensemble, workdir: str, start_watcher) -> None:
     sources = [f"/outage/n{i}" for i in range(5)]
-    seed(zk_ensemble.hosts, {source: f"before {source}".encode() for source in sources})
+    children = {f"/outage/tree/c{i}": f"child {i}".encode() for i in range(3)}
+    seed(zk_ensemble.hosts, {**{source: f"before {source}".encode() for source in sources}, **children})
     settings = settings_for(zk_ensemble.hosts, heartbeat_interval="300 milliseconds")
     dests = add_nodes(settings, sources, workdir)
+    tree = f"{workdir}/tree"
+    add_tree(settings, "/outage/tree", tree)
     watcher = start_watcher(settings)
     for source, dest in dests.items():
         wait_for_content(dest, f"before {source}".encode())
+    wait_for(lambda: tree_state(tree)[1] == {"c0": b"child 0", "c1": b"child 1", "c2": b"child 2"}, 20, "the tree")
     wait_for_heartbeats(dests[sources[0]], 1)
 
     for server in zk_ensemble.servers:
         server.stop()
     watcher.wait_for_log("heartbeat withheld")
     snapshot = {dest: (read_bytes(dest), os.stat(dest).st_ino, mtime(dest)) for dest in dests.values()}
+    tree_before = tree_state(tree)
     outage_end = time.monotonic() + 2 * SESSION_TIMEOUT  # longer than the session timeout
     while time.monotonic() < outage_end:  # watch the files through the whole outage, not only at its end
         for dest, (content, inode, modified) in snapshot.items():
             assert (read_bytes(dest), os.stat(dest).st_ino, mtime(dest)) == (content, inode, modified), dest
+        assert tree_state(tree) == tree_before, "the tree's snapshot must stay as it was"
         assert watcher.alive()
     assert temp_files(workdir) == []
 
@@ -240,7 +268,11 @@ def test_full_outage_keeps_files_and_recovers(zk_ensemble: Ensemble, workdir: st
         admin.delete(sources[1])
         admin.create(sources[1], b"re-created after the outage")
         admin.delete(sources[2])
+        admin.set("/outage/tree/c0", b"changed after the outage")
+        admin.delete("/outage/tree/c1")
+        admin.create("/outage/tree/c3", b"created after the outage")
         wait_for(lambda: files_match(admin, dests), 30, "changes made after the return")
+        wait_for(lambda: tree_matches(admin, "/outage/tree", tree), 30, "the tree's changes after the return")
         wait_for_heartbeats(dests[sources[3]], 2)
         assert watcher.alive()
     finally:
@@ -264,10 +296,15 @@ def test_session_expiry_while_frozen(private_zk_server: ZooKeeperServer, workdir
         for source in sources:
             if source != "/frozen/created":
                 admin.create(source, f"before {source}".encode(), makepath=True)
+        admin.create("/frozen/tree/kept", b"kept", makepath=True)
+        admin.create("/frozen/tree/changed", b"before")
         settings = settings_for(private_zk_server.address, timeout=2.0, heartbeat_interval="300 milliseconds")
         dests = add_nodes(settings, sources, workdir)
+        tree = f"{workdir}/tree"
+        add_tree(settings, "/frozen/tree", tree)
         watcher = start_watcher(settings)
         wait_for(lambda: files_match(admin, dests), 20, "the initial sync")
+        wait_for(lambda: tree_matches(admin, "/frozen/tree", tree), 20, "the tree's initial sync")
         local_port = wait_for(lambda: tcp_connections(watcher.pid)[0][0], 10, "the watcher's connection")
         assert f":{local_port}[" in connections_to(private_zk_server)
 
@@ -275,16 +312,22 @@ def test_session_expiry_while_frozen(private_zk_server: ZooKeeperServer, workdir
         admin.set("/frozen/changed", b"changed while frozen")
         admin.delete("/frozen/deleted")
         admin.create("/frozen/created", b"created while frozen")
+        admin.set("/frozen/tree/changed", b"changed while frozen")
+        admin.create("/frozen/tree/new", b"created while frozen")
         # The server expires the session and closes its connection: from then on the old session is gone.
         wait_for(lambda: f":{local_port}[" not in connections_to(private_zk_server), 20, "the session to expire")
 
         resumed_cpu, resumed_at = cpu_seconds(watcher.pid), time.monotonic()
         watcher.signal(signal.SIGCONT)
         wait_for(lambda: files_match(admin, dests), 20, "catching up after the expiry")
+        wait_for(lambda: tree_matches(admin, "/frozen/tree", tree), 20, "the tree catching up after the expiry")
         for source in sources:  # every watch was re-established on the new session
             if admin.exists(source):
                 admin.set(source, f"after the expiry {source}".encode())
+        admin.set("/frozen/tree/kept", b"after the expiry")  # the children's watches too
+        admin.delete("/frozen/tree/new")  # and the listing's
         wait_for(lambda: files_match(admin, dests), 20, "changes after the expiry")
+        wait_for(lambda: tree_matches(admin, "/frozen/tree", tree), 20, "the tree's changes after the expiry")
         wait_for_heartbeats(dests["/frozen/steady"], 3)
         wait_for(lambda: time.monotonic() - resumed_at >= 3.0, 10, "a few seconds of measurement")  # not a sync
 
