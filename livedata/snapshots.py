@@ -573,12 +573,8 @@ class _Run:
                         new_fd, current_fd, spare, published, wanted, written, removed, unchanged)
                 finally:
                     os.close(current_fd)
-                self.step = "creating the visible names of new children"
-                links = self._place_links(set(wanted), current)
-                self.step = "flushing the new snapshot to disk"
                 os.utime(new_fd)  # its mtime says when its content was made (TreeWatcher reports it)
-                self._flush(new_fd, fresh)
-                _fsync(self.dest_fd)
+                links = self._complete(new_fd, wanted, current, fresh)
             finally:
                 os.close(new_fd)
             self.step = "switching ..data to the new snapshot"
@@ -591,10 +587,7 @@ class _Run:
         self.publisher._published = _Published(name, _metadata(self.spec), wanted, inodes, links)
         published.delta = written | removed  # every other child has the same inode in both
         self.publisher._spare = published
-        try:
-            _fsync(self.dest_fd)
-        except OSError as exc:
-            raise _error(self.dest, "making the switch durable (the new snapshot is already in place)", exc) from exc
+        self._make_switch_durable()
         self._tidy(name, set(wanted))
         self._verify_spare()
         return TreeOutcome(
@@ -807,11 +800,7 @@ class _Run:
             os.close(fd)
 
     def _switch(self, old_fd: int | None, current: str | None, plan: _Plan, wanted: dict[str, bytes]) -> str:
-        """Build the new snapshot, make it durable and point ``..data`` at it; return its name.
-
-        Nothing is flushed until everything is in place (files, links, visible names), so that on a
-        journalling filesystem the first flush commits it all and the directory fsyncs after it are cheap.
-        """
+        """Build the new snapshot, make it durable (see ``_complete``) and point ``..data`` at it; return its name."""
         name = f"..{_stamp()}.{files.unique_suffix()}"
         path = os.path.join(self.dest, name)
         files.note_in_flight(path)
@@ -821,11 +810,7 @@ class _Run:
             new_fd = os.open(name, _DIR_FLAGS, dir_fd=self.dest_fd)
             try:
                 inodes = self._fill(new_fd, old_fd, plan, wanted)
-                self.step = "creating the visible names of new children"
-                links = self._place_links(set(wanted), current)
-                self.step = "flushing the new snapshot to disk"
-                self._flush(new_fd, plan.write)
-                _fsync(self.dest_fd)
+                links = self._complete(new_fd, wanted, current, plan.write)
             finally:
                 os.close(new_fd)
             self.step = "switching ..data to the new snapshot"
@@ -836,11 +821,29 @@ class _Run:
         finally:
             files.forget_in_flight(path)
         self.publisher._published = _Published(name, _metadata(self.spec), dict(wanted), inodes, links)
+        self._make_switch_durable()
+        return name
+
+    def _complete(
+        self, new_fd: int, wanted: dict[str, bytes], current: str | None, written: list[str]
+    ) -> dict[str, int]:
+        """The visible names of every child, then one flush of the new snapshot and of dest; returns the links.
+
+        Nothing is flushed before everything is in place, so on a journalling filesystem the first flush
+        commits it all and the directory fsyncs after it are cheap.
+        """
+        self.step = "creating the visible names of new children"
+        links = self._place_links(set(wanted), current)
+        self.step = "flushing the new snapshot to disk"
+        self._flush(new_fd, written)
+        _fsync(self.dest_fd)
+        return links
+
+    def _make_switch_durable(self) -> None:
         try:
             _fsync(self.dest_fd)
         except OSError as exc:
             raise _error(self.dest, "making the switch durable (the new snapshot is already in place)", exc) from exc
-        return name
 
     def _fill(self, new_fd: int, old_fd: int | None, plan: _Plan, wanted: dict[str, bytes]) -> dict[str, int]:
         """Write the changed children and hard-link the kept ones; return child -> inode."""
