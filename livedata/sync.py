@@ -42,7 +42,7 @@ from kazoo.protocol.states import EventType, KazooState, WatchedEvent, ZnodeStat
 from livedata import files, snapshots
 from livedata.files import FileSpec, FileWriteError, Outcome
 from livedata.payload import CHUNK_PREFIX
-from livedata.reads import IDLE, MAX_PAYLOAD_SIZE, RETRY_FIRST, ReadQueue, reset_backoff
+from livedata.reads import IDLE, MAX_PAYLOAD_SIZE, RETRY_FIRST, RETRY_MAX, ReadQueue, reset_backoff
 from livedata.snapshots import ChildNameError, TreePublisher, TreeRenderError, TreeSpec
 from livedata.zookeeper import session_timeout
 
@@ -51,7 +51,6 @@ log = logging.getLogger("livedata.sync")
 INLINE_BATCH = 16  # batches up to this size are written in the hub: cheaper than a thread hand-off
 CHUNK = 2000  # files per thread-pool job, so memory and hub latency stay bounded on huge batches
 GATHER_MAX = 0.1  # longest a write waits for a burst of reads in flight to land, to share one flush with them
-RETRY_MAX = 30.0
 CREDENTIALS_POLL = 1.0  # seconds between looks at the secrets file for changed zookeeper.credentials
 NAMED_FAILURES = 5  # failing nodes named in the initial sync's summary line
 
