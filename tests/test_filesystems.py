@@ -1,0 +1,140 @@
+"""Which filesystems let a replacing rename skip its fsync, checked on real mounts and with real syscalls.
+
+The ext4 images are loop-mounted files (root and mount(8) needed; skipped otherwise, with the reason); the
+syscalls a write makes are watched with strace(1) in a child process.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from livedata import filesystems
+from livedata.files import FileSpec, sync_file
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FLUSHES = ("fsync", "fdatasync", "syncfs")
+
+
+@pytest.mark.parametrize(
+    ("fstype", "options", "ordered"),
+    [
+        ("ext4", "rw,relatime", True),
+        ("ext4", "rw,relatime,data=ordered", True),
+        ("ext4", "rw,data=journal", True),
+        ("ext4", "rw,relatime,data=writeback", False),
+        ("ext4", "rw,noauto_da_alloc", False),
+        ("xfs", "rw,relatime,attr2,inode64", False),
+        ("btrfs", "rw,relatime,ssd,space_cache=v2", False),
+        ("tmpfs", "rw,size=64k", False),
+        ("overlay", "rw,lowerdir=/a,upperdir=/b,workdir=/c", False),
+    ],
+)
+def test_only_ext4_with_its_default_ordering_skips_the_flush(fstype: str, options: str, ordered: bool) -> None:
+    assert filesystems.replacement_is_ordered(fstype, options.split(",")) is ordered
+
+
+def test_mountinfo_lines_with_and_without_optional_fields() -> None:
+    plain = "27 1 254:0 / / rw,relatime - ext4 /dev/vda rw,discard"
+    tagged = "36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 shared:7 - ext4 /dev/root rw,data=writeback"
+    assert filesystems.parse_mountinfo_line(plain) == ("254:0", "ext4", ["rw", "discard"])
+    assert filesystems.parse_mountinfo_line(tagged) == ("98:0", "ext4", ["rw", "data=writeback"])
+    assert filesystems.parse_mountinfo_line("garbage") is None
+    assert filesystems.parse_mountinfo_line("1 2 3:4 / / rw - ext4") is None  # cut short
+
+
+def _mount(image_dir: Path, fstype: str, options: str) -> Iterator[str]:
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a filesystem needs root and mount(8)")
+    mountpoint = str(image_dir / "mnt")
+    os.mkdir(mountpoint)
+    if fstype == "tmpfs":
+        command = ["mount", "-t", "tmpfs", "-o", options, "tmpfs", mountpoint]
+    else:
+        image = str(image_dir / "fs.img")
+        with open(image, "wb") as f:
+            f.truncate(16 * 1024 * 1024)
+        subprocess.run(["mkfs.ext4", "-q", "-F", image], check=True, capture_output=True)
+        command = ["mount", "-o", f"loop,{options}", image, mountpoint]
+    mounted = subprocess.run(command, capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount {fstype} here: {mounted.stderr.strip()}")
+    filesystems.forget()  # a loop device may have been mounted with other options moments ago
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", mountpoint], check=False)
+
+
+@pytest.fixture
+def ext4_ordered(tmp_path: Path) -> Iterator[str]:
+    yield from _mount(tmp_path, "ext4", "data=ordered")
+
+
+@pytest.fixture
+def ext4_writeback(tmp_path: Path) -> Iterator[str]:
+    yield from _mount(tmp_path, "ext4", "data=writeback")
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[str]:
+    yield from _mount(tmp_path, "tmpfs", "size=1m")
+
+
+def _flushes_of_one_sync(path: str, data: bytes, previous: bytes | None) -> list[str]:
+    """The flush syscalls (fsync, fdatasync, syncfs) one ``sync_file`` makes, seen by strace in a child."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    trace = path + ".trace"
+    snippet = textwrap.dedent(
+        f"""
+        from livedata.files import FileSpec, Outcome, sync_file
+        assert sync_file(FileSpec({path!r}), {data!r}, previous={previous!r}) is Outcome.WRITTEN
+        """
+    )
+    command = ["strace", "-f", "-qq", "-o", trace, "-e", f"trace={','.join(FLUSHES)}", sys.executable, "-c", snippet]
+    subprocess.run(command, check=True, cwd=REPO, capture_output=True)
+    try:
+        with open(trace) as f:
+            return [line.split()[1].split("(")[0] for line in f if line.split()[1].startswith(FLUSHES)]
+    finally:
+        os.unlink(trace)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("hinted", [False, True], ids=["inspected", "previous-hint"])
+def test_ext4_ordered_replaces_without_a_flush_and_creates_with_one(ext4_ordered: str, hinted: bool) -> None:
+    """The change path: a dest that exists is replaced with no flush at all; a new name is still flushed (its
+    data, then its directory), since ext4 orders only renames that replace a name."""
+    dest = os.path.join(ext4_ordered, "flags.json")
+    assert filesystems.orders_replacements(os.stat(ext4_ordered).st_dev)
+    assert _flushes_of_one_sync(dest, b"v1", None) == ["fsync", "fsync"]  # the temp, then the directory
+    assert _flushes_of_one_sync(dest, b"v2", b"v1" if hinted else None) == []
+    with open(dest, "rb") as f:
+        assert f.read() == b"v2"
+
+
+@pytest.mark.timeout(60)
+def test_a_dest_removed_behind_a_hint_is_flushed_like_a_new_one(ext4_ordered: str) -> None:
+    """The caller believes the dest holds v1, but it was deleted: the rename will create the name, so the
+    temp and the directory are flushed after all."""
+    dest = os.path.join(ext4_ordered, "flags.json")
+    sync_file(FileSpec(dest), b"v1")
+    os.unlink(dest)
+    assert _flushes_of_one_sync(dest, b"v2", b"v1") == ["fsync", "fsync"]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("mount", ["ext4_writeback", "tmpfs"])
+def test_other_filesystems_flush_every_replacement(mount: str, request: pytest.FixtureRequest) -> None:
+    directory = request.getfixturevalue(mount)
+    dest = os.path.join(directory, "flags.json")
+    sync_file(FileSpec(dest), b"v1")
+    assert not filesystems.orders_replacements(os.stat(directory).st_dev)
+    assert _flushes_of_one_sync(dest, b"v2", None) == ["fsync"]  # the temp; a replacement needs no directory fsync
