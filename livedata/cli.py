@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable, NoReturn, TypeVar
+from collections.abc import Sequence
+from typing import Any, Callable, NoReturn, TypeVar
 
 from livedata.logs import LEVELS
 from livedata.logs import setup_logging as setup
@@ -66,9 +67,24 @@ def version() -> str:
         return "unknown (not installed)"
 
 
+class _VersionAction(argparse.Action):
+    """argparse's ``version`` action, but the version is looked up only when asked for.
+
+    Looking it up imports ``importlib.metadata`` (with email, zipfile, csv...): about 3 MB resident that a
+    daemon would carry for its whole life just to be able to answer ``--version``.
+    """
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        print(f"{parser.prog} {version()}")
+        parser.exit()
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """``--version``, ``--log-level`` and ``--debug``, the same on every livedata command."""
-    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    parser.add_argument("--version", action=_VersionAction, help="show the installed version and exit")
     parser.add_argument(
         "--log-level", choices=LEVELS, default=None, help="least severe messages logged (default: info)"
     )

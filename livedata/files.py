@@ -92,7 +92,7 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 MAX_ID = 2**32 - 2  # the largest uid/gid chown accepts: (uid_t)-1 means "leave unchanged"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileSpec:
     """Where a dest lives and the metadata it must have; owner and group are independent, and 0 is root."""
 

@@ -32,19 +32,21 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import gevent
 import gevent.event
 from kazoo.client import KazooClient
 from kazoo.protocol.states import EventType, KazooState, WatchedEvent, ZnodeStat
 
-from livedata import files, snapshots
+from livedata import files
 from livedata.files import FileSpec, FileWriteError, Outcome
 from livedata.payload import CHUNK_PREFIX
 from livedata.reads import IDLE, MAX_PAYLOAD_SIZE, RETRY_FIRST, RETRY_MAX, ReadQueue, reset_backoff
-from livedata.snapshots import ChildNameError, TreePublisher, TreeRenderError, TreeSpec
 from livedata.zookeeper import session_timeout
+
+if TYPE_CHECKING:  # the tree writer is imported by the first tree only: a config of plain nodes never loads it
+    from livedata.snapshots import ChildNameError, TreePublisher, TreeSpec
 
 log = logging.getLogger("livedata.sync")
 
@@ -55,7 +57,7 @@ CREDENTIALS_POLL = 1.0  # seconds between looks at the secrets file for changed 
 NAMED_FAILURES = 5  # failing nodes named in the initial sync's summary line
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class NodeConfig:
     """One ``nodes.<name>.*`` entry: which znode goes to which file, with which ownership."""
 
@@ -64,7 +66,7 @@ class NodeConfig:
     file: FileSpec
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TreeConfig:
     """One ``trees.<name>.*`` entry: whose children go to which directory (or JSON file), with which ownership.
 
@@ -79,6 +81,8 @@ class TreeConfig:
 
     @property
     def spec(self) -> TreeSpec:
+        from livedata.snapshots import TreeSpec
+
         return TreeSpec(self.file.path, self.file.mode, self.file.owner, self.file.group)
 
 
@@ -204,7 +208,7 @@ class MirroredTree(MirroredNode):
         self.children: dict[str, TreeChild] = {}
         self.unsettled = 0  # children whose read is pending, or which were never read
         self.listed = False  # the children are known (or the source is known to be absent)
-        self.publisher = TreePublisher(config.spec)
+        self.publisher = _new_publisher(config)
         self.logged_names: set[str] = set()  # unsafe child names already logged
 
     @property
@@ -672,6 +676,7 @@ class Mirror:
         if self._pending_initial:
             self._pending_initial.discard(id(node))
             if not self._pending_initial:
+                self._pending_initial = set()  # a set never shrinks its table: 0.5 MB at 5,000 nodes
                 self._initial_sync_done()
                 release_memory()
 
@@ -712,6 +717,8 @@ class Mirror:
     def _touch(self, node: MirroredNode) -> bool:
         try:
             if isinstance(node, MirroredTree) and node.tree_config.format == "directory":
+                from livedata import snapshots
+
                 touched = snapshots.touch(node.tree_config.spec)
             else:
                 touched = files.touch(node.config.file.path)
@@ -733,7 +740,7 @@ class Mirror:
             for node in self.nodes:
                 if isinstance(node, MirroredTree):
                     # Forget what was published, so the next snapshot checks every file on disk again.
-                    node.publisher = TreePublisher(node.tree_config.spec)
+                    node.publisher = _new_publisher(node.tree_config)
                     node.wanted = None
             self._read_everything()
 
@@ -741,8 +748,14 @@ class Mirror:
         return (node for node in self.nodes if not node.in_sync)
 
 
-PublishResult = tuple[Outcome | FileWriteError, tuple[ChildNameError, ...]]
+PublishResult = tuple["Outcome | FileWriteError", "tuple[ChildNameError, ...]"]
 TreePublish = Callable[[MirroredTree, dict[str, bytes]], PublishResult]
+
+
+def _new_publisher(config: TreeConfig) -> TreePublisher:
+    from livedata.snapshots import TreePublisher
+
+    return TreePublisher(config.spec)
 
 
 def _publish_tree_in_thread(tree: MirroredTree, children: dict[str, bytes]) -> PublishResult:
@@ -752,12 +765,14 @@ def _publish_tree_in_thread(tree: MirroredTree, children: dict[str, bytes]) -> P
 
 def _publish_tree(tree: MirroredTree, children: dict[str, bytes]) -> PublishResult:
     """Publish one picture of a tree; runs in a thread, so it only touches the file system and its arguments."""
+    from livedata import snapshots
+
     config = tree.tree_config
     try:
         if config.format == "json":
             return snapshots.publish_json(config.spec, children), ()
         outcome = tree.publisher.publish(children)
-    except TreeRenderError as e:
+    except snapshots.TreeRenderError as e:
         return FileWriteError(config.file.path, str(e), step="rendering"), ()
     except FileWriteError as e:
         return e, ()

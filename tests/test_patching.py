@@ -40,3 +40,25 @@ def test_patches_what_the_daemon_uses_without_the_plugin_lookup() -> None:
     assert report["metadata_imported"] is False
     assert report["lookup_restored"]
     assert {"GeventWillPatchAllEvent", "GeventDidPatchAllEvent"} <= set(report["events"])
+
+
+DAEMON_PROBE = """
+import sys
+from livedata import sync, watcher, zookeeper
+status = watcher.main([sys.argv[1], "--check"])  # builds the daemon's whole argument parser
+print("importlib.metadata" in sys.modules)
+"""
+
+
+def test_the_daemon_reads_no_package_metadata_unless_asked_for_its_version(tmp_path: object) -> None:
+    """``--version`` is looked up when given, not when the parser is built: importlib.metadata (with email,
+    zipfile, csv...) would otherwise stay resident in every daemon, about 3 MB."""
+    config = f"{tmp_path}/watcher.ini"
+    with open(config, "w") as f:
+        f.write(f"[live-data]\\nzookeeper.hosts = 127.0.0.1:1\\nnodes.a.source = /a\\nnodes.a.dest = {tmp_path}/a\\n")
+    done = subprocess.run([sys.executable, "-c", DAEMON_PROBE, config], capture_output=True, text=True, timeout=50)
+    assert done.stdout.strip() == "False", done.stderr
+    version = subprocess.run(
+        [sys.executable, "-m", "livedata.watcher", "--version"], capture_output=True, text=True, timeout=50
+    )
+    assert version.returncode == 0 and version.stdout.startswith("livedata-watcher "), version
