@@ -196,7 +196,7 @@ def zookeeper_client_from_config(
         sleep_func=handler.sleep_func,
     )
     command_retry = KazooRetry(max_tries=3, delay=0.1, max_delay=1.0, sleep_func=handler.sleep_func)
-    return KazooClient(
+    client = KazooClient(
         hosts=zk.hosts,
         timeout=zk.timeout,
         handler=handler,
@@ -206,6 +206,11 @@ def zookeeper_client_from_config(
         command_retry=command_retry,
         **_tls_arguments(zk.tls),
     )
+    if gevent_is_active():
+        from livedata.pipelining import pipeline_requests
+
+        pipeline_requests(client)  # see livedata.pipelining: safe only where greenlets share the client
+    return client
 
 
 def _tls_arguments(tls: ConfigNamespace) -> dict[str, Any]:

@@ -76,9 +76,15 @@ def setup(hosts: str, deadline: float | None = None) -> tuple[Any, ReadQueue, Si
     return client, queue, sink, holder
 
 
-def wedge(hosts: str, root: str) -> dict[str, Any]:
-    """A request queued without its wake byte (what kazoo leaves after a failed send) must not hold ours back."""
+def wedge(hosts: str, root: str, pipelined: bool = True) -> dict[str, Any]:
+    """A request queued without its wake byte (what kazoo leaves after a failed send) must not hold ours back.
+
+    With kazoo's own sender (``pipelined`` False) only the read queue's deadline and spare byte get ours
+    out; livedata's pipelined sender takes the wedged request along with the next one.
+    """
     client, queue, sink, holder = setup(hosts, deadline=1.0)
+    if not pipelined:
+        del client._connection._send_request  # back to kazoo's class method: one request per wake byte
     client.create(f"{root}/a", b"alpha", makepath=True)
     # Exactly the state kazoo's _call leaves when its wake-byte send fails: queued, no byte sent.
     client._queue.append((GetData(f"{root}/a", None), client.handler.async_result()))
@@ -116,7 +122,8 @@ def shared(hosts: str, root: str) -> dict[str, Any]:
 
 def main() -> None:
     scenario, hosts, root = sys.argv[1:4]
-    report = {"wedge": wedge, "shared": shared}[scenario](hosts, root)
+    scenarios = {"wedge": wedge, "wedge-unpipelined": lambda h, r: wedge(h, r, pipelined=False), "shared": shared}
+    report = scenarios[scenario](hosts, root)
     print(json.dumps(report))
 
 
