@@ -59,25 +59,26 @@ _ENV_REFERENCE = re.compile(
 )
 
 
-class _EnvironmentInterpolation(configparser.Interpolation):
+def expand_environment(option: str, value: str) -> str:
     """``$VAR`` and ``${VAR}`` from the environment; ``$$`` is a literal dollar.
 
-    ``%`` is left alone (unlike the stdlib default), because values such as
-    passwords or URL-encoded paths contain it.  An unset variable is an error
-    rather than an empty string: silently mirroring a node into ``/`` because
-    ``$DATA_DIR`` was unset is exactly the kind of surprise a config must not hold.
+    ``%`` is left alone (unlike configparser's default interpolation), because values such as passwords or
+    URL-encoded paths contain it.  An unset variable is an error rather than an empty string: silently
+    mirroring a node into ``/`` because ``$DATA_DIR`` was unset is exactly the kind of surprise a config
+    must not hold.
     """
+    if "$" not in value:
+        return value
 
-    def before_get(self, parser: Any, section: str, option: str, value: str, defaults: Any) -> str:
-        def substitute(match: re.Match[str]) -> str:
-            if match.group("dollar"):
-                return "$"
-            name = match.group("braced") or match.group("named")
-            if name not in os.environ:
-                raise _UnsetVariable(option, name)
-            return os.environ[name]
+    def substitute(match: re.Match[str]) -> str:
+        if match.group("dollar"):
+            return "$"
+        name = match.group("braced") or match.group("named")
+        if name not in os.environ:
+            raise _UnsetVariable(option, name)
+        return os.environ[name]
 
-        return _ENV_REFERENCE.sub(substitute, value)
+    return _ENV_REFERENCE.sub(substitute, value)
 
 
 class _UnsetVariable(Exception):
@@ -106,7 +107,7 @@ def read_config(path: str, section: str = SECTION, expand: Sequence[str] | None 
     must not fail on a variable only another program's keys refer to.
     """
     parser = configparser.ConfigParser(
-        interpolation=_EnvironmentInterpolation(),
+        interpolation=None,  # expand_environment, below: one pass over the values, not one get() per key
         strict=True,
         comment_prefixes=COMMENT_PREFIXES,
         inline_comment_prefixes=COMMENT_PREFIXES,
@@ -132,10 +133,11 @@ def read_config(path: str, section: str = SECTION, expand: Sequence[str] | None 
         raise ConfigError(path, "", f"not a valid INI file: {e.message}") from None
     if not parser.has_section(section):
         raise ConfigError(path, f"[{section}]", "section is missing")
+    expanded = None if expand is None else tuple(expand)
     try:
         values = {
-            key: parser.get(section, key, raw=expand is not None and not key.startswith(tuple(expand)))
-            for key in parser.options(section)
+            key: value if expanded is not None and not key.startswith(expanded) else expand_environment(key, value)
+            for key, value in parser.items(section)
         }
     except _UnsetVariable as e:
         raise ConfigError(path, e.option, f"environment variable ${e.name} is not set") from None
