@@ -26,7 +26,8 @@ Durability (the contract README's "Durability" section states for operators):
 * The data of a new version is on disk (fsync, or syncfs for a batch) before the rename that publishes it,
   so after a crash or a power loss a dest holds a complete version, never an empty or partial one.
 * Except where the filesystem itself guarantees that order for a rename that replaces an existing name:
-  ext4 in its default data=ordered (or data=journal) mode with auto_da_alloc (see livedata.filesystems).
+  a journaled ext4 in data=ordered (the default) or data=journal mode, with auto_da_alloc (see
+  livedata.filesystems; an ext4 without a journal orders nothing).
   There a replacement skips its fsync (the largest cost of a change) and keeps the same guarantee; a rename
   that creates a name, and every write elsewhere (XFS, btrfs, tmpfs, overlayfs...), is flushed as above.
   Should the dest vanish between our decision and the rename, it is flushed after all.

@@ -154,9 +154,27 @@ def _write_floor(directory: str, tree: Sequence[tuple[str, bytes]]) -> float:
 
 
 def propagation(bench: Bench, target: Target, changes: int, size: int, node_count: int) -> list[Metric]:
-    tree = bench.tree(f"propagation-{target.name}", node_count, size)
+    """One node changing, timed to its file: in the run's directory, then on a journaled ext4.
+
+    The second matters because the durable write differs by filesystem (livedata.filesystems): a journaled
+    ext4 orders a replacing rename after its data by itself, elsewhere each change pays an fsync. The run's
+    directory is on whatever this machine has (its root here: an ext4 without a journal).
+    """
+    rows = _propagation_in(bench, target, bench.scratch(f"propagation-{target.name}"), changes, size, node_count)
+    with measure.journaled_ext4(os.path.join(bench.workdir, "ext4-image")) as mountpoint:
+        if mountpoint is None:
+            return rows  # not root, or no loop devices: the rows show n/a
+        dest_dir = os.path.join(mountpoint, target.name)
+        os.makedirs(dest_dir)
+        more = _propagation_in(bench, target, dest_dir, changes, size, node_count, label="ext4j")
+    return rows + [Metric(f"ext4j_{m.key}", f"journaled ext4: {m.label}", m.unit, m.value) for m in more]
+
+
+def _propagation_in(
+    bench: Bench, target: Target, dest_dir: str, changes: int, size: int, node_count: int, label: str = ""
+) -> list[Metric]:
+    tree = bench.tree(f"propagation-{label}{target.name}", node_count, size)
     path = tree[0][0]  # the one that changes; the others only make the watcher bigger
-    dest_dir = bench.scratch(f"propagation-{target.name}")
     daemon, expected = bench.spawn(target, tree, dest_dir)
     with daemon:
         measure.wait_files_ready([daemon], expected, timeout=60)
