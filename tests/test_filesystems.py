@@ -66,24 +66,18 @@ def _mount(image_dir: Path, fstype: str, options: str) -> Iterator[str]:
         subprocess.run(["umount", "-l", mountpoint], check=False)
 
 
-@pytest.fixture
-def ext4_ordered(tmp_path: Path) -> Iterator[str]:
-    yield from _mount(tmp_path, "ext4", "data=ordered")
+MOUNTS = {  # name -> (filesystem, mount options)
+    "ext4-ordered": ("ext4", "data=ordered"),
+    "ext4-writeback": ("ext4", "data=writeback"),
+    "ext4-without-journal": ("ext4-nojournal", ""),
+    "tmpfs": ("tmpfs", "size=1m"),
+}
 
 
 @pytest.fixture
-def ext4_writeback(tmp_path: Path) -> Iterator[str]:
-    yield from _mount(tmp_path, "ext4", "data=writeback")
-
-
-@pytest.fixture
-def ext4_without_journal(tmp_path: Path) -> Iterator[str]:
-    yield from _mount(tmp_path, "ext4-nojournal", "")
-
-
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[str]:
-    yield from _mount(tmp_path, "tmpfs", "size=1m")
+def mounted(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh mount of the kind named by the test's parameter (see MOUNTS)."""
+    yield from _mount(tmp_path, *MOUNTS[request.param])
 
 
 def _flushes_of_one_sync(path: str, data: bytes, previous: bytes | None) -> list[str]:
@@ -107,12 +101,13 @@ def _flushes_of_one_sync(path: str, data: bytes, previous: bytes | None) -> list
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("mounted", ["ext4-ordered"], indirect=True)
 @pytest.mark.parametrize("hinted", [False, True], ids=["inspected", "previous-hint"])
-def test_ext4_ordered_replaces_without_a_flush_and_creates_with_one(ext4_ordered: str, hinted: bool) -> None:
+def test_ext4_ordered_replaces_without_a_flush_and_creates_with_one(mounted: str, hinted: bool) -> None:
     """The change path: a dest that exists is replaced with no flush at all; a new name is still flushed (its
     data, then its directory), since ext4 orders only renames that replace a name."""
-    dest = os.path.join(ext4_ordered, "flags.json")
-    assert filesystems.orders_replacements(os.stat(ext4_ordered).st_dev)
+    dest = os.path.join(mounted, "flags.json")
+    assert filesystems.orders_replacements(os.stat(mounted).st_dev)
     assert _flushes_of_one_sync(dest, b"v1", None) == ["fsync", "fsync"]  # the temp, then the directory
     assert _flushes_of_one_sync(dest, b"v2", b"v1" if hinted else None) == []
     with open(dest, "rb") as f:
@@ -120,19 +115,20 @@ def test_ext4_ordered_replaces_without_a_flush_and_creates_with_one(ext4_ordered
 
 
 @pytest.mark.timeout(60)
-def test_a_dest_removed_behind_a_hint_is_flushed_like_a_new_one(ext4_ordered: str) -> None:
+@pytest.mark.parametrize("mounted", ["ext4-ordered"], indirect=True)
+def test_a_dest_removed_behind_a_hint_is_flushed_like_a_new_one(mounted: str) -> None:
     """The caller believes the dest holds v1, but it was deleted: the rename will create the name, so the
     temp and the directory are flushed after all."""
-    dest = os.path.join(ext4_ordered, "flags.json")
+    dest = os.path.join(mounted, "flags.json")
     sync_file(FileSpec(dest), b"v1")
     os.unlink(dest)
     assert _flushes_of_one_sync(dest, b"v2", b"v1") == ["fsync", "fsync"]
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("mount", ["ext4_writeback", "ext4_without_journal", "tmpfs"])
-def test_other_filesystems_flush_every_replacement(mount: str, request: pytest.FixtureRequest) -> None:
-    directory = request.getfixturevalue(mount)
+@pytest.mark.parametrize("mounted", ["ext4-writeback", "ext4-without-journal", "tmpfs"], indirect=True)
+def test_other_filesystems_flush_every_replacement(mounted: str) -> None:
+    directory = mounted
     dest = os.path.join(directory, "flags.json")
     sync_file(FileSpec(dest), b"v1")
     assert not filesystems.orders_replacements(os.stat(directory).st_dev)
