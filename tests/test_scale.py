@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 import pytest
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
+from kazoo.retry import KazooRetry
 
 from livedata.testing.watcher_process import WatcherProcess, node_settings, read_bytes, write_ini
 from livedata.testing.zookeeper import Ensemble, ZooKeeperServer, free_ports, wait_for
@@ -167,7 +168,12 @@ def test_thousands_of_changes_during_resyncs(zk_server, zk, zk_path, workdir, sy
 
 
 class Changer(threading.Thread):
-    """Sets every node again and again, round after round, until stopped; ``rounds`` counts the finished ones."""
+    """Sets every node again and again, round after round, until stopped; ``rounds`` counts the finished ones.
+
+    A round cut off by a connection loss is set again (kazoo's retry; a set is idempotent): stopping one
+    server of the ensemble drops every client when that server was the leader, the changer's too, and what
+    the tests check is the watcher, not the changer's own luck in an election.
+    """
 
     def __init__(self, client: KazooClient, sources: Sequence[str]) -> None:
         super().__init__(daemon=True)
@@ -178,9 +184,10 @@ class Changer(threading.Thread):
         self._stopping = threading.Event()
 
     def run(self) -> None:
+        retry = KazooRetry(max_tries=-1, delay=0.1, max_delay=1.0, deadline=60.0)
         try:
             while not self._stopping.is_set():
-                set_all(self.client, {source: f"round {self.rounds + 1}".encode() for source in self.sources})
+                retry(set_all, self.client, {source: f"round {self.rounds + 1}".encode() for source in self.sources})
                 self.rounds += 1
         except BaseException as e:  # surfaced by stop()
             self.error = e
