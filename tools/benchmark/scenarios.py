@@ -45,14 +45,18 @@ class Bench:
     hosts: str
     workdir: str
     rng: random.Random = field(default_factory=lambda: random.Random(8))
-    _trees: dict[tuple[str, int, int], list[tuple[str, bytes]]] = field(default_factory=dict)
+    _trees: dict[tuple[str, int, int, int], list[tuple[str, bytes]]] = field(default_factory=dict)
     _serial: int = 0
+    # Which pass of a paired scenario runs (see cli.PAIRED): each pass gets fresh nodes, since a scenario that
+    # changes its node leaves it holding other data than the tree's payload.
+    pass_number: int = 0
 
     def tree(self, kind: str, count: int, size: int) -> list[tuple[str, bytes]]:
         """``count`` znodes of ``size`` bytes under /bench, created once; scenarios that change nodes use their own."""
-        key = (kind, count, size)
+        key = (kind, count, size, self.pass_number)
         if key not in self._trees:
-            root = f"/bench/{kind}-{count}x{size}"
+            again = f"-pass{self.pass_number}" if self.pass_number else ""
+            root = f"/bench/{kind}{again}-{count}x{size}"
             nodes = [(f"{root}/n{i:06d}", payload(root, i, size)) for i in range(count)]
             self.zk.ensure_path(root)
             for start in range(0, count, 1000):  # pipelined: 50,000 one-by-one round trips would take minutes
