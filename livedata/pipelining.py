@@ -47,6 +47,8 @@ def pipeline_requests(client: Any) -> bool:
         return False
     if not hasattr(client, "_queue") or not hasattr(client, "_pending"):
         return False
+    if not all(hasattr(kazoo_connection, name) for name in ("_SESSION_EXPIRED", "_CONNECTION_DROP")):
+        return False
     original = connection._send_request
     connection._send_request = types.MethodType(_sender(original), connection)
     return True
