@@ -80,7 +80,7 @@ import re
 import stat
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 from livedata import files
@@ -544,10 +544,7 @@ class _Run:
             self._tidy(current, set(wanted))
             return TreeOutcome(current, False, kept=len(wanted), skipped=skipped, cleaned=tuple(self.cleaned))
         # Changes, or something planted in the current snapshot: switch to a clean one, built from the spare.
-        name = f"..{_stamp()}.{files.unique_suffix()}"
-        path = os.path.join(self.dest, name)
-        files.note_in_flight(path)
-        try:
+        with self._new_snapshot() as name:
             self.step = "renaming the spare snapshot"
             try:
                 unchanged = self._spare_unchanged(spare)
@@ -579,11 +576,6 @@ class _Run:
                 os.close(new_fd)
             self.step = "switching ..data to the new snapshot"
             self._swap(name)
-        except OSError as exc:
-            self._discard(name)
-            raise _error(self.dest, self.step, exc) from exc
-        finally:
-            files.forget_in_flight(path)
         self.publisher._published = _Published(name, _metadata(self.spec), wanted, inodes, links)
         published.delta = written | removed  # every other child has the same inode in both
         self.publisher._spare = published
@@ -801,10 +793,7 @@ class _Run:
 
     def _switch(self, old_fd: int | None, current: str | None, plan: _Plan, wanted: dict[str, bytes]) -> str:
         """Build the new snapshot, make it durable (see ``_complete``) and point ``..data`` at it; return its name."""
-        name = f"..{_stamp()}.{files.unique_suffix()}"
-        path = os.path.join(self.dest, name)
-        files.note_in_flight(path)
-        try:
+        with self._new_snapshot() as name:
             self.step = "creating the snapshot directory"
             os.mkdir(name, 0o700, dir_fd=self.dest_fd)
             new_fd = os.open(name, _DIR_FLAGS, dir_fd=self.dest_fd)
@@ -815,11 +804,6 @@ class _Run:
                 os.close(new_fd)
             self.step = "switching ..data to the new snapshot"
             self._swap(name)
-        except OSError as exc:
-            self._discard(name)
-            raise _error(self.dest, self.step, exc) from exc
-        finally:
-            files.forget_in_flight(path)
         self.publisher._published = _Published(name, _metadata(self.spec), dict(wanted), inodes, links)
         self._make_switch_durable()
         return name
@@ -869,6 +853,24 @@ class _Run:
                 finally:
                     os.close(fd)
         _fsync(new_fd)
+
+    @contextlib.contextmanager
+    def _new_snapshot(self) -> Iterator[str]:
+        """A fresh snapshot name, in flight (no cleanup takes it) while the block builds and switches to it.
+
+        Both ways of building one (from scratch, or from the spare) end the same way: an OSError in the
+        block discards whatever was built under the name and becomes one FileWriteError naming ``self.step``.
+        """
+        name = f"..{_stamp()}.{files.unique_suffix()}"
+        path = os.path.join(self.dest, name)
+        files.note_in_flight(path)
+        try:
+            yield name
+        except OSError as exc:
+            self._discard(name)
+            raise _error(self.dest, self.step, exc) from exc
+        finally:
+            files.forget_in_flight(path)
 
     def _swap(self, snapshot: str) -> None:
         """One rename of a fresh symlink over ``..data``: readers see the old snapshot or the new one."""
