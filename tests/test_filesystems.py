@@ -42,7 +42,9 @@ def test_non_ext4_and_unknown_devices_are_not_trusted() -> None:
     assert filesystems.orders_replacements(os.makedev(4095, 4095)) is False
 
 
-def _mount(image_dir: Path, fstype: str, options: str) -> Iterator[str]:
+def mount_fresh(image_dir: Path, fstype: str, options: str, megabytes: int = 16) -> Iterator[str]:
+    """Mount a new file system of ``fstype`` ("ext4", "ext4-nojournal" or "tmpfs") under ``image_dir``; skip the
+    test (with the reason) where this process cannot mount. Also used by tests/test_scale.py."""
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a filesystem needs root and mount(8)")
     mountpoint = str(image_dir / "mnt")
@@ -52,7 +54,7 @@ def _mount(image_dir: Path, fstype: str, options: str) -> Iterator[str]:
     else:
         image = str(image_dir / "fs.img")
         with open(image, "wb") as f:
-            f.truncate(16 * 1024 * 1024)
+            f.truncate(megabytes * 1024 * 1024)
         features = ["-O", "^has_journal"] if fstype == "ext4-nojournal" else []
         subprocess.run(["mkfs.ext4", "-q", "-F", *features, image], check=True, capture_output=True)
         command = ["mount", "-o", f"loop,{options}" if options else "loop", image, mountpoint]
@@ -77,7 +79,7 @@ MOUNTS = {  # name -> (filesystem, mount options)
 @pytest.fixture
 def mounted(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh mount of the kind named by the test's parameter (see MOUNTS)."""
-    yield from _mount(tmp_path, *MOUNTS[request.param])
+    yield from mount_fresh(tmp_path, *MOUNTS[request.param])
 
 
 def _flushes_of_one_sync(path: str, data: bytes, previous: bytes | None) -> list[str]:
