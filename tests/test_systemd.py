@@ -220,7 +220,7 @@ def test_ready_waits_for_zookeeper_and_survives_a_reload_before_it(
     assert ready["STATUS"] == "connected to ZooKeeper; 1 nodes: 1 in sync, 0 pending, 0 failing"
 
 
-# --- the unit file and the README's copy of it ---------------------------------------------------------------
+# --- the unit file and docs/operating.md's copy of it ---------------------------------------------------------------
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -254,7 +254,7 @@ def test_unit_file_verifies_cleanly(tmp_path):
 
 @pytest.mark.timeout(60)
 def test_readme_unit_snippet_verifies_cleanly(tmp_path):
-    with open(os.path.join(REPO, "README.md")) as f:
+    with open(os.path.join(REPO, "docs", "operating.md")) as f:
         readme = f.read()
     snippet = re.search(r"^```ini\n(\[Service\]\n.*?)^```", readme, re.MULTILINE | re.DOTALL)
     assert snippet is not None

@@ -228,7 +228,7 @@ def test_live_node_runs_in_process_on_the_client(livedata_client: KazooClient) -
 
 
 def test_the_readme_shows_the_example_that_runs_downstream() -> None:
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "applications.md").read_text()
     assert EXAMPLE.read_text() in readme
 
 
