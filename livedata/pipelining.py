@@ -10,9 +10,9 @@ removes most of those turns.
 
 How: the connection object of one client gets its own ``_send_request`` (kazoo's method, replaced on that
 instance only, never on the class). It takes ordinary requests from the head of kazoo's queue, gives each
-the next xid, records it as pending exactly as kazoo does, writes them together (small ones copied into one
-buffer of at most ``COALESCE_BYTES``; a larger request's body written from its own serialized buffer, so a
-batch of large writes never exists twice in memory, joined), then consumes the wake-up
+the next xid, records it as pending exactly as kazoo does, writes them together (small ones copied into buffers of
+about ``COALESCE_BYTES``; a larger request's body written from its own serialized buffer, so a batch of
+large writes never exists twice in memory, joined), then consumes the wake-up
 bytes of the requests it sent (one per request, sent by kazoo when it queued them; a byte not yet
 consumed only causes one idle turn later, which kazoo already tolerates). Anything special at the head of
 the queue (authentication, kazoo's test hooks) goes through kazoo's own method, unchanged.
@@ -38,7 +38,7 @@ from kazoo.protocol import connection as kazoo_connection
 from kazoo.protocol.serialization import Auth, int_struct
 
 MAX_BATCH = 64  # requests per write: ~4 KB of typical reads, far below a socket buffer
-COALESCE_BYTES = 64 * 1024  # a request body larger than this is written from its own buffer, not copied
+COALESCE_BYTES = 64 * 1024  # small requests share a write up to about this; a larger body is written on its own
 _XID_MAX = 2147483647
 _REQUIRED = ("_send_request", "_write", "_read_sock", "_xid", "logger")
 
@@ -94,6 +94,9 @@ def _sender(original: Any) -> Any:
                 small = bytearray()
             else:
                 small += body
+                if len(small) >= COALESCE_BYTES:
+                    connection._write(small, connect_timeout)
+                    small = bytearray()
             del body  # before the next request is serialized: one large body at a time
         if small:
             connection._write(small, connect_timeout)
