@@ -12,9 +12,8 @@ How one file is published:
    writer's liveness can be checked by ``cleanup_stale_temp_files``.
 2. Created with O_EXCL|O_NOFOLLOW and owner-only bits, then fchown and only then fchmod (chown clears setuid
    bits, fchmod sets the exact mode whatever the umask), all before a single byte of data lands in it.
-3. Data, fsync (unless the filesystem orders the rename after the data itself, see "Durability"), rename
-   over the dest (which replaces a planted symlink instead of following it). The directory is fsynced only
-   when the rename created a name that was not there before.
+3. Data, fsync, rename over the dest (which replaces a planted symlink instead of following it). The
+   directory is fsynced only when the rename created a name that was not there before.
 
 A batch (``sync_files``) first skips dests that already hold the right bytes, then writes every temp, makes
 them durable with a single ``syncfs(2)`` per filesystem instead of thousands of fsyncs, renames them all and
@@ -25,12 +24,10 @@ Durability (the contract README's "Durability" section states for operators):
 
 * The data of a new version is on disk (fsync, or syncfs for a batch) before the rename that publishes it,
   so after a crash or a power loss a dest holds a complete version, never an empty or partial one.
-* Except where the filesystem itself guarantees that order for a rename that replaces an existing name:
-  a journaled ext4 in data=ordered (the default) or data=journal mode, with auto_da_alloc (see
-  livedata.filesystems; an ext4 without a journal orders nothing).
-  There a replacement skips its fsync (the largest cost of a change) and keeps the same guarantee; a rename
-  that creates a name, and every write elsewhere (XFS, btrfs, tmpfs, overlayfs...), is flushed as above.
-  Should the dest vanish between our decision and the rename, it is flushed after all.
+* On every filesystem, ext4 included. ext4's ``auto_da_alloc`` heuristic (start writeback of a file
+  renamed over another) is no substitute: with ``dioread_nolock`` (the default since Linux 5.6) the
+  journal commit that carries the rename does not wait for that data, and a power loss at that moment
+  leaves the dest full of zeros (tests/test_power_cut.py cuts an ext4 at the instant of the rename).
 * fsync, not fdatasync: on a freshly created file both must write its size and blocks, so they cost the
   same; fsync also makes the temp's owner and mode durable, which matters for dests holding secrets.
 * The rename itself may be lost in a power loss when it replaced an existing dest: the dest then holds the
@@ -63,8 +60,6 @@ import time
 from dataclasses import dataclass
 from posix import close as _close
 from typing import Callable, Iterable, Mapping, Sequence, Union
-
-from livedata import filesystems
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +269,7 @@ def temp_pid(name: str) -> int | None:
 class _Job:
     """One item of a batch as it moves through the phases; once ``error`` is set it is left alone."""
 
-    __slots__ = ("data", "device", "directory", "error", "ordered", "outcome", "replaces", "spec", "step", "temp")
+    __slots__ = ("data", "device", "directory", "error", "outcome", "replaces", "spec", "step", "temp")
 
     def __init__(self, spec: FileSpec, data: bytes, known_different: bool = False) -> None:
         self.spec = spec
@@ -282,9 +277,6 @@ class _Job:
         # Something already sits at the dest, so a rename replaces a name rather than creating one. Assumed
         # when the caller knows the dest holds other bytes; otherwise found out by _inspect.
         self.replaces = known_different
-        # The rename replaces a name on a filesystem that commits it only after the new data (ext4's
-        # auto_da_alloc, see livedata.filesystems): the temp needs no flush of its own.
-        self.ordered = False
         self.directory = os.path.dirname(spec.path)
         self.device: int | None = None
         self.temp: str | None = None
@@ -354,17 +346,15 @@ def _write_temp(job: _Job, durability: _Durability, directories: _Directories) -
     spec = job.spec
     job.step = "creating the parent directory"
     job.device = directories.ensure(job.directory)
-    job.ordered = job.replaces and filesystems.orders_replacements(job.device)
     job.step = "creating the temp file"
     job.temp, fd = _create_temp(spec.path, spec.mode)
     try:
-        if not job.ordered:
-            durability.watch(job.device, job.directory)
+        durability.watch(job.device, job.directory)
         job.step = "setting ownership and mode on the temp file"
         _set_metadata(fd, spec)
         job.step = "writing the temp file"
         _write_all(fd, job.data)
-        if durability.per_file and not job.ordered:
+        if durability.per_file:
             job.step = "flushing the temp file to disk"
             os.fsync(fd)
     finally:
@@ -373,9 +363,7 @@ def _write_temp(job: _Job, durability: _Durability, directories: _Directories) -
 
 def _make_durable(jobs: list[_Job], durability: _Durability) -> None:
     """Get new temps and in-place metadata fixes onto the disk before any rename publishes them."""
-    pending = _active(
-        jobs, lambda job: (job.temp is not None and not job.ordered) or job.outcome is Outcome.METADATA_FIXED
-    )
+    pending = _active(jobs, lambda job: job.temp is not None or job.outcome is Outcome.METADATA_FIXED)
     for job in pending:
         job.step = "flushing to disk"
     if durability.per_file:
@@ -391,12 +379,8 @@ def _make_durable(jobs: list[_Job], durability: _Durability) -> None:
 
 def _publish(job: _Job) -> None:
     assert job.temp is not None
-    if job.ordered and not _name_exists(job.spec.path):
-        # Removed behind our back (or a wrong ``previous``): this rename creates the name, which the
-        # filesystem does not order after the data. Flush as any new dest, and fsync the directory after.
-        job.step = "flushing the temp file to disk"
-        _fsync_file(job.temp)
-        job.ordered = job.replaces = False
+    if job.replaces and not _name_exists(job.spec.path):
+        job.replaces = False  # removed behind our back (or a wrong ``previous``): fsync the directory after
     job.step = "renaming the temp file over the destination"
     os.rename(job.temp, job.spec.path)
     _forget_in_flight(job.temp)

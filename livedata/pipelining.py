@@ -10,7 +10,9 @@ removes most of those turns.
 
 How: the connection object of one client gets its own ``_send_request`` (kazoo's method, replaced on that
 instance only, never on the class). It takes ordinary requests from the head of kazoo's queue, gives each
-the next xid, records it as pending exactly as kazoo does, writes them together, then consumes the wake-up
+the next xid, records it as pending exactly as kazoo does, writes them together (small ones copied into buffers of
+about ``COALESCE_BYTES``; a larger request's body written from its own serialized buffer, so a batch of
+large writes never exists twice in memory, joined), then consumes the wake-up
 bytes of the requests it sent (one per request, sent by kazoo when it queued them; a byte not yet
 consumed only causes one idle turn later, which kazoo already tolerates). Anything special at the head of
 the queue (authentication, kazoo's test hooks) goes through kazoo's own method, unchanged.
@@ -36,6 +38,7 @@ from kazoo.protocol import connection as kazoo_connection
 from kazoo.protocol.serialization import Auth, int_struct
 
 MAX_BATCH = 64  # requests per write: ~4 KB of typical reads, far below a socket buffer
+COALESCE_BYTES = 64 * 1024  # small requests share a write up to about this; a larger body is written on its own
 _XID_MAX = 2147483647
 _REQUIRED = ("_send_request", "_write", "_read_sock", "_xid", "logger")
 
@@ -71,21 +74,32 @@ def _sender(original: Any) -> Any:
             original(read_timeout, connect_timeout)  # also handles a wake-up byte with nothing queued
             return
         debug = connection.logger.isEnabledFor(logging.DEBUG)
-        message = bytearray()
+        small = bytearray()  # frames of small requests (and the header of a large one), written together
         sent = 0
         while queue and sent < MAX_BATCH and not _special(queue[0][0]):
             request, async_object = queue.popleft()
             connection._xid = (connection._xid % _XID_MAX) + 1
             xid = connection._xid
-            body = int_struct.pack(xid) + (int_struct.pack(request.type) if request.type else b"")
-            body += request.serialize()
-            message += int_struct.pack(len(body))
-            message += body
+            header = int_struct.pack(xid) + (int_struct.pack(request.type) if request.type else b"")
+            body = request.serialize()
             client._pending.append((request, async_object, xid))
             sent += 1
             if debug:
                 connection.logger.debug("Sending request(xid=%s): %s", xid, request)
-        connection._write(bytes(message), connect_timeout)
+            small += int_struct.pack(len(header) + len(body))
+            small += header
+            if len(body) > COALESCE_BYTES:
+                connection._write(small, connect_timeout)
+                connection._write(body, connect_timeout)
+                small = bytearray()
+            else:
+                small += body
+                if len(small) >= COALESCE_BYTES:
+                    connection._write(small, connect_timeout)
+                    small = bytearray()
+            del body  # before the next request is serialized: one large body at a time
+        if small:
+            connection._write(small, connect_timeout)
         connection._read_sock.recv(sent)
 
     return send_queued

@@ -145,6 +145,7 @@ class MirroredNode:
         "touch_failure",
         "version",
         "wanted",
+        "writing",
         "written_at",
         "written_version",
     )
@@ -157,6 +158,7 @@ class MirroredNode:
         self.mzxid = -1
         self.in_sync = False  # the file is known to equal `wanted`: heartbeats may vouch for it
         self.dirty = False
+        self.writing = False  # its write is under way (the thread pool, say): a settled read must not vouch yet
         self.failure: str | None = None  # why the last read or write failed, until one succeeds
         self.touch_failure: str | None = None  # why the last heartbeat touch failed, until one succeeds
         self.retry_delay = RETRY_FIRST  # backoff of the next write retry
@@ -504,7 +506,7 @@ class Mirror:
             self._tree_maybe_complete(node.tree)
         elif isinstance(node, MirroredTree):
             self._tree_maybe_complete(node)
-        elif not node.dirty and node.failure is None and node.wanted is not None:
+        elif not node.dirty and not node.writing and node.failure is None and node.wanted is not None:
             node.in_sync = True
 
     def _tree_maybe_complete(self, tree: MirroredTree) -> None:
@@ -513,7 +515,8 @@ class Mirror:
             return
         picture = {name: child.data for name, child in tree.children.items() if child.data is not None}
         if picture == tree.wanted and not tree.dirty and tree.failure is None:
-            tree.in_sync = True
+            if not tree.writing:  # else the publish of this picture under way vouches for it when it ends
+                tree.in_sync = True
             return
         self._want(tree, picture)
 
@@ -566,11 +569,15 @@ class Mirror:
             for node in batch:
                 if node.active:
                     self._written(node, FileWriteError(node.config.file.path, reason))
+        finally:
+            for node in batch:
+                node.writing = False  # also for nodes no result was reported for (inactive, nothing to write)
 
     def _write_batch(self, batch: list[MirroredNode]) -> None:
         batch = [node for node in batch if node.active]
         for node in batch:
             node.dirty = False
+            node.writing = True  # until _written
         trees = [node for node in batch if isinstance(node, MirroredTree)]
         if trees:
             batch = [node for node in batch if not isinstance(node, MirroredTree)]
@@ -615,6 +622,7 @@ class Mirror:
             return e
 
     def _written(self, node: MirroredNode, result: Outcome | FileWriteError) -> None:
+        node.writing = False
         if isinstance(result, FileWriteError):
             if node.failure != str(result):
                 log.error("%s: %s; will retry, the old file is left as it was", node.name, result)

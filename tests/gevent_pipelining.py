@@ -1,7 +1,8 @@
 """A pipelined client driven as the daemon drives it (by tests/test_pipelining.py), in a gevent process.
 
-Usage: ``python -m tests.gevent_pipelining HOSTS ROOT COUNT SECRETS``.  Prints a JSON report; a failed
-check exits non-zero with the reason on stderr.
+Usage: ``python -m tests.gevent_pipelining HOSTS ROOT COUNT SECRETS [SIZE]``.  Prints a JSON report; a failed
+check exits non-zero with the reason on stderr. With SIZE, sets COUNT nodes ``ROOT/big<i>`` to SIZE bytes each,
+all queued at once, and reports the peak of Python allocations while they are sent and answered.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ monkey.patch_all()
 
 import json  # noqa: E402 -- after patching, like any gevent program
 import sys  # noqa: E402
+import tracemalloc  # noqa: E402
 from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
@@ -73,5 +75,25 @@ def main(hosts: str, root: str, count: int, secrets_path: str) -> dict[str, Any]
     }
 
 
+def large_sets(hosts: str, root: str, count: int, secrets_path: str, size: int) -> dict[str, Any]:
+    client = zookeeper_client_from_config(SecretsStore(secrets_path), {"zookeeper.hosts": hosts})
+    installed = "_send_request" in vars(client._connection)
+    client.start(timeout=30)
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)  # made before tracing: only the sending counts
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    results = [client.set_async(f"{root}/big{i}", data) for i in range(count)]  # one batch: no yield between
+    for result in results:
+        result.get(timeout=60)
+    peak = tracemalloc.get_traced_memory()[1] - before
+    tracemalloc.stop()
+    client.stop()
+    client.close()
+    return {"installed": installed, "peak": peak}
+
+
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4])))
+    if len(sys.argv) > 5:
+        print(json.dumps(large_sets(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]))))
+    else:
+        print(json.dumps(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4])))

@@ -24,7 +24,7 @@ from typing import Callable
 import pytest
 
 import livedata.files
-from livedata import files, filesystems
+from livedata import files
 from livedata.files import (
     FileSpec,
     FileWriteError,
@@ -456,9 +456,8 @@ def test_replacing_a_dest_skips_the_directory_fsync_creating_one_does_not(
     audit.append(_record_opens(tmp_path, events))
     assert sync_files([(spec, b"new") for spec in specs]) == [Outcome.WRITTEN] * count
     audit.clear()
-    # syncfs' handle, before writing; none where the filesystem orders replacements (test_filesystems.py)
-    flushed = count > 8 and not filesystems.orders_replacements(os.stat(tmp_path).st_dev)
-    assert events.count("open-directory") == (1 if flushed else 0), events
+    # syncfs' handle, opened before writing
+    assert events.count("open-directory") == (1 if count > 8 else 0), events
     assert all(read(spec.path) == b"new" for spec in specs)
 
     events.clear()

@@ -60,8 +60,7 @@ CHECKS = [
     Check("startup", "n50000_seconds", "startup of 50,000 nodes <= 8 s", _const(8.0)),
     Check("startup", "n5000_rss_mb", "memory at 5,000 nodes <= 40 MB", _const(40.0)),
     Check("startup", "n50000_rss_mb", "memory at 50,000 nodes <= 120 MB", _const(120.0)),
-    # In the run's directory (here an ext4 without a journal: an fsync per change) and on a journaled ext4
-    # (crash-safe through ext4's own ordering, no fsync; see livedata.filesystems).
+    # In the run's directory (here an ext4 without a journal) and on a journaled ext4; an fsync per change on both.
     Check("propagation", "p50_over_floor_ms", "propagation p50 <= floor p50 + 0.5 ms", _const(0.5)),
     Check("propagation", "p99_over_floor_ms", "propagation p99 <= floor p99 + 2 ms", _const(2.0)),
     Check("propagation", "ext4j_p50_over_floor_ms", "journaled ext4: propagation p50 <= floor + 0.5 ms", _const(0.5)),

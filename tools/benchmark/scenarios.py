@@ -160,9 +160,8 @@ def _write_floor(directory: str, tree: Sequence[tuple[str, bytes]]) -> float:
 def propagation(bench: Bench, target: Target, changes: int, size: int, node_count: int) -> list[Metric]:
     """One node changing, timed to its file: in the run's directory, then on a journaled ext4.
 
-    The second matters because the durable write differs by filesystem (livedata.filesystems): a journaled
-    ext4 orders a replacing rename after its data by itself, elsewhere each change pays an fsync. The run's
-    directory is on whatever this machine has (its root here: an ext4 without a journal).
+    The second is the common server setup (mkfs.ext4's defaults), where an fsync costs a journal commit. The
+    run's directory is on whatever this machine has (its root here: an ext4 without a journal).
     """
     rows = _propagation_in(bench, target, bench.scratch(f"propagation-{target.name}"), changes, size, node_count)
     with measure.journaled_ext4(os.path.join(bench.workdir, "ext4-image")) as mountpoint:
