@@ -33,6 +33,7 @@ from livedata.config import (
     Optional,
     RawConfig,
     absolute_path,
+    boolean,
     byte_size,
     check_known_keys,
     file_mode,
@@ -91,6 +92,7 @@ WATCHER_SPEC = register({
         "metrics_address": Optional(_listen_address),
         "state_dir": Optional(absolute_path),
         "max_payload_size": Optional(byte_size, MAX_PAYLOAD_SIZE),
+        "absent_is_error": Optional(boolean, False),
     },
     "nodes": DictOf(NODE_SPEC),
     "trees": DictOf(TREE_SPEC),
@@ -110,6 +112,7 @@ class WatcherConfig:
     state_dir: str | None = None  # where the liveness file and the absent-node list go (the probes read them)
     trees: Sequence[TreeConfig] = ()
     max_payload_size: int = MAX_PAYLOAD_SIZE
+    absent_is_error: bool = False  # --check fails on sources missing from ZooKeeper, the daemon logs them at ERROR
 
     @property
     def mirrored(self) -> list[NodeConfig | TreeConfig]:
@@ -139,6 +142,9 @@ def load_config(path: str, check_dests: bool = True) -> WatcherConfig:
     for key in ("heartbeat_interval", "resync_interval", "hook_timeout"):
         if parsed.watcher[key] <= 0:
             raise ConfigError(path, f"watcher.{key}", "must be greater than zero")
+    if parsed.watcher.absent_is_error and parsed.watcher.state_dir is None:
+        raise ConfigError(path, "watcher.absent_is_error", "needs watcher.state_dir, through which the daemon tells "
+                          "--check which sources are absent")  # fmt: skip
     if parsed.watcher.metrics_address is not None:
         _require_metrics_library(path)
     nodes = [
@@ -165,6 +171,7 @@ def load_config(path: str, check_dests: bool = True) -> WatcherConfig:
         state_dir=parsed.watcher.state_dir,
         trees=trees,
         max_payload_size=parsed.watcher.max_payload_size,
+        absent_is_error=parsed.watcher.absent_is_error,
     )
 
 
@@ -213,7 +220,9 @@ def check(config: WatcherConfig) -> int:
     """``--check`` (readiness): one line per missing, stale or mis-moded dest; exit 1 if there is any.
 
     A node the daemon reported absent from ZooKeeper (in ``watcher.state_dir``)
-    is fine without its file, as long as that report is fresh.
+    is fine without its file, as long as that report is fresh, unless
+    ``watcher.absent_is_error`` says that every source must exist: then each
+    absent node or tree is a line of its own.
     """
     import time
 
@@ -226,6 +235,8 @@ def check(config: WatcherConfig) -> int:
     for directory in (False, True):
         trees = ((tree.name, tree.file) for tree in config.trees if (tree.format == "directory") == directory)
         found += health.problems(trees, config.heartbeat_interval, now, kind="trees", directory=directory)
+    if config.absent_is_error:
+        found += _absent_sources(config, absent)
     for line in found:
         print(line)
     if found:
@@ -235,6 +246,14 @@ def check(config: WatcherConfig) -> int:
     also = f", {gone} known absent in ZooKeeper" if gone else ""
     print(f"ok: {len(config.nodes) + len(config.trees) - gone} dests present and fresh{also}")
     return cli.EXIT_OK
+
+
+def _absent_sources(config: WatcherConfig, absent: Mapping[str, str]) -> list[str]:
+    """One line per configured source the daemon reported absent (``watcher.absent_is_error``)."""
+    return [f"{item.file.path}: source {item.source} does not exist in ZooKeeper ({kind}.{item.name}; "
+            "watcher.absent_is_error is set)"
+            for kind, items in (("nodes", config.nodes), ("trees", config.trees))
+            for item in items if absent.get(item.name) == item.file.path]  # fmt: skip
 
 
 def alive(config: WatcherConfig) -> int:
@@ -272,7 +291,7 @@ class Daemon:
     def __init__(self, config_path: str, config: WatcherConfig) -> None:
         from livedata.connection_log import ConnectionLog
         from livedata.hooks import HookRunner
-        from livedata.probe_state import ProbeState
+        from livedata.probe_state import AbsentSources, ProbeState
         from livedata.secrets import secrets_store_from_config
         from livedata.sync import Mirror
         from livedata.systemd import ServiceNotifier
@@ -294,7 +313,8 @@ class Daemon:
             self.metrics = self._make_metrics()
         self.connection_log: ConnectionLog = ConnectionLog(self.client, config.raw["zookeeper.hosts"])
         self.probe_state: ProbeState | None = ProbeState(config.state_dir) if config.state_dir else None
-        parts = (self.connection_log, self.metrics, self.hooks, self.service, self.probe_state)
+        self.absent_sources = AbsentSources(config.absent_is_error)
+        parts = (self.connection_log, self.absent_sources, self.metrics, self.hooks, self.service, self.probe_state)
         observers = [part for part in parts if part is not None]
         self.mirror: Mirror = Mirror(
             self.client, config.mirrored, _fan_out(observers), credentials.refresh if credentials else None,
@@ -360,6 +380,9 @@ class Daemon:
         create_missing_directories((node.name, node.file) for node in new.mirrored)
         added, removed = self.mirror.update_nodes(new.mirrored)
         self.hooks.configure(new.hooks, new.hook_timeout)
+        self.absent_sources.as_error = new.absent_is_error
+        self.absent_sources.forget({f"{kind}.{item.name}" for kind, items in (("nodes", new.nodes),
+                                    ("trees", new.trees)) for item in items})  # fmt: skip
         self.config = replace(new, metrics_address=old.metrics_address, state_dir=old.state_dir)
         # Restarting the timers on every reload would postpone heartbeats forever under frequent reloads.
         if (new.heartbeat_interval, new.resync_interval) != (old.heartbeat_interval, old.resync_interval):
@@ -497,8 +520,8 @@ def main(argv: list[str] | None = None) -> int:
         "--check",
         action="store_true",
         help="readiness probe instead of running: exit 0 if each dest exists with its mode (and owner/group) and "
-        "was touched within two heartbeat intervals, or is known absent in ZooKeeper, else print the bad ones "
-        "and exit 1; needs no ZooKeeper",
+        "was touched within two heartbeat intervals, or is known absent in ZooKeeper (unless "
+        "watcher.absent_is_error is set), else print the bad ones and exit 1; needs no ZooKeeper",
     )
     probes.add_argument(
         "--alive",

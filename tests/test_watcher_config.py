@@ -41,6 +41,8 @@ CASES = [
     ("tls-cert-without-key", "[live-data]\n" + HOSTS + GOOD_NODE + "zookeeper.tls.cert = /c.pem\n", "zookeeper.tls.cert: tls.cert and tls.key must be set together"),
     ("dest-is-a-directory", "[live-data]\n" + HOSTS + "nodes.a.source = /a\nnodes.a.dest = {dest}\n", "nodes.a.dest: {dest} is a directory; a dest must name a file"),
     ("uid-out-of-range", "[live-data]\n" + HOSTS + GOOD_NODE + "nodes.a.owner = 4294967296\n", "nodes.a.owner: uid 4294967296 is out of range (0 to 4294967294)"),
+    ("absent-is-error-without-state-dir", "[live-data]\n" + HOSTS + GOOD_NODE + "watcher.absent_is_error = true\n", "watcher.absent_is_error: needs watcher.state_dir"),
+    ("absent-is-error-not-boolean", "[live-data]\n" + HOSTS + GOOD_NODE + "watcher.absent_is_error = strict\n", "watcher.absent_is_error: 'strict' is not a boolean"),
     ("gid-out-of-range", "[live-data]\n" + HOSTS + GOOD_NODE + "nodes.a.group = 4294967295\n", "nodes.a.group: gid 4294967295 is out of range"),
 ]  # fmt: skip
 
