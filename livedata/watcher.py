@@ -48,7 +48,7 @@ from livedata.config import (
     unix_user,
     znode_path,
 )
-from livedata.destinations import create_missing_directories, dest_problem
+from livedata.destinations import DestLocks, create_missing_directories, dest_problem
 from livedata.files import FileSpec
 from livedata.logs import silence_kazoo
 from livedata.payload import DEFAULT_MAX_PAYLOAD_SIZE as MAX_PAYLOAD_SIZE
@@ -118,6 +118,11 @@ class WatcherConfig:
     def mirrored(self) -> list[NodeConfig | TreeConfig]:
         """Nodes and trees, as the mirror takes them."""
         return [*self.nodes, *self.trees]
+
+    def dests(self) -> list[tuple[str, str]]:
+        """``(key, path)`` of every dest, keys as in the file (``nodes.a.dest``)."""
+        return [(f"{kind}.{item.name}.dest", item.file.path)
+                for kind, items in (("nodes", self.nodes), ("trees", self.trees)) for item in items]  # fmt: skip
 
     def zookeeper_settings(self) -> dict[str, str]:
         """What a reload cannot change without a new client (and so a restart)."""
@@ -288,7 +293,7 @@ def every(interval: float, action: Callable[[], object], jitter: float = 0.0) ->
 class Daemon:
     """The running watcher: the mirror, what is attached to it, and what a SIGHUP may change."""
 
-    def __init__(self, config_path: str, config: WatcherConfig) -> None:
+    def __init__(self, config_path: str, config: WatcherConfig, dest_locks: DestLocks | None = None) -> None:
         from livedata.connection_log import ConnectionLog
         from livedata.hooks import HookRunner
         from livedata.probe_state import AbsentSources, ProbeState
@@ -323,6 +328,7 @@ class Daemon:
         if self.metrics is not None:
             self.metrics.watch(self.mirror)
         self.timers: list[Any] = []
+        self.dest_locks = dest_locks or DestLocks(config.raw.source)  # run() claims them before anything else
 
     def _make_metrics(self) -> Metrics:
         from livedata.metrics import Metrics
@@ -334,9 +340,9 @@ class Daemon:
     def start(self) -> None:
         from livedata.metrics import MetricsServer
 
+        claim_dests(self.dest_locks, self.config)  # already held when run() claimed them: a no-op then
         log.info("watching %d nodes and %d trees on %s", len(self.config.nodes), len(self.config.trees),
                  self.config.raw["zookeeper.hosts"])
-        create_missing_directories((node.name, node.file) for node in self.config.mirrored)
         if self.probe_state is not None:
             self.probe_state.start()
         self.connection_log.start()
@@ -371,14 +377,16 @@ class Daemon:
             self.service.reloading()
         try:
             new = load_config(self.config_path)
+            claim_dests(self.dest_locks, new)
         except ConfigError as e:
+            self.dest_locks.keep_only(path for _, path in self.config.dests())
             log.error("reload rejected, the running configuration stays in force: %s", " ".join(str(e).split()))
             self._reloaded(applied=False)
             return False
         self._report_restart_needed(new)
         old = self.config
-        create_missing_directories((node.name, node.file) for node in new.mirrored)
         added, removed = self.mirror.update_nodes(new.mirrored)
+        self.dest_locks.keep_only(path for _, path in new.dests())
         self.hooks.configure(new.hooks, new.hook_timeout)
         self.absent_sources.as_error = new.absent_is_error
         self.absent_sources.forget({f"{kind}.{item.name}" for kind, items in (("nodes", new.nodes),
@@ -428,10 +436,22 @@ class Daemon:
         self.connection_log.stop()
         if self.probe_state is not None:
             self.probe_state.stop()
+        self.dest_locks.release_all()
         silence_kazoo()  # its "Failed connecting ... retry policy" after we interrupt the retries is noise
         with gevent.Timeout(STOP_GRACE, False):
             self.client.stop()
         self.client.close()
+
+
+def claim_dests(locks: DestLocks, config: WatcherConfig) -> None:
+    """Claim the dests (raising DestinationBusy, a ConfigError), creating their missing directories.
+
+    Dests in existing directories are claimed first, so a refusal creates
+    nothing; a directory just made cannot be another watcher's.
+    """
+    locks.claim(config.dests())
+    create_missing_directories((node.name, node.file) for node in config.mirrored)
+    locks.claim(config.dests())
 
 
 def _names(names: Sequence[str] | set[str], limit: int = 10) -> str:
@@ -487,7 +507,9 @@ def run(config_path: str, config: WatcherConfig) -> int:
         gevent.signal_handler(signum, stopping.set)
     gevent.signal_handler(signal.SIGHUP, reload_requested.set)
 
-    daemon = Daemon(config_path, config)
+    locks = DestLocks(config.raw.source)
+    claim_dests(locks, config)  # before anything can log a line or create a file: a refusal is one line
+    daemon = Daemon(config_path, config, locks)
     daemon.start()
     reloader = gevent.spawn(_reload_on_request, daemon, reload_requested)
     gevent.wait([stopping, daemon.mirror.died], count=1)
@@ -543,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return run(args.config, config)
-    except CredentialsError as e:
+    except (CredentialsError, ConfigError) as e:  # ConfigError: DestinationBusy, another watcher has a dest
         return cli.fail(PROG, e, cli.EXIT_USAGE)
 
 
