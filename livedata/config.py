@@ -134,23 +134,27 @@ def read_config(path: str, section: str = SECTION, expand: Sequence[str] | None 
         raise ConfigError(path, "", f"not a valid INI file: {e.message}") from None
     if not parser.has_section(section):
         raise ConfigError(path, f"[{section}]", "section is missing")
-    layout = _layout(parser, text, section)
     expanded = None if expand is None else tuple(expand)
+    # One search of the whole text spares one per key and value in the usual file, which has none.
+    suspect = _CONTROL.search(text.replace("\n", " ")) is not None
     values: dict[str, str] = {}
     for key, value in parser.items(section):
-        at = layout.lines.get(key)
-        if key in layout.continued:
-            raise ConfigError(path, key, f"line {layout.continued[key]}: this indented line would be joined to the "
-                              f"value of {key} (line {at}); continuation lines are not supported: write each "
-                              "key and each value on one line, without indentation")  # fmt: skip
+        if "\n" in value:  # only configparser's joining of an indented line puts one there
+            layout = _layout(parser, text, section)
+            at, joined = layout.lines.get(key, "?"), layout.continued.get(key, "?")
+            raise ConfigError(path, key, f"line {joined}: this indented line would be joined to the value of {key} "
+                              f"(line {at}); continuation lines are not supported: write each key and each value "
+                              "on one line, without indentation")  # fmt: skip
+        raw = value
         try:
             if expanded is None or key.startswith(expanded):
                 value = expand_environment(key, value)
         except _UnsetVariable as e:
             raise ConfigError(path, e.option, f"environment variable ${e.name} is not set") from None
-        problem = control_character_problem(key) or control_character_problem(value)
+        problem = (suspect or value is not raw) and (control_character_problem(key) or control_character_problem(value))
         if problem:
-            raise ConfigError(path, key, f"line {at}: {problem}" if at else problem)
+            at = _layout(parser, text, section).lines.get(key, "?")
+            raise ConfigError(path, key, f"line {at}: {problem}")
         values[key] = value
     return RawConfig(values, source=path)
 
@@ -189,7 +193,8 @@ def _layout(parser: configparser.ConfigParser, text: str, section: str) -> _Layo
 
     configparser joins a non-blank line indented deeper than the key line
     above it to that key's value, blank and comment lines in between
-    included, and keeps no line numbers: this pass recovers them.  Keys of
+    included, and keeps no line numbers: this pass recovers them (only to
+    report an error: it costs about as much as the parse).  Keys of
     the ``[DEFAULT]`` section, which configparser merges into every section,
     are found too (the section's own line wins).
     """

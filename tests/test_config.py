@@ -355,3 +355,10 @@ def test_control_characters_in_application_mappings_are_refused():
         parse_config({"a.path": "/x\n/y"}, {"a": {"path": absolute_path}})
     with pytest.raises(ConfigError, match=r"a\.name: contains a tab"):
         parse_config({"a.name": "x\ty"}, {"a": {"name": Optional(string)}})
+
+
+def test_zookeeper_client_from_config_refuses_a_line_break_in_its_settings():
+    from livedata.zookeeper import zookeeper_client_from_config
+
+    with pytest.raises(ConfigError, match=r"^<config>: zookeeper\.hosts: contains a line break \(U\+000A\)"):
+        zookeeper_client_from_config(None, {"zookeeper.hosts": "zk01:2181,\nzk02:2181"})
