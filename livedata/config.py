@@ -115,7 +115,8 @@ def read_config(path: str, section: str = SECTION, expand: Sequence[str] | None 
     parser.optionxform = str  # type: ignore[assignment,method-assign]
     try:
         with open(path, encoding="utf-8") as f:
-            parser.read_file(f, source=path)
+            text = f.read()
+        parser.read_string(text, source=path)
     except OSError as e:
         raise ConfigError(path, "", f"cannot read config file: {e.strerror or e}") from None
     except UnicodeDecodeError as e:
@@ -134,14 +135,110 @@ def read_config(path: str, section: str = SECTION, expand: Sequence[str] | None 
     if not parser.has_section(section):
         raise ConfigError(path, f"[{section}]", "section is missing")
     expanded = None if expand is None else tuple(expand)
-    try:
-        values = {
-            key: value if expanded is not None and not key.startswith(expanded) else expand_environment(key, value)
-            for key, value in parser.items(section)
-        }
-    except _UnsetVariable as e:
-        raise ConfigError(path, e.option, f"environment variable ${e.name} is not set") from None
+    # One search of the whole text spares one per key and value in the usual file, which has none.
+    suspect = _CONTROL.search(text.replace("\n", " ")) is not None
+    values: dict[str, str] = {}
+    for key, value in parser.items(section):
+        if "\n" in value:  # only configparser's joining of an indented line puts one there
+            layout = _layout(parser, text, section)
+            at, joined = layout.lines.get(key, "?"), layout.continued.get(key, "?")
+            raise ConfigError(path, key, f"line {joined}: this indented line would be joined to the value of {key} "
+                              f"(line {at}); continuation lines are not supported: write each key and each value "
+                              "on one line, without indentation")  # fmt: skip
+        raw = value
+        try:
+            if expanded is None or key.startswith(expanded):
+                value = expand_environment(key, value)
+        except _UnsetVariable as e:
+            raise ConfigError(path, e.option, f"environment variable ${e.name} is not set") from None
+        problem = (suspect or value is not raw) and (control_character_problem(key) or control_character_problem(value))
+        if problem:
+            at = _layout(parser, text, section).lines.get(key, "?")
+            raise ConfigError(path, key, f"line {at}: {problem}")
+        values[key] = value
     return RawConfig(values, source=path)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL_NAMES = {"\n": "a line break", "\r": "a carriage return", "\t": "a tab"}
+
+
+def control_character_problem(text: str) -> str | None:
+    """Why ``text`` cannot be a key or value: a control character (line breaks included); None when it has none.
+
+    No setting needs one, and each is a trap: a line break in a dest creates a
+    directory whose name holds it, and in a log line it forges a second line.
+    """
+    match = _CONTROL.search(text)
+    if match is None:
+        return None
+    char = match.group()
+    name = _CONTROL_NAMES.get(char, "a control character")
+    return f"contains {name} (U+{ord(char):04X}), which no setting may hold"
+
+
+@dataclass
+class _Layout:
+    """Where a section's keys are in the file (key -> line), and which values go on over indented lines."""
+
+    lines: dict[str, int]
+    continued: dict[str, int]  # key -> the first line configparser joined to its value
+
+
+_NON_SPACE = re.compile(r"\S")
+
+
+def _layout(parser: configparser.ConfigParser, text: str, section: str) -> _Layout:
+    """Follow configparser's own line rules (for a file it accepted) to find each key's line and continuations.
+
+    configparser joins a non-blank line indented deeper than the key line
+    above it to that key's value, blank and comment lines in between
+    included, and keeps no line numbers: this pass recovers them (only to
+    report an error: it costs about as much as the parse).  Keys of
+    the ``[DEFAULT]`` section, which configparser merges into every section,
+    are found too (the section's own line wins).
+    """
+    sections = (section, parser.default_section)
+    found: dict[str, dict[str, int]] = {name: {} for name in sections}
+    continued: dict[str, dict[str, int]] = {name: {} for name in sections}
+    current: str | None = None
+    option: str | None = None
+    indent_level = 0
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        content = _without_comment(line)
+        if not content:
+            continue  # neither ends a value nor starts one, as in configparser (empty_lines_in_values)
+        first = _NON_SPACE.search(line)
+        indent = first.start() if first else 0
+        if option is not None and indent > indent_level:
+            if current in sections:
+                continued[current].setdefault(option, lineno)
+            continue
+        indent_level = indent
+        header = parser.SECTCRE.match(content)
+        if header:
+            current, option = header.group("header"), None
+            continue
+        match = parser.OPTCRE.match(content)
+        option = parser.optionxform(match.group("option").rstrip()) if match else None
+        if option is not None and current in sections:
+            found[current].setdefault(option, lineno)
+    layout = _Layout({}, {})
+    for key in found[parser.default_section].keys() | found[section].keys():
+        where = section if key in found[section] else parser.default_section
+        layout.lines[key] = found[where][key]
+        if key in continued[where]:
+            layout.continued[key] = continued[where][key]
+    return layout
+
+
+_INLINE_COMMENT = re.compile(r"(?:^|\s)[;#]")
+
+
+def _without_comment(line: str) -> str:
+    """The line's content without its comment (``;`` or ``#`` at the start or after whitespace), stripped."""
+    match = _INLINE_COMMENT.search(line)
+    return (line[: match.start()] if match else line).strip()
 
 
 # --- value parsers ------------------------------------------------------------------------------
@@ -354,6 +451,9 @@ def _parse_value(config: Mapping[str, str], key: str, rule: Any, source: str) ->
         rule = rule.parser
     elif raw is None:
         raise ConfigError(source, key, "required key is missing")
+    problem = control_character_problem(raw)  # read_config refuses these; applications pass their own mappings
+    if problem:
+        raise ConfigError(source, key, problem)
     try:
         return rule(raw)
     except ValueError as e:

@@ -11,23 +11,47 @@ logged (a typo in a dest path must not grow a new tree silently) and given
 the node's owner and group when it has them, mode 0755, so that the owner
 can manage its files.  This happens before connecting (and on each reload
 for the new nodes), in the same order as ``mkdir -p``.
+
+Each dest is claimed by one watcher at a time (:class:`DestLocks`): two
+daemons writing one file (a second unit, a forgotten manual run, two
+configs that overlap) would each undo the other's writes, run both sets of
+hooks, and tell the probes two stories, all without a word.  The claim is a
+POSIX record lock on one byte of ``.livedata.lock`` in the dest's directory,
+at an offset derived from the dest's name: one lock file and one open file
+per directory however many dests it holds, watchers with different dests
+in one directory do not collide, and the kernel drops the locks when the
+process ends in any way (SIGKILL included), so a crashed watcher never
+blocks its successor.  A watcher refused its claim exits with status 2
+naming the holder's pid; a directory where no lock file can be made is
+mirrored without one (logged).
 """
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
 import logging
 import os
 import stat
+import struct
 from collections.abc import Iterable
 
+from livedata.config import ConfigError
 from livedata.files import FileSpec, set_new_directory_metadata
 
 log = logging.getLogger("livedata.destinations")
 
 DIRECTORY_MODE = 0o755
+LOCK_NAME = ".livedata.lock"
+LOCK_MODE = 0o644
+_OFFSET_BITS = 62  # offsets stay positive in a signed 64-bit off_t
+_FLOCK = "hhqqi"  # struct flock on Linux: l_type, l_whence, l_start, l_len, l_pid (native alignment)
 
 
 def dest_problem(path: str) -> str | None:
     """Why ``path`` can never be a dest, judged from what exists now; None when it can be."""
+    if os.path.basename(path) == LOCK_NAME:
+        return f"{path}: {LOCK_NAME} is the name of the watchers' lock file"
     try:
         status = os.stat(path)
     except OSError:
@@ -86,3 +110,116 @@ def _make_directories(directory: str, spec: FileSpec) -> list[str]:
 
 def _id(value: int | None) -> str:
     return "unchanged" if value is None else str(value)
+
+
+# --- one watcher per dest -----------------------------------------------------------------------
+
+
+class DestinationBusy(ConfigError):
+    """Another running process (a watcher) holds the claim on a dest this configuration names."""
+
+    def __init__(self, source: str, key: str, path: str, lock_file: str, holder: int | None) -> None:
+        who = f"another watcher (pid {holder})" if holder else "another watcher"
+        super().__init__(source, key, f"{path} is already mirrored by {who}, which holds its lock in {lock_file}; "
+                         "stop that one first, or give this one other dests")  # fmt: skip
+        self.holder = holder
+
+
+class DestLocks:
+    """The dests this watcher has claimed (see the module docstring); a process holds one instance.
+
+    POSIX record locks belong to the process and vanish when it closes *any*
+    descriptor of the file: so each lock file is opened once (keyed by its
+    real path) and closed only when none of its dests is claimed any more.
+    """
+
+    def __init__(self, source: str) -> None:
+        self.source = source  # the config file, named in refusals
+        self._files: dict[str, int] = {}  # lock file (real path) -> open descriptor
+        self._held: dict[str, tuple[str, int]] = {}  # dest -> (lock file, offset)
+        self._unlockable: set[str] = set()  # directories already logged as having no lock file
+
+    def claim(self, dests: Iterable[tuple[str, str]]) -> None:
+        """Claim each ``(key, dest)`` whose directory exists (others: once it does); all or nothing.
+
+        Raises :class:`DestinationBusy` for the first dest another process
+        holds, releasing what this call claimed.
+        """
+        claimed: list[str] = []
+        try:
+            for key, path in dests:
+                if path not in self._held and self._claim(key, path):
+                    claimed.append(path)
+        except DestinationBusy:
+            self.release(claimed)
+            raise
+
+    def keep_only(self, dests: Iterable[str]) -> None:
+        """Release every claim but these dests' (nodes removed or moved by a reload)."""
+        keep = set(dests)
+        self.release([path for path in self._held if path not in keep])
+
+    def release(self, dests: Iterable[str]) -> None:
+        for path in list(dests):
+            lock_file, offset = self._held.pop(path)
+            fd = self._files[lock_file]
+            if any(held[0] == lock_file for held in self._held.values()):
+                fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset)
+            else:
+                del self._files[lock_file]
+                os.close(fd)  # releases its last lock too
+
+    def release_all(self) -> None:
+        self.release(list(self._held))
+
+    def _claim(self, key: str, path: str) -> bool:
+        directory = os.path.dirname(path)
+        if not os.path.isdir(directory):
+            return False
+        lock_file = os.path.join(os.path.realpath(directory), LOCK_NAME)
+        fd = self._open(lock_file, directory)
+        if fd is None:
+            return False
+        offset = int.from_bytes(hashlib.blake2b(os.path.basename(path).encode(), digest_size=8).digest(), "big")
+        offset >>= 64 - _OFFSET_BITS
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+        except OSError as e:
+            if e.errno in (errno.EACCES, errno.EAGAIN):
+                holder = _holder(fd, offset)
+                if not any(held[0] == lock_file for held in self._held.values()):
+                    del self._files[lock_file]
+                    os.close(fd)
+                raise DestinationBusy(self.source, key, path, lock_file, holder) from None
+            self._cannot_lock(directory, lock_file, e)
+            return False
+        self._held[path] = (lock_file, offset)
+        return True
+
+    def _open(self, lock_file: str, directory: str) -> int | None:
+        fd = self._files.get(lock_file)
+        if fd is None:
+            try:
+                fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, LOCK_MODE)
+            except OSError as e:
+                self._cannot_lock(directory, lock_file, e)
+                return None
+            self._files[lock_file] = fd
+        return fd
+
+    def _cannot_lock(self, directory: str, lock_file: str, error: OSError) -> None:
+        if directory not in self._unlockable:
+            self._unlockable.add(directory)
+            log.warning("cannot lock %s (%s): the dests in %s are mirrored without a claim, so a second watcher "
+                        "would not be refused", lock_file, error.strerror or error, directory)  # fmt: skip
+
+
+def _holder(fd: int, offset: int) -> int | None:
+    """The pid holding the lock at ``offset`` (F_GETLK), when the kernel tells it; None otherwise."""
+    request = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0)
+    try:
+        reply = fcntl.fcntl(fd, fcntl.F_GETLK, request + bytes(8))  # room for the struct's tail padding
+        kind, _, _, _, pid = struct.unpack_from(_FLOCK, reply)
+    except (OSError, struct.error):
+        return None
+    return pid if kind != fcntl.F_UNLCK and pid > 0 else None

@@ -221,8 +221,20 @@ class Metrics(MirrorObserver):
                         value=self.hooks_pending())  # fmt: skip
 
     def _node_families(self, gauge: Any, nodes: Sequence[MirroredNode]) -> Iterator[Metric]:
+        """Per-node series; while disconnected no node counts as in sync (pending, unless failing).
+
+        A disconnected watcher cannot know whether a node changed meanwhile,
+        which is why its heartbeat stops touching files: ``in_sync`` tells
+        the same story as the files' mtimes, and an alert on it fires during
+        an outage instead of trusting the copy's last state.
+        """
         states = {"in_sync": 0, "pending": 0, "failing": 0}
-        in_sync = gauge("livedata_node_in_sync", "1 when the node's file is known to match ZooKeeper.", labels=["node"])
+        vouched = self.connected
+        in_sync = gauge(
+            "livedata_node_in_sync",
+            "1 when the node's file is known to match ZooKeeper (never while disconnected).",
+            labels=["node"],
+        )
         version = gauge("livedata_node_version", "znode version last written (-1: node absent).", labels=["node"])
         mzxid = gauge("livedata_node_mzxid", "znode mzxid last written (-1: node absent).", labels=["node"])
         age = gauge(
@@ -232,16 +244,18 @@ class Metrics(MirrorObserver):
         written = self._written
         for node in nodes:
             labels = [node.config.name]
-            state = "in_sync" if node.in_sync else "failing" if node.failure else "pending"
+            synced = vouched and node.in_sync
+            state = "in_sync" if synced else "failing" if node.failure else "pending"
             states[state] += 1
-            in_sync.add_metric(labels, int(node.in_sync))
+            in_sync.add_metric(labels, int(synced))
             last = written.get(node)
             if last is not None:
                 version.add_metric(labels, last[0])
                 mzxid.add_metric(labels, last[1])
             if node.written_at:
                 age.add_metric(labels, max(0.0, now - node.written_at))
-        totals = gauge("livedata_nodes", "Configured nodes by state (in_sync, pending, failing).", labels=["state"])
+        totals = gauge("livedata_nodes", "Configured nodes by state (in_sync, pending, failing); none in sync while "
+                       "disconnected.", labels=["state"])  # fmt: skip
         for state, count in states.items():
             totals.add_metric([state], count)
         yield totals

@@ -9,11 +9,17 @@ Both live in ``watcher.state_dir`` (e.g. ``/run/livedata``, systemd's
   means the loop is stuck or the process is gone: what a liveness probe (and
   a restart) is for.  A ZooKeeper outage never makes it stale, because
   restarting cannot cure an outage.
-* ``absent.json`` maps the name of every node that does not exist in
-  ZooKeeper to its dest, whose file is then absent on purpose.  It is
-  rewritten (atomically: temporary file and rename) when that set changes and
-  on every heartbeat, so its mtime vouches for it the way a heartbeat vouches
-  for a dest: the readiness probe trusts it only while it is fresh.
+* ``absent.json`` maps the name of every node (and tree) whose source does
+  not exist in ZooKeeper to its dest, whose file is then absent on purpose
+  (a tree's is an empty snapshot).  It is rewritten (atomically: temporary
+  file and rename) when that set changes and on every heartbeat, so its
+  mtime vouches for it the way a heartbeat vouches for a dest: the readiness
+  probe trusts it only while it is fresh, and fails on it when
+  ``watcher.absent_is_error`` is set.
+
+:class:`AbsentSources` names each absent source in the log, once when it is
+found absent, not on every resync: a typo in a source path looks exactly like
+a node nobody created yet, and only its name tells the operator which.
 """
 from __future__ import annotations
 
@@ -25,11 +31,50 @@ from typing import Any
 import gevent
 
 from livedata.health import ABSENT_FILE, ALIVE_FILE
-from livedata.sync import ABSENT, MirrorObserver
+from livedata.sync import ABSENT, MirroredNode, MirroredTree, MirrorObserver
 
 log = logging.getLogger("livedata.probe_state")
 
 ALIVE_INTERVAL = 5.0
+
+
+def source_absent(node: MirroredNode) -> bool:
+    """The node's source does not exist in ZooKeeper (a tree's is then mirrored as an empty tree)."""
+    return node.wanted is ABSENT or (isinstance(node, MirroredTree) and node.version == -1)
+
+
+def describe(node: MirroredNode) -> str:
+    """``nodes.NAME`` or ``trees.NAME``: the config keys an operator looks up."""
+    return f"{'trees' if isinstance(node, MirroredTree) else 'nodes'}.{node.name}"
+
+
+class AbsentSources(MirrorObserver):
+    """Logs each source found absent from ZooKeeper once (ERROR if ``as_error``, else WARNING), and its return.
+
+    A failed read says nothing about existence, so it neither repeats nor
+    clears the report.
+    """
+
+    def __init__(self, as_error: bool = False) -> None:
+        self.as_error = as_error  # watcher.absent_is_error: a reload may change it
+        self.reported: set[str] = set()  # describe(node) of the absent sources already logged
+
+    def written(self, node: Any, outcome: Any, repaired: bool) -> None:
+        name = describe(node)
+        if source_absent(node):
+            if name not in self.reported:
+                self.reported.add(name)
+                what = "it is mirrored as an empty tree" if isinstance(node, MirroredTree) else "no file"
+                log.log(logging.ERROR if self.as_error else logging.WARNING,
+                        "%s: source %s does not exist in ZooKeeper; %s at %s until it is created",
+                        name, node.path, what, node.config.file.path)  # fmt: skip
+        elif name in self.reported:
+            self.reported.discard(name)
+            log.info("%s: source %s exists now", name, node.path)
+
+    def forget(self, names: set[str]) -> None:
+        """Keep only these (``describe``) names: a node removed by a reload is reported afresh if it comes back."""
+        self.reported &= names
 
 
 class ProbeState(MirrorObserver):
@@ -58,7 +103,7 @@ class ProbeState(MirrorObserver):
     # --- MirrorObserver ---------------------------------------------------------------------------
 
     def written(self, node: Any, outcome: Any, repaired: bool) -> None:
-        if node.wanted is ABSENT:
+        if source_absent(node):
             changed = self.absent.get(node.name) != node.config.file.path
             self.absent[node.name] = node.config.file.path
         else:

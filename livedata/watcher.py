@@ -33,6 +33,7 @@ from livedata.config import (
     Optional,
     RawConfig,
     absolute_path,
+    boolean,
     byte_size,
     check_known_keys,
     file_mode,
@@ -47,7 +48,7 @@ from livedata.config import (
     unix_user,
     znode_path,
 )
-from livedata.destinations import create_missing_directories, dest_problem
+from livedata.destinations import DestLocks, create_missing_directories, dest_problem
 from livedata.files import FileSpec
 from livedata.logs import silence_kazoo
 from livedata.payload import DEFAULT_MAX_PAYLOAD_SIZE as MAX_PAYLOAD_SIZE
@@ -91,6 +92,7 @@ WATCHER_SPEC = register({
         "metrics_address": Optional(_listen_address),
         "state_dir": Optional(absolute_path),
         "max_payload_size": Optional(byte_size, MAX_PAYLOAD_SIZE),
+        "absent_is_error": Optional(boolean, False),
     },
     "nodes": DictOf(NODE_SPEC),
     "trees": DictOf(TREE_SPEC),
@@ -110,11 +112,17 @@ class WatcherConfig:
     state_dir: str | None = None  # where the liveness file and the absent-node list go (the probes read them)
     trees: Sequence[TreeConfig] = ()
     max_payload_size: int = MAX_PAYLOAD_SIZE
+    absent_is_error: bool = False  # --check fails on sources missing from ZooKeeper, the daemon logs them at ERROR
 
     @property
     def mirrored(self) -> list[NodeConfig | TreeConfig]:
         """Nodes and trees, as the mirror takes them."""
         return [*self.nodes, *self.trees]
+
+    def dests(self) -> list[tuple[str, str]]:
+        """``(key, path)`` of every dest, keys as in the file (``nodes.a.dest``)."""
+        return [(f"{kind}.{item.name}.dest", item.file.path)
+                for kind, items in (("nodes", self.nodes), ("trees", self.trees)) for item in items]  # fmt: skip
 
     def zookeeper_settings(self) -> dict[str, str]:
         """What a reload cannot change without a new client (and so a restart)."""
@@ -139,6 +147,9 @@ def load_config(path: str, check_dests: bool = True) -> WatcherConfig:
     for key in ("heartbeat_interval", "resync_interval", "hook_timeout"):
         if parsed.watcher[key] <= 0:
             raise ConfigError(path, f"watcher.{key}", "must be greater than zero")
+    if parsed.watcher.absent_is_error and parsed.watcher.state_dir is None:
+        raise ConfigError(path, "watcher.absent_is_error", "needs watcher.state_dir, through which the daemon tells "
+                          "--check which sources are absent")  # fmt: skip
     if parsed.watcher.metrics_address is not None:
         _require_metrics_library(path)
     nodes = [
@@ -165,6 +176,7 @@ def load_config(path: str, check_dests: bool = True) -> WatcherConfig:
         state_dir=parsed.watcher.state_dir,
         trees=trees,
         max_payload_size=parsed.watcher.max_payload_size,
+        absent_is_error=parsed.watcher.absent_is_error,
     )
 
 
@@ -213,7 +225,9 @@ def check(config: WatcherConfig) -> int:
     """``--check`` (readiness): one line per missing, stale or mis-moded dest; exit 1 if there is any.
 
     A node the daemon reported absent from ZooKeeper (in ``watcher.state_dir``)
-    is fine without its file, as long as that report is fresh.
+    is fine without its file, as long as that report is fresh, unless
+    ``watcher.absent_is_error`` says that every source must exist: then each
+    absent node or tree is a line of its own.
     """
     import time
 
@@ -226,6 +240,8 @@ def check(config: WatcherConfig) -> int:
     for directory in (False, True):
         trees = ((tree.name, tree.file) for tree in config.trees if (tree.format == "directory") == directory)
         found += health.problems(trees, config.heartbeat_interval, now, kind="trees", directory=directory)
+    if config.absent_is_error:
+        found += _absent_sources(config, absent)
     for line in found:
         print(line)
     if found:
@@ -235,6 +251,14 @@ def check(config: WatcherConfig) -> int:
     also = f", {gone} known absent in ZooKeeper" if gone else ""
     print(f"ok: {len(config.nodes) + len(config.trees) - gone} dests present and fresh{also}")
     return cli.EXIT_OK
+
+
+def _absent_sources(config: WatcherConfig, absent: Mapping[str, str]) -> list[str]:
+    """One line per configured source the daemon reported absent (``watcher.absent_is_error``)."""
+    return [f"{item.file.path}: source {item.source} does not exist in ZooKeeper ({kind}.{item.name}; "
+            "watcher.absent_is_error is set)"
+            for kind, items in (("nodes", config.nodes), ("trees", config.trees))
+            for item in items if absent.get(item.name) == item.file.path]  # fmt: skip
 
 
 def alive(config: WatcherConfig) -> int:
@@ -269,10 +293,10 @@ def every(interval: float, action: Callable[[], object], jitter: float = 0.0) ->
 class Daemon:
     """The running watcher: the mirror, what is attached to it, and what a SIGHUP may change."""
 
-    def __init__(self, config_path: str, config: WatcherConfig) -> None:
+    def __init__(self, config_path: str, config: WatcherConfig, dest_locks: DestLocks | None = None) -> None:
         from livedata.connection_log import ConnectionLog
         from livedata.hooks import HookRunner
-        from livedata.probe_state import ProbeState
+        from livedata.probe_state import AbsentSources, ProbeState
         from livedata.secrets import secrets_store_from_config
         from livedata.sync import Mirror
         from livedata.systemd import ServiceNotifier
@@ -294,7 +318,8 @@ class Daemon:
             self.metrics = self._make_metrics()
         self.connection_log: ConnectionLog = ConnectionLog(self.client, config.raw["zookeeper.hosts"])
         self.probe_state: ProbeState | None = ProbeState(config.state_dir) if config.state_dir else None
-        parts = (self.connection_log, self.metrics, self.hooks, self.service, self.probe_state)
+        self.absent_sources = AbsentSources(config.absent_is_error)
+        parts = (self.connection_log, self.absent_sources, self.metrics, self.hooks, self.service, self.probe_state)
         observers = [part for part in parts if part is not None]
         self.mirror: Mirror = Mirror(
             self.client, config.mirrored, _fan_out(observers), credentials.refresh if credentials else None,
@@ -303,6 +328,7 @@ class Daemon:
         if self.metrics is not None:
             self.metrics.watch(self.mirror)
         self.timers: list[Any] = []
+        self.dest_locks = dest_locks or DestLocks(config.raw.source)  # run() claims them before anything else
 
     def _make_metrics(self) -> Metrics:
         from livedata.metrics import Metrics
@@ -314,9 +340,9 @@ class Daemon:
     def start(self) -> None:
         from livedata.metrics import MetricsServer
 
+        claim_dests(self.dest_locks, self.config)  # already held when run() claimed them: a no-op then
         log.info("watching %d nodes and %d trees on %s", len(self.config.nodes), len(self.config.trees),
                  self.config.raw["zookeeper.hosts"])
-        create_missing_directories((node.name, node.file) for node in self.config.mirrored)
         if self.probe_state is not None:
             self.probe_state.start()
         self.connection_log.start()
@@ -351,15 +377,20 @@ class Daemon:
             self.service.reloading()
         try:
             new = load_config(self.config_path)
+            claim_dests(self.dest_locks, new)
         except ConfigError as e:
+            self.dest_locks.keep_only(path for _, path in self.config.dests())
             log.error("reload rejected, the running configuration stays in force: %s", " ".join(str(e).split()))
             self._reloaded(applied=False)
             return False
         self._report_restart_needed(new)
         old = self.config
-        create_missing_directories((node.name, node.file) for node in new.mirrored)
         added, removed = self.mirror.update_nodes(new.mirrored)
+        self.dest_locks.keep_only(path for _, path in new.dests())
         self.hooks.configure(new.hooks, new.hook_timeout)
+        self.absent_sources.as_error = new.absent_is_error
+        self.absent_sources.forget({f"{kind}.{item.name}" for kind, items in (("nodes", new.nodes),
+                                    ("trees", new.trees)) for item in items})  # fmt: skip
         self.config = replace(new, metrics_address=old.metrics_address, state_dir=old.state_dir)
         # Restarting the timers on every reload would postpone heartbeats forever under frequent reloads.
         if (new.heartbeat_interval, new.resync_interval) != (old.heartbeat_interval, old.resync_interval):
@@ -405,10 +436,22 @@ class Daemon:
         self.connection_log.stop()
         if self.probe_state is not None:
             self.probe_state.stop()
+        self.dest_locks.release_all()
         silence_kazoo()  # its "Failed connecting ... retry policy" after we interrupt the retries is noise
         with gevent.Timeout(STOP_GRACE, False):
             self.client.stop()
         self.client.close()
+
+
+def claim_dests(locks: DestLocks, config: WatcherConfig) -> None:
+    """Claim the dests (raising DestinationBusy, a ConfigError), creating their missing directories.
+
+    Dests in existing directories are claimed first, so a refusal creates
+    nothing; a directory just made cannot be another watcher's.
+    """
+    locks.claim(config.dests())
+    create_missing_directories((node.name, node.file) for node in config.mirrored)
+    locks.claim(config.dests())
 
 
 def _names(names: Sequence[str] | set[str], limit: int = 10) -> str:
@@ -464,7 +507,9 @@ def run(config_path: str, config: WatcherConfig) -> int:
         gevent.signal_handler(signum, stopping.set)
     gevent.signal_handler(signal.SIGHUP, reload_requested.set)
 
-    daemon = Daemon(config_path, config)
+    locks = DestLocks(config.raw.source)
+    claim_dests(locks, config)  # before anything can log a line or create a file: a refusal is one line
+    daemon = Daemon(config_path, config, locks)
     daemon.start()
     reloader = gevent.spawn(_reload_on_request, daemon, reload_requested)
     gevent.wait([stopping, daemon.mirror.died], count=1)
@@ -497,8 +542,8 @@ def main(argv: list[str] | None = None) -> int:
         "--check",
         action="store_true",
         help="readiness probe instead of running: exit 0 if each dest exists with its mode (and owner/group) and "
-        "was touched within two heartbeat intervals, or is known absent in ZooKeeper, else print the bad ones "
-        "and exit 1; needs no ZooKeeper",
+        "was touched within two heartbeat intervals, or is known absent in ZooKeeper (unless "
+        "watcher.absent_is_error is set), else print the bad ones and exit 1; needs no ZooKeeper",
     )
     probes.add_argument(
         "--alive",
@@ -520,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return run(args.config, config)
-    except CredentialsError as e:
+    except (CredentialsError, ConfigError) as e:  # ConfigError: DestinationBusy, another watcher has a dest
         return cli.fail(PROG, e, cli.EXIT_USAGE)
 
 

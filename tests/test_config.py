@@ -294,3 +294,71 @@ def test_a_spec_adds_its_keys_by_registering():
     finally:
         _known.clear()
         _known.update(saved)
+
+
+# --- continuation lines and control characters ---------------------------------------------------
+
+CONTINUATIONS = [
+    # (INI text, key named, line of the joined line)
+    ("[live-data]\nnodes.a.dest = /d/q.json\n  nodes.b.source = /y\n  nodes.b.dest = /d/r.json\n", "nodes.a.dest", 3),
+    ("[live-data]\nzookeeper.hosts = zk01:2181,\n    zk02:2181\nnodes.a.source = /a\n", "zookeeper.hosts", 3),
+    ("[live-data]\na = 1\n\n; a comment\n\n\tb = 2\n", "a", 6),  # blank and comment lines do not end a value
+    ("[live-data]\n  a = 1\n  b = 2\n    c = 3\n", "b", 4),  # deeper than the key line above
+    ("[DEFAULT]\na = 1\n  b = 2\n[live-data]\nc = 3\n", "a", 3),  # DEFAULT's keys are merged into the section
+]
+
+
+@pytest.mark.parametrize(("text", "key", "line"), CONTINUATIONS, ids=["issue", "hosts", "blanks", "nested", "default"])
+def test_continuation_lines_are_refused_naming_the_key_and_line(tmp_path, text, key, line):
+    """configparser would join an indented line to the value above: a node silently dropped, a dest with a newline."""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        read_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: {key}: line {line}: this indented line would be joined to the value of {key}")
+    assert "continuation lines are not supported" in message
+    assert "\n" not in message
+
+
+def test_indentation_that_joins_nothing_is_accepted(tmp_path):
+    path = write(
+        tmp_path,
+        "[other]\nk = a\n  b\n"  # another program's section: its own business
+        "[live-data]\n  a = 1\n  b = 2\n; comment\n    ; indented comment\nc = 3\n",
+    )
+    assert dict(read_config(path)) == {"a": "1", "b": "2", "c": "3"}
+
+
+CONTROL_CHARACTERS = [("/d/a\tb", "a tab (U+0009)"), *((f"/d/a{char}b", f"a control character (U+{ord(char):04X})")
+                                                       for char in "\x0c\x1b\x7f\x85\u2028")]
+
+
+@pytest.mark.parametrize(("value", "named"), CONTROL_CHARACTERS)
+def test_control_characters_in_values_are_refused(tmp_path, value, named):
+    path = write(tmp_path, f"[live-data]\nzookeeper.hosts = zk01:2181\nnodes.a.dest = {value}\n")
+    with pytest.raises(ConfigError) as info:
+        read_config(path)
+    assert str(info.value).startswith(f"{path}: nodes.a.dest: line 3: contains {named}")
+    assert "\n" not in str(info.value)
+
+
+def test_a_line_break_from_the_environment_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("LD_DIR", "/srv/data\n/etc")
+    path = write(tmp_path, "[live-data]\nzookeeper.hosts = zk01:2181\n\nnodes.a.dest = $LD_DIR/a\n")
+    with pytest.raises(ConfigError, match=r"nodes\.a\.dest: line 4: contains a line break \(U\+000A\)"):
+        read_config(path)
+
+
+def test_control_characters_in_application_mappings_are_refused():
+    """Applications pass their own mappings (not read by read_config): every parsed value is checked too."""
+    with pytest.raises(ConfigError, match=r"^<config>: a\.path: contains a line break"):
+        parse_config({"a.path": "/x\n/y"}, {"a": {"path": absolute_path}})
+    with pytest.raises(ConfigError, match=r"a\.name: contains a tab"):
+        parse_config({"a.name": "x\ty"}, {"a": {"name": Optional(string)}})
+
+
+def test_zookeeper_client_from_config_refuses_a_line_break_in_its_settings():
+    from livedata.zookeeper import zookeeper_client_from_config
+
+    with pytest.raises(ConfigError, match=r"^<config>: zookeeper\.hosts: contains a line break \(U\+000A\)"):
+        zookeeper_client_from_config(None, {"zookeeper.hosts": "zk01:2181,\nzk02:2181"})

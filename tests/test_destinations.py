@@ -3,12 +3,17 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import stat
+import subprocess
+import sys
 
 import pytest
 
 from livedata.destinations import create_missing_directories, dest_problem
 from livedata.files import FileSpec
+from livedata.testing.watcher_process import base_settings, node_settings, wait_for_content, write_ini
+from livedata.testing.zookeeper import wait_for
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -17,6 +22,7 @@ NOBODY = 65534
 
 def test_only_a_directory_at_the_dest_is_a_problem(tmp_path):
     assert dest_problem(str(tmp_path)) == f"{tmp_path} is a directory; a dest must name a file"
+    assert "is the name of the watchers' lock file" in (dest_problem(f"{tmp_path}/.livedata.lock") or "")
     (tmp_path / "file").write_text("x")
     assert dest_problem(f"{tmp_path}/file/deeper/dest") is None  # a runtime failure, logged
     assert dest_problem(f"{tmp_path}/new/dir/dest") is None
@@ -48,3 +54,50 @@ def test_a_directory_that_cannot_be_created_is_logged_not_fatal(tmp_path, caplog
     (tmp_path / "file").write_text("x")
     assert create_missing_directories([("a", FileSpec(f"{tmp_path}/file/sub/a", 0o400))]) == []
     assert "nodes.a: cannot create" in caplog.text
+
+
+# --- one watcher per dest: real daemons ----------------------------------------------------------
+
+
+@pytest.mark.timeout(90)
+def test_a_second_watcher_on_the_same_dests_is_refused(zk_server, zk, zk_path, workdir, start_watcher):
+    """Two daemons writing one file would undo each other: the second exits 2 naming the first; SIGKILL frees it."""
+    out = f"{workdir}/out"
+    for name in ("a", "b", "c"):
+        zk.create(f"{zk_path}/{name}", name.encode())
+    settings = {**base_settings(zk_server), **node_settings("a", f"{zk_path}/a", f"{out}/a"),
+                **node_settings("b", f"{zk_path}/b", f"{out}/b")}  # fmt: skip
+    first = start_watcher(settings)
+    wait_for_content(f"{out}/a", b"a")
+    config = os.path.join(workdir, "watcher.ini")
+
+    second = subprocess.run([sys.executable, "-m", "livedata.watcher", config], capture_output=True, text=True,
+                            timeout=30)  # fmt: skip
+    assert second.returncode == 2, second.stderr
+    assert second.stderr.splitlines() == [
+        f"livedata-watcher: {config}: nodes.a.dest: {out}/a is already mirrored by another watcher (pid "
+        f"{first.pid}), which holds its lock in {out}/.livedata.lock; stop that one first, or give this one other dests"
+    ]
+    zk.set(f"{zk_path}/a", b"a2")  # the first one goes on, alone
+    wait_for_content(f"{out}/a", b"a2")
+
+    # Other dests in the same directory are another watcher's business: no false refusal.
+    neighbour_settings = {**base_settings(zk_server), **node_settings("c", f"{zk_path}/c", f"{out}/c")}
+    neighbour = start_watcher(neighbour_settings, name="neighbour.ini")
+    wait_for_content(f"{out}/c", b"c")
+    # A reload that would take one of the first watcher's dests is rejected; the running configuration stays.
+    write_ini(workdir, {**neighbour_settings, **node_settings("b", f"{zk_path}/b", f"{out}/b")}, "neighbour.ini")
+    neighbour.signal(signal.SIGHUP)
+    neighbour.wait_for_log(f"reload rejected, the running configuration stays in force: {workdir}/neighbour.ini: "
+                           f"nodes.b.dest: {out}/b is already mirrored by another watcher (pid {first.pid})")
+
+    first.process.kill()  # SIGKILL: no cleanup runs, the kernel drops the lock
+    first.process.wait(10)
+    third = start_watcher(settings, name="watcher.ini")
+    third.wait_for_log("watching 2 nodes")
+    zk.set(f"{zk_path}/a", b"a3")
+    wait_for_content(f"{out}/a", b"a3")
+    neighbour.signal(signal.SIGHUP)  # and now the third one holds b
+    wait_for(lambda: neighbour.output().count("reload rejected") == 2, 20, "the second reload to be rejected too")
+    assert f"nodes.b.dest: {out}/b is already mirrored by another watcher (pid {third.pid})" in neighbour.output()
+    assert neighbour.alive() and third.alive()

@@ -253,3 +253,56 @@ def test_absent_node_is_ready_and_liveness_survives_an_outage(private_zk_server,
     alive = run_probe("--alive", config)
     assert alive.returncode == 0, alive.stdout
     private_zk_server.start()
+
+
+def test_absent_sources_are_named_once_and_can_fail_the_check(zk_server, zk, zk_path, workdir, watcher_for):
+    """A typo in a source is logged by name (once, not on every resync); absent_is_error makes --check fail on it."""
+    from livedata.testing.zookeeper import free_ports
+    from tests.test_metrics import Endpoint
+
+    zk.create(f"{zk_path}/here", b"data")
+    (port,) = free_ports(1)
+    settings = {
+        "zookeeper.hosts": zk_server.address,
+        "watcher.heartbeat_interval": "1 second",
+        "watcher.resync_interval": "100 milliseconds",
+        "watcher.state_dir": f"{workdir}/run",
+        "watcher.metrics_address": f"127.0.0.1:{port}",
+        **node_settings("here", f"{zk_path}/here", f"{workdir}/out/here"),
+        **node_settings("typo", f"{zk_path}/flgas", f"{workdir}/out/flags"),
+        "trees.t.source": f"{zk_path}/tre",
+        "trees.t.dest": f"{workdir}/out/tree",
+    }
+    config = write_ini(workdir, settings)
+    watcher = watcher_for(config)
+    watcher.wait_for_log("initial sync of 3 nodes done")
+    Endpoint(port).wait_at_least("livedata_resyncs_total", 5)
+    node_line = (f"nodes.typo: source {zk_path}/flgas does not exist in ZooKeeper; no file at {workdir}/out/flags "
+                 "until it is created")  # fmt: skip
+    tree_line = (f"trees.t: source {zk_path}/tre does not exist in ZooKeeper; it is mirrored as an empty tree at "
+                 f"{workdir}/out/tree until it is created")  # fmt: skip
+    reported = [line for line in watcher.output().splitlines() if "does not exist" in line]
+    assert len(reported) == 2, reported  # one line each, however many resyncs found them absent again
+    assert reported[0].endswith(node_line) or reported[1].endswith(node_line), reported
+    assert reported[0].endswith(tree_line) or reported[1].endswith(tree_line), reported
+    assert all("WARNING" in line for line in reported), reported
+    result = wait_for(lambda: (r := run_check(config)).returncode == 0 and r, 15, "the absent node to count")
+    assert result.stdout == "ok: 2 dests present and fresh, 1 known absent in ZooKeeper\n"
+
+    strict = write_ini(workdir, {**settings, "watcher.absent_is_error": "true"}, name="strict.ini")
+    result = run_check(strict)
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        f"{workdir}/out/flags: source {zk_path}/flgas does not exist in ZooKeeper (nodes.typo; "
+        "watcher.absent_is_error is set)",
+        f"{workdir}/out/tree: source {zk_path}/tre does not exist in ZooKeeper (trees.t; "
+        "watcher.absent_is_error is set)",
+    ]
+
+    zk.create(f"{zk_path}/flgas", b"typo fixed")
+    zk.create(f"{zk_path}/tre/child", b"c", makepath=True)
+    wait_for_content(f"{workdir}/out/flags", b"typo fixed")
+    watcher.wait_for_log(f"nodes.typo: source {zk_path}/flgas exists now")
+    watcher.wait_for_log(f"trees.t: source {zk_path}/tre exists now")
+    result = wait_for(lambda: (r := run_check(strict)).returncode == 0 and r, 15, "no source to be absent")
+    assert result.stdout == "ok: 3 dests present and fresh\n"

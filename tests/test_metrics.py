@@ -277,3 +277,32 @@ def test_the_daemon_runs_without_the_library_when_metrics_are_off(
     watcher.signal(signal.SIGTERM)
     assert watcher.process.wait(timeout=20) == 0  # a clean stop, however long a loaded machine takes
     assert "prometheus" not in watcher.output().lower()
+
+
+def test_no_node_is_in_sync_while_disconnected(private_zk_server, workdir, start_watcher):
+    """A disconnected watcher cannot vouch for its copy: in_sync drops with the connection and returns with it."""
+    from tests.conftest import make_client
+
+    admin = make_client(private_zk_server.address)
+    admin.create("/d", b"d")
+    admin.stop()
+    admin.close()
+    (port,) = free_ports(1)
+    settings = base(private_zk_server, port, session_timeout="4 seconds")
+    settings.update(node_settings("d", "/d", f"{workdir}/d"))
+    start_watcher(settings)
+    endpoint = Endpoint(port)
+    wait_for_content(f"{workdir}/d", b"d")
+    endpoint.wait("livedata_node_in_sync", 1, node="d")
+    endpoint.wait("livedata_zookeeper_connected", 1)
+
+    private_zk_server.stop()
+    endpoint.wait("livedata_zookeeper_connected", 0)
+    assert endpoint.value("livedata_node_in_sync", node="d") == 0
+    assert endpoint.value("livedata_nodes", state="in_sync") == 0
+    assert endpoint.value("livedata_nodes", state="pending") == 1
+
+    private_zk_server.start()
+    endpoint.wait("livedata_zookeeper_connected", 1, timeout=30)
+    endpoint.wait("livedata_node_in_sync", 1, timeout=30, node="d")
+    assert endpoint.value("livedata_nodes", state="in_sync") == 1

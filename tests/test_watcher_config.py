@@ -41,6 +41,8 @@ CASES = [
     ("tls-cert-without-key", "[live-data]\n" + HOSTS + GOOD_NODE + "zookeeper.tls.cert = /c.pem\n", "zookeeper.tls.cert: tls.cert and tls.key must be set together"),
     ("dest-is-a-directory", "[live-data]\n" + HOSTS + "nodes.a.source = /a\nnodes.a.dest = {dest}\n", "nodes.a.dest: {dest} is a directory; a dest must name a file"),
     ("uid-out-of-range", "[live-data]\n" + HOSTS + GOOD_NODE + "nodes.a.owner = 4294967296\n", "nodes.a.owner: uid 4294967296 is out of range (0 to 4294967294)"),
+    ("absent-is-error-without-state-dir", "[live-data]\n" + HOSTS + GOOD_NODE + "watcher.absent_is_error = true\n", "watcher.absent_is_error: needs watcher.state_dir"),
+    ("absent-is-error-not-boolean", "[live-data]\n" + HOSTS + GOOD_NODE + "watcher.absent_is_error = strict\n", "watcher.absent_is_error: 'strict' is not a boolean"),
     ("gid-out-of-range", "[live-data]\n" + HOSTS + GOOD_NODE + "nodes.a.group = 4294967295\n", "nodes.a.group: gid 4294967295 is out of range"),
 ]  # fmt: skip
 
@@ -191,3 +193,34 @@ def test_shipped_watcher_configs_load(monkeypatch, tmp_path, name):
     monkeypatch.setenv("LIVEDATA_DEV_DIR", str(tmp_path))
     config = load_config(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf", name))
     assert len(config.nodes) == 2
+
+
+JOINED_LINES = "[live-data]\n" + HOSTS + "nodes.a.source = /x\nnodes.a.dest = {dest}/q.json\n" \
+    "  nodes.b.source = /y\n  nodes.b.dest = {dest}/r.json\n"
+
+PROGRAMS = [
+    ("livedata.watcher", ()),
+    ("livedata.watcher", ("--check",)),
+    ("livedata.watcher", ("--alive",)),
+    ("livedata.writer", ("-", "/x")),
+    ("livedata.reader", ("/x",)),
+]
+
+
+@pytest.mark.parametrize(("module", "args"), PROGRAMS, ids=[" ".join((p[0], *p[1][:1])) for p in PROGRAMS])
+def test_an_indented_line_is_refused_by_every_program_and_nothing_is_created(tmp_path, module, args):
+    """Joined to nodes.a.dest, it would drop node b and create a directory whose name holds a line break."""
+    path = tmp_path / "watcher.ini"
+    path.write_text(JOINED_LINES.format(dest=tmp_path / "dest"))
+    argv = [*args, str(path)] if module == "livedata.watcher" else [str(path), *args]
+    result = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, timeout=20,
+                            input="")  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.endswith(
+        f": {path}: nodes.a.dest: line 5: this indented line would be joined to the value of nodes.a.dest "
+        "(line 4); continuation lines are not supported: write each key and each value on one line, without "
+        "indentation"
+    )
+    assert sorted(os.listdir(tmp_path)) == ["watcher.ini"]
