@@ -183,6 +183,14 @@ class ReadQueue:
         elif state in (GETTING, CHECKING):
             item.reread = True
 
+    def request_at(self, item: Readable, due: float) -> None:
+        """Read an idle ``item`` once at ``due`` (time.monotonic), unless something reads it first; like a retry,
+        at most one is pending per item."""
+        if item.active and item.read_state == IDLE:
+            item.read_state = WAITING
+            heapq.heappush(self._retries, (due, next(self._tie), item))
+            self._wake.set()
+
     def request_all(self, items: Any) -> None:
         for item in items:
             self.request(item)

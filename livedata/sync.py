@@ -534,14 +534,14 @@ class Mirror:
         child.tree.unreadable -= 1
 
     def _retry_unreadable(self, tree: MirroredTree) -> None:
-        """A new listing: read the unreadable children again whose backoff is over (a listing may change often).
+        """A new listing: read the unreadable children again, each once its backoff is over (a listing may change
+        often, and each host would read every such child at each change).
 
         They stay settled meanwhile: the snapshot does not wait for a read that most likely fails again.
         """
-        now = time.monotonic()
         for child in tree.children.values():
-            if child.unreadable is not None and child.read_state == IDLE and child.retry_at <= now:
-                self.reads.request(child)
+            if child.unreadable is not None and child.read_state == IDLE:
+                self.reads.request_at(child, child.retry_at)
 
     def read_failed(self, node: MirroredNode | TreeChild, reason: str) -> None:
         if isinstance(node, TreeChild):

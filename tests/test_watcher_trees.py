@@ -404,3 +404,26 @@ def test_thousands_of_children_some_unreadable_with_changes_in_flight(zk_server,
         other.stop()
         other.close()
     assert watcher.alive()
+
+
+def test_an_unreadable_child_is_read_again_when_the_listing_changes(zk_server, zk, zk_path, workdir, start_watcher):
+    """ZooKeeper sends no event of a node the session may not read, not even when its ACL opens up: a change of
+    the children (the one event that still comes) reads it again, long before the next resync."""
+    source, dest = f"{zk_path}/services", f"{workdir}/services"
+    zk.create(source)
+    zk.create(f"{source}/a", b"alpha")
+    other = other_service(zk_server)
+    try:
+        other.create(f"{source}/locked", b"10.0.0.9:80", acl=[make_digest_acl(*SERVICE, all=True)], ephemeral=True)
+        settings = base_settings(zk_server)
+        settings.update(tree_settings("services", source, dest))
+        watcher = start_watcher(settings)
+        wait_for(lambda: mirrored(dest, "directory") == {"a": b"alpha"}, 30, "the readable part of the tree")
+        watcher.wait_for_log("cannot read child locked ")
+        other.set_acls(f"{source}/locked", OPEN_ACL_UNSAFE)
+        zk.create(f"{source}/b", b"beta")
+        wait_for(lambda: mirrored(dest, "directory") == {"a": b"alpha", "b": b"beta", "locked": b"10.0.0.9:80"}, 20,
+                 "the child readable again")  # fmt: skip
+    finally:
+        other.stop()
+        other.close()
