@@ -38,9 +38,10 @@ read failure.  Results go to a :class:`ReadSink`.
 
 A failed read is retried with backoff, one pending retry per item.  An item
 that says ``retry_on_change`` (a tree's child, which must not hold its tree
-back) is not retried on a timer: the queue leaves an *exists* watch on it
+back) is not retried on its own: the queue leaves an *exists* watch on it
 (which needs no read permission) and reports it settled; it is read again
-when that watch fires, or when its owner asks (a new listing, a resync).
+when that watch fires, or when its owner asks (:meth:`ReadQueue.request_at`
+after a new listing, a resync).
 """
 from __future__ import annotations
 
@@ -434,8 +435,9 @@ class ReadQueue:
         """The watch after a failed read is in place: the item is settled until it changes (or is asked for).
 
         A read that fails for good (no permission, bad stored data) is never retried in a loop: the watch
-        fires on the node's next change or deletion, and an exists needs no read permission.  A change that
-        came while the failed read was out (``reread``) is read now.
+        fires on the node's next change or deletion (an exists needs no read permission, but ZooKeeper only
+        sends the event once the session may read the node: the owner has its own reasons to ask again).
+        A change that came while the failed read was out (``reread``) is read now.
         """
         if result.successful() and result.value is None:
             self.sink.read_absent(item)  # deleted meanwhile

@@ -232,7 +232,7 @@ class TreeChild:
     """One child of a mirrored tree: read (and watched) like a node, its data kept for the tree's snapshot.
 
     A failed read is not retried on a timer (``retry_on_change``): the read queue leaves a watch on it, and
-    the mirror reads it again on a new listing (at most every ``retry_delay``), a resync or a reconnection.
+    the mirror reads it again after a new listing (once ``retry_at`` is past), a resync or a reconnection.
     """
 
     __slots__ = (
