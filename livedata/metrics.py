@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Callable
 
 from livedata.files import Outcome
-from livedata.sync import ABSENT, MirroredNode, MirrorObserver
+from livedata.sync import ABSENT, MirroredNode, MirroredTree, MirrorObserver
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -240,9 +240,15 @@ class Metrics(MirrorObserver):
         age = gauge(
             "livedata_node_write_age_seconds", "Seconds since the file was last written or confirmed.", labels=["node"]
         )
+        unreadable = gauge(
+            "livedata_tree_unreadable_children", "Children of a tree whose last read failed (kept as last read, "
+            "or left out); the rest of the tree is published.", labels=["tree"],
+        )  # fmt: skip
         now = time.time()
         written = self._written
         for node in nodes:
+            if isinstance(node, MirroredTree):
+                unreadable.add_metric([node.config.name], node.unreadable)
             labels = [node.config.name]
             synced = vouched and node.in_sync
             state = "in_sync" if synced else "failing" if node.failure else "pending"
@@ -259,7 +265,7 @@ class Metrics(MirrorObserver):
         for state, count in states.items():
             totals.add_metric([state], count)
         yield totals
-        yield from (in_sync, version, mzxid, age)
+        yield from (in_sync, version, mzxid, age, unreadable)
 
 
 class MetricsServer:

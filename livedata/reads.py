@@ -35,6 +35,13 @@ inflated (in gevent's thread pool when large).  A missing chunk sends the
 read back to the node, whose envelope a writer may just have replaced; a
 chunk still missing under the same envelope, like any bad stored data, is a
 read failure.  Results go to a :class:`ReadSink`.
+
+A failed read is retried with backoff, one pending retry per item.  An item
+that says ``retry_on_change`` (a tree's child, which must not hold its tree
+back) is not retried on its own: the queue leaves an *exists* watch on it
+(which needs no read permission) and reports it settled; it is read again
+when that watch fires, or when its owner asks (:meth:`ReadQueue.request_at`
+after a new listing, a resync).
 """
 from __future__ import annotations
 
@@ -70,6 +77,7 @@ DISCONNECTED = (ConnectionLoss, SessionExpiredError, ConnectionClosedError)
 # An item's read state (an int in a slot: there may be 50,000 items).
 IDLE, QUEUED, GETTING, CHECKING, WAITING = range(5)
 GET, EXISTS, CHUNK, DECODE = "get", "exists", "chunk", "decode"
+WATCH = "watch"  # exists with a watch after a failed read of a retry_on_change item: its change re-reads it
 
 
 class Readable(Protocol):
@@ -176,13 +184,24 @@ class ReadQueue:
         elif state in (GETTING, CHECKING):
             item.reread = True
 
+    def request_at(self, item: Readable, due: float) -> None:
+        """Read an idle ``item`` once at ``due`` (time.monotonic), unless something reads it first; like a retry,
+        at most one is pending per item."""
+        if item.active and item.read_state == IDLE:
+            item.read_state = WAITING
+            heapq.heappush(self._retries, (due, next(self._tie), item))
+            self._wake.set()
+
     def request_all(self, items: Any) -> None:
         for item in items:
             self.request(item)
 
     def forget(self, item: Readable) -> None:
-        """``item`` left the configuration: whatever is queued or in flight for it is dropped as it comes up."""
+        """``item`` left the configuration (or its tree): whatever is queued or in flight for it is dropped as it
+        comes up, and nothing of it stays counted as pending (a writer waits for pending reads to land)."""
         item.active = False
+        self._drop(item)
+        self._maybe_idle()
 
     def pending(self) -> int:
         """Reads queued or in flight (a chunked node being assembled counts as one at least)."""
@@ -236,8 +255,7 @@ class ReadQueue:
         while self._queue and len(self._in_flight) < self.window and self._connected():
             item, op, part = self._queue.popleft()
             if not item.active:
-                item.read_state = IDLE
-                self._assembling.pop(id(item), None)
+                self._drop(item)
                 continue
             if part is not None and self._assembling.get(id(item)) is not part[0]:
                 continue  # a step of a chunked read that was given up (disconnection, newer envelope)
@@ -258,6 +276,10 @@ class ReadQueue:
             name = assembly.envelope.chunk_names[index]
             result = self.client.get_async(f"{item.path.rstrip('/')}/{name}")  # no watch: chunks never change
             request = _Request(item, op, time.monotonic(), result, assembly, index)
+        elif op == WATCH:
+            item.read_state = CHECKING  # a change meanwhile (reread) is read once the watch is in place
+            result = self.client.exists_async(item.path, watch=item.on_watch)
+            request = _Request(item, op, time.monotonic(), result)
         else:
             item.read_state = GETTING if op == GET else CHECKING
             item.reread = False
@@ -362,7 +384,10 @@ class ReadQueue:
 
     def _handle(self, item: Any, op: str, result: Any) -> None:
         if not item.active:
-            item.read_state = IDLE
+            self._drop(item)
+            return
+        if op == WATCH:
+            self._watched(item, result)
             return
         if result.successful():
             if op == GET and getattr(item, "lists_children", False):
@@ -387,8 +412,17 @@ class ReadQueue:
             self._fail(item, error)
 
     def _fail(self, item: Any, error: BaseException) -> None:
-        """Report the failure and retry later, with backoff: one pending retry per item at most."""
+        """Report the failure and retry later, with backoff: one pending retry per item at most.
+
+        An item that is ``retry_on_change`` gets a watch instead of a timer (see :meth:`_watched`).
+        """
         self._assembling.pop(id(item), None)
+        if getattr(item, "retry_on_change", False):
+            item.read_state = CHECKING  # not QUEUED: a request meanwhile must mark it for a read (reread)
+            self._queue.append((item, WATCH, None))
+            self._wake.set()
+            self.sink.read_failed(item, describe(error))
+            return
         item.read_state = WAITING
         item.reread = False
         due = time.monotonic() + item.read_delay
@@ -396,6 +430,27 @@ class ReadQueue:
         heapq.heappush(self._retries, (due, next(self._tie), item))
         self._wake.set()  # the issuing greenlet's timer must account for this retry
         self.sink.read_failed(item, describe(error))
+
+    def _watched(self, item: Any, result: Any) -> None:
+        """The watch after a failed read is in place: the item is settled until it changes (or is asked for).
+
+        A read that fails for good (no permission, bad stored data) is never retried in a loop: the watch
+        fires on the node's next change or deletion (an exists needs no read permission, but ZooKeeper only
+        sends the event once the session may read the node: the owner has its own reasons to ask again).
+        A change that came while the failed read was out (``reread``) is read now.
+        """
+        if result.successful() and result.value is None:
+            self.sink.read_absent(item)  # deleted meanwhile
+        elif not result.successful() and isinstance(result.exception, DISCONNECTED):
+            self._enqueue(item, GET)  # issued again once connected
+            return
+        self._finish(item)
+
+    def _drop(self, item: Any) -> None:
+        """An item no longer followed: forget its chunked read and its missing-chunk memory."""
+        item.read_state = IDLE
+        self._assembling.pop(id(item), None)
+        self._missing_under.pop(id(item), None)
 
     # --- decoding livedata's stored format --------------------------------------------------------
 
@@ -421,8 +476,11 @@ class ReadQueue:
     def _chunk_arrived(self, request: _Request, result: Any) -> None:
         item, assembly = request.item, request.assembly
         assert assembly is not None
-        if not item.active or self._assembling.get(id(item)) is not assembly:
-            return  # given up meanwhile
+        if not item.active:
+            self._drop(item)
+            return
+        if self._assembling.get(id(item)) is not assembly:
+            return  # given up meanwhile (disconnection, newer envelope)
         if result.successful():
             assembly.parts[request.index] = result.value[0] or b""
             assembly.missing -= 1
@@ -453,10 +511,15 @@ class ReadQueue:
             else:
                 data = assembly.envelope.decode(chunks, self.max_payload_size)
         except PayloadError as e:
-            if self._assembling.get(id(item)) is assembly:
+            if not item.active:
+                self._drop(item)
+            elif self._assembling.get(id(item)) is assembly:
                 self._fail(item, e)
             return
-        if self._assembling.get(id(item)) is not assembly or not item.active:
+        if not item.active:
+            self._drop(item)
+            return
+        if self._assembling.get(id(item)) is not assembly:
             return  # given up while decoding
         del self._assembling[id(item)]
         self._deliver(item, data, assembly.stat)

@@ -200,9 +200,13 @@ class MirroredTree(MirroredNode):
     child's read have settled, with no read pending.  Replies are handled behind the watch events that
     came before them (see ``ReadQueue._completed``), so a change of several children in one ZooKeeper
     transaction is either wholly in a snapshot or not at all.
+
+    A child that cannot be read (no permission: another service's node with its own ACL; bad stored data)
+    settles all the same, so it never holds the tree back: it keeps the bytes last read, if any, or is left
+    out (see :meth:`Mirror._child_unreadable`).
     """
 
-    __slots__ = ("children", "listed", "logged_names", "publisher", "unsettled")
+    __slots__ = ("children", "listed", "logged_names", "publisher", "unreadable", "unsettled")
     lists_children = True
 
     def __init__(self, config: TreeConfig) -> None:
@@ -212,6 +216,7 @@ class MirroredTree(MirroredNode):
         self.listed = False  # the children are known (or the source is known to be absent)
         self.publisher = _new_publisher(config)
         self.logged_names: set[str] = set()  # unsafe child names already logged
+        self.unreadable = 0  # children whose last read failed (the livedata_tree_unreadable_children metric)
 
     @property
     def tree_config(self) -> TreeConfig:
@@ -226,10 +231,18 @@ class MirroredTree(MirroredNode):
 
 
 class TreeChild:
-    """One child of a mirrored tree: read (and watched) like a node, its data kept for the tree's snapshot."""
+    """One child of a mirrored tree: read (and watched) like a node, its data kept for the tree's snapshot.
 
-    __slots__ = ("active", "data", "name", "path", "read_delay", "read_state", "reread", "settled", "tree")
+    A failed read is not retried on a timer (``retry_on_change``): the read queue leaves a watch on it, and
+    the mirror reads it again after a new listing (once ``retry_at`` is past), a resync or a reconnection.
+    """
+
+    __slots__ = (
+        "active", "data", "name", "path", "read_delay", "read_state", "reread", "retry_at", "retry_delay",
+        "settled", "tree", "unreadable",
+    )  # fmt: skip
     lists_children = False
+    retry_on_change = True
 
     def __init__(self, tree: MirroredTree, name: str) -> None:
         self.tree = tree
@@ -241,6 +254,9 @@ class TreeChild:
         self.read_state = IDLE
         self.reread = False
         self.read_delay = RETRY_FIRST
+        self.unreadable: str | None = None  # why its last read failed, until one succeeds
+        self.retry_delay = RETRY_FIRST  # how long a new listing waits before it reads an unreadable child again
+        self.retry_at = 0.0
 
     def on_watch(self, event: WatchedEvent) -> None:
         if event.type != EventType.NONE and self.active and self.tree.mirror is not None:
@@ -449,6 +465,8 @@ class Mirror:
     def read_done(self, node: MirroredNode | TreeChild, data: bytes, stat: ZnodeStat) -> None:
         if isinstance(node, TreeChild):
             node.data = data  # taken into the tree's picture once every read of the tree has settled
+            if node.unreadable is not None:
+                self._child_readable(node)
             return
         node.version, node.mzxid = stat.version, stat.mzxid
         self._want(node, data)
@@ -477,6 +495,8 @@ class Mirror:
             tree.children[name] = child
             tree.unsettled += 1
             self.reads.request(child)
+        if tree.unreadable:
+            self._retry_unreadable(tree)
 
     def _drop_child(self, child: TreeChild) -> None:
         tree = child.tree
@@ -484,11 +504,51 @@ class Mirror:
             del tree.children[child.name]
         if child.active and not child.settled:
             tree.unsettled -= 1
-        child.active = False
+        if child.active and child.unreadable is not None:
+            tree.unreadable -= 1
+        self.reads.forget(child)  # a chunked read under way must not stay counted as pending
+
+    # --- unreadable tree children ----------------------------------------------------------------
+
+    def _child_unreadable(self, child: TreeChild, reason: str) -> None:
+        """A child's read failed: the tree goes on without it (its last bytes, or left out); logged once per reason.
+
+        Anyone allowed to create children could otherwise freeze every host's copy of the tree (an ephemeral
+        node with a digest-only ACL is enough).  ZooKeeper sends no watch event of a node the session may not
+        read, so a new listing (backed off per child), a resync or a reconnection is what reads it again.
+        """
+        tree = child.tree
+        if child.unreadable is None:
+            tree.unreadable += 1
+        if child.unreadable != reason:
+            kept = "its last bytes are kept" if child.data is not None else "it is left out"
+            log.warning("%s: cannot read child %s (%s): %s; %s, the rest of the tree is published",
+                        tree.name, child.name, child.path, reason, kept)  # fmt: skip
+        child.unreadable = reason
+        child.retry_at = time.monotonic() + child.retry_delay
+        child.retry_delay = min(child.retry_delay * 2, RETRY_MAX)
+        self.observer.failed(tree, "read", reason)
+
+    def _child_readable(self, child: TreeChild) -> None:
+        log.info("%s: child %s is readable again", child.tree.name, child.name)
+        child.unreadable = None
+        child.retry_delay = RETRY_FIRST
+        child.tree.unreadable -= 1
+
+    def _retry_unreadable(self, tree: MirroredTree) -> None:
+        """A new listing: read the unreadable children again, each once its backoff is over (a listing may change
+        often, and each host would read every such child at each change).
+
+        They stay settled meanwhile: the snapshot does not wait for a read that most likely fails again.
+        """
+        for child in tree.children.values():
+            if child.unreadable is not None and child.read_state == IDLE:
+                self.reads.request_at(child, child.retry_at)
 
     def read_failed(self, node: MirroredNode | TreeChild, reason: str) -> None:
         if isinstance(node, TreeChild):
-            node, reason = node.tree, f"child {node.name}: {reason}"
+            self._child_unreadable(node, reason)
+            return
         if node.failure != reason:
             what = "the snapshot" if isinstance(node, MirroredTree) else "the file"
             log.error("%s: cannot read %s: %s; %s is left as it is", node.name, node.config.source, reason, what)

@@ -1,7 +1,7 @@
 """LiveTree scenarios in a gevent monkey-patched process, as a gevent application runs it (by tests/test_live_tree.py).
 
-Usage: ``python -m tests.gevent_live_tree HOSTS ROOT``.  Prints a JSON report on success; a failed check exits
-non-zero with the reason on stderr.
+Usage: ``python -m tests.gevent_live_tree [unreadable] HOSTS ROOT``.  Prints a JSON report on success; a failed
+check exits non-zero with the reason on stderr.
 """
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import json  # noqa: E402 -- after patching, like any gevent program
 import sys  # noqa: E402
 from typing import IO, Any  # noqa: E402
 
+from kazoo.security import make_digest_acl  # noqa: E402
+
 from livedata.file_watcher import WatchedFileNotAvailableError  # noqa: E402
 from livedata.live_data import watched_data_from_config  # noqa: E402
 from livedata.live_tree import LiveTree  # noqa: E402
@@ -20,7 +22,28 @@ from livedata.testing.zookeeper import wait_for  # noqa: E402  (its time.sleep i
 from livedata.zookeeper import zookeeper_client_from_config  # noqa: E402
 
 
+def unreadable_child(hosts: str, root: str) -> dict[str, Any]:
+    """A child this client may not read (another service's, with its own ACL) does not hold the tree back."""
+    settings = {"zookeeper.hosts": hosts}
+    service = zookeeper_client_from_config(None, settings)
+    client = zookeeper_client_from_config(None, settings)
+    service.start(timeout=30)
+    client.start(timeout=30)
+    service.add_auth("digest", "registry:registry-password")
+    source = f"{root}/services"
+    service.create(f"{source}/a", b"1", makepath=True)
+    with LiveTree(client, source, json.load, timeout=10) as tree:
+        service.create(f"{source}/locked", b"2", acl=[make_digest_acl("registry", "registry-password", all=True)],
+                       ephemeral=True)  # fmt: skip
+        service.set(f"{source}/a", b"10")
+        wait_for(lambda: tree.get_data().get("a") == 10, 10, "the change beside an unreadable child")
+        return {"data": dict(tree.get_data())}
+
+
 def main() -> None:
+    if sys.argv[1] == "unreadable":
+        print(json.dumps(unreadable_child(*sys.argv[2:4])))
+        return
     hosts, root = sys.argv[1:3]
     settings = {"zookeeper.hosts": hosts}
     admin = zookeeper_client_from_config(None, settings)

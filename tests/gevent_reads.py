@@ -19,6 +19,7 @@ from kazoo.protocol.serialization import GetData  # noqa: E402
 from livedata.reads import IDLE, RETRY_FIRST, ReadQueue  # noqa: E402
 from livedata.testing.zookeeper import wait_for  # noqa: E402  (its time.sleep is gevent's now)
 from livedata.zookeeper import zookeeper_client_from_config  # noqa: E402
+from tests.payloads import chunked, incompressible, put  # noqa: E402
 
 
 class Item:
@@ -120,9 +121,94 @@ def shared(hosts: str, root: str) -> dict[str, Any]:
             "window": queue.window, "other": other_done, "timeouts": queue.timeouts, "pending": queue.pending()}
 
 
+def _chunked_node(client: Any, path: str, size: int, pieces: int) -> None:
+    node_data, parts = chunked(incompressible(size), pieces)
+    client.create(path, b"", makepath=True)
+    put(client, path, node_data, parts)
+
+
+def _idle_after_drain(queue: ReadQueue) -> bool:
+    """Once the replies still out have landed, the queue must count nothing pending (a writer waits for it)."""
+    wait_for(lambda: queue.in_flight == 0, 20, "the replies still out")
+    try:
+        wait_for(lambda: queue.pending() == 0, 3, "the queue to go idle")
+    except AssertionError:
+        return False
+    return True
+
+
+def removed_mid_read(hosts: str, root: str) -> dict[str, Any]:
+    """An item forgotten (a reload removed it) while every chunk read of it is out: the queue goes idle.
+
+    Each attempt reads the node afresh and forgets it at the first moment all its chunk reads are issued
+    and none answered; attempts that miss that moment (the replies were quicker) are not counted.
+    """
+    client, queue, sink, holder = setup(hosts)
+    path = f"{root}/chunked"
+    _chunked_node(client, path, 64 * 1024, 16)
+    caught = 0
+    for _attempt in range(50):
+        item = Item(path, holder)
+        queue.request(item)
+        while item.read_state != IDLE and not (id(item) in queue._assembling and queue.in_flight and not queue._queue):
+            gevent.sleep(0)
+        if item.read_state == IDLE:
+            continue  # read in full before we looked
+        queue.forget(item)
+        caught += 1
+        if not _idle_after_drain(queue):
+            break
+        if caught == 5:
+            break
+    return {"caught": caught, "pending": queue.pending(), "failures": sink.failures}
+
+
+def removed_while_decoding(hosts: str, root: str) -> dict[str, Any]:
+    """An item removed while its large envelope is verified and inflated in the thread pool: the queue goes idle."""
+    client, queue, sink, holder = setup(hosts)
+    path = f"{root}/large"
+    _chunked_node(client, path, 1024 * 1024, 4)  # stored size above INLINE_DECODE: decoded in a thread
+    caught = 0
+    for _attempt in range(20):
+        item = Item(path, holder)
+        queue.request(item)
+        assembly = None
+        while item.read_state != IDLE:
+            assembly = queue._assembling.get(id(item))
+            if assembly is not None and assembly.missing == 0 and not queue._queue:
+                break  # every chunk is in and the decode step was taken: it is running in the thread pool
+            gevent.sleep(0)
+        if item.read_state == IDLE:
+            continue
+        item.active = False  # what a reload (or a listing that dropped a tree's child) leaves it as
+        caught += 1
+        if not _idle_after_drain(queue) or caught == 3:
+            break
+    return {"caught": caught, "pending": queue.pending(), "failures": sink.failures}
+
+
+def missing_chunk_forgotten(hosts: str, root: str) -> dict[str, Any]:
+    """An item whose chunk is missing for good, then removed: nothing of it is left in the queue."""
+    client, queue, sink, holder = setup(hosts)
+    path = f"{root}/broken"
+    node_data, parts = chunked(incompressible(8 * 1024), 2)
+    client.create(path, b"", makepath=True)
+    put(client, path, node_data, dict(list(parts.items())[:1]))  # the second chunk never written
+    item = Item(path, holder)
+    queue.request(item)
+    wait_for(lambda: sink.failures, 20, "the missing chunk to be reported")
+    remembered = len(queue._missing_under)
+    queue.forget(item)
+    return {"remembered": remembered, "left": len(queue._missing_under), "failures": sink.failures}
+
+
 def main() -> None:
     scenario, hosts, root = sys.argv[1:4]
-    scenarios = {"wedge": wedge, "wedge-unpipelined": lambda h, r: wedge(h, r, pipelined=False), "shared": shared}
+    scenarios = {
+        "wedge": wedge, "wedge-unpipelined": lambda h, r: wedge(h, r, pipelined=False), "shared": shared,
+        "removed-mid-read": removed_mid_read, "removed-while-decoding": removed_while_decoding,
+        "missing-chunk-forgotten": missing_chunk_forgotten,
+    }  # fmt: skip
     report = scenarios[scenario](hosts, root)
     print(json.dumps(report))
 

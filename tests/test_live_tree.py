@@ -27,6 +27,13 @@ def test_live_tree_follows_children_consistently(zk_server, zk_path):
     assert report["configured"] == {"x": 1}
 
 
+def test_live_tree_goes_on_beside_a_child_it_may_not_read(zk_server, zk_path):
+    result = subprocess.run([sys.executable, "-m", "tests.gevent_live_tree", "unreadable", zk_server.address, zk_path],
+                            capture_output=True, text=True, timeout=100)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == {"data": {"a": 10}}, "the unreadable child left out"
+
+
 def test_live_tree_needs_a_gevent_client(zk):
     assert isinstance(zk, KazooClient)
     with pytest.raises(TypeError, match="gevent handler"):

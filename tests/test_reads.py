@@ -39,3 +39,25 @@ def test_thousands_of_reads_beside_an_applications_own_bursts(zk_server, zk_path
     assert report["max_in_flight"] <= report["window"], "never more reads outstanding than the window"
     assert report["other"] == [100] * 10, "the application's own requests all completed"
     assert report["timeouts"] == 0 and report["pending"] == 0
+
+
+def test_a_node_removed_while_its_chunks_are_read_leaves_the_queue_idle(zk_server, zk_path):
+    """A reload removing a chunked node mid-read used to leave it counted as pending for good (every later
+    write then waited 100 ms for reads that would never land)."""
+    report = run_scenario("removed-mid-read", zk_server.address, zk_path)
+    assert report["caught"] >= 1, "the removal must happen while the chunk reads are out"
+    assert report["pending"] == 0
+    assert report["failures"] == []
+
+
+def test_a_node_removed_while_it_is_decoded_leaves_the_queue_idle(zk_server, zk_path):
+    report = run_scenario("removed-while-decoding", zk_server.address, zk_path)
+    assert report["caught"] >= 1, "the removal must happen while the envelope is decoded"
+    assert report["pending"] == 0
+
+
+def test_a_removed_node_leaves_no_missing_chunk_memory(zk_server, zk_path):
+    report = run_scenario("missing-chunk-forgotten", zk_server.address, zk_path)
+    assert report["failures"] and "chunk" in report["failures"][0]
+    assert report["remembered"] == 1, "the envelope whose chunk was missing is remembered while the node is followed"
+    assert report["left"] == 0, "and forgotten with the node"

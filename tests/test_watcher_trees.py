@@ -7,6 +7,7 @@ changes in flight, the ``json`` format, and the probes.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -16,9 +17,12 @@ import threading
 
 import pytest
 from kazoo.client import KazooClient
+from kazoo.exceptions import NoAuthError
+from kazoo.security import OPEN_ACL_UNSAFE, make_digest_acl
 
 from livedata.testing.watcher_process import base_settings, read_bytes, write_ini
-from livedata.testing.zookeeper import wait_for
+from livedata.testing.zookeeper import free_ports, wait_for
+from tests.test_metrics import Endpoint
 from tests.test_scale import chunks, create_all
 
 pytestmark = pytest.mark.timeout(120)
@@ -59,6 +63,36 @@ def children_data(client: KazooClient, source: str) -> dict[str, bytes]:
         for name, result in [(name, client.get_async(f"{source}/{name}")) for name in part]:
             found[name] = result.get(timeout=30)[0] or b""
     return found
+
+
+def readable_children(client: KazooClient, source: str) -> dict[str, bytes]:
+    """The children ``client`` may read, with their data (those another service locked are left out)."""
+    found = {}
+    names = sorted(client.get_children(source))
+    for part in chunks(names):
+        for name, result in [(name, client.get_async(f"{source}/{name}")) for name in part]:
+            with contextlib.suppress(NoAuthError):
+                found[name] = result.get(timeout=30)[0] or b""
+    return found
+
+
+def mirrored(dest: str, tree_format: str) -> dict[str, bytes] | None:
+    """What readers of a tree's dest see, in either format (None: nothing consistent to read yet)."""
+    if tree_format == "json":
+        raw = read_bytes(dest)
+        return None if raw is None else {name: text.encode() for name, text in json.loads(raw).items()}
+    found = snapshot(dest)
+    return found if found is not None and visible(dest) == found else None
+
+
+SERVICE = ("registry", "registry-password")  # another service's credentials: its nodes' ACLs name only it
+
+
+def other_service(server: object) -> KazooClient:
+    """A session of another service, which may create children under a mirrored source with its own ACL."""
+    client = KazooClient(hosts=server.address, timeout=10.0, auth_data=[("digest", ":".join(SERVICE))])  # type: ignore[attr-defined]
+    client.start(timeout=30)
+    return client
 
 
 def wait_tree(client: KazooClient, source: str, dest: str, timeout: float = 30.0) -> None:
@@ -272,3 +306,124 @@ def test_hook_runs_for_a_snapshot_and_a_reload_adds_a_tree(zk_server, zk, zk_pat
     watcher.wait_for_log("reloaded")
     wait_tree(zk, later_source, later_dest)
     assert watcher.alive()
+
+
+@pytest.mark.parametrize("tree_format", ["directory", "json"])
+def test_an_unreadable_child_never_freezes_the_tree(zk_server, zk, zk_path, workdir, start_watcher, tree_format):
+    """Another service's session creates a child this watcher may not read (an ephemeral node with a digest-only
+    ACL): the rest of the tree keeps flowing and that child is left out; a child that becomes unreadable keeps
+    the bytes last read; each is logged once per reason however often it is read again, and counted."""
+    source, dest = f"{zk_path}/services", f"{workdir}/services" + (".json" if tree_format == "json" else "")
+    zk.create(source)
+    for name, data in (("a", b"alpha"), ("b", b"beta"), ("d", b"delta")):
+        zk.create(f"{source}/{name}", data)
+    (port,) = free_ports(1)
+    settings = base_settings(zk_server, metrics_port=port, resync_interval="1 second")
+    settings.update(tree_settings("services", source, dest, format=tree_format))
+    watcher = start_watcher(settings)
+    wait_for(lambda: mirrored(dest, tree_format) == {"a": b"alpha", "b": b"beta", "d": b"delta"}, 30, "the tree")
+    endpoint = Endpoint(port)
+    other = other_service(zk_server)
+    only_the_service = [make_digest_acl(*SERVICE, all=True)]
+    try:
+        other.create(f"{source}/locked", b"10.0.0.9:80", acl=only_the_service, ephemeral=True)
+        zk.set(f"{source}/a", b"alpha 2")
+        zk.delete(f"{source}/d")
+        zk.create(f"{source}/e", b"epsilon")
+        wait_for(lambda: mirrored(dest, tree_format) == {"a": b"alpha 2", "b": b"beta", "e": b"epsilon"}, 20,
+                 "the rest of the tree to flow past the unreadable child")  # fmt: skip
+        endpoint.wait("livedata_tree_unreadable_children", 1, tree="services")
+
+        zk.set_acls(f"{source}/b", only_the_service)  # b was read before: its last bytes stay in the tree
+        other.set(f"{source}/b", b"beta 2")
+        endpoint.wait("livedata_tree_unreadable_children", 2, tree="services")  # a resync read it again
+        zk.set(f"{source}/a", b"alpha 3")
+        wait_for(lambda: mirrored(dest, tree_format) == {"a": b"alpha 3", "b": b"beta", "e": b"epsilon"}, 20,
+                 "the change of a beside an unreadable b")  # fmt: skip
+        resyncs = endpoint.wait_at_least("livedata_resyncs_total", 1)
+        endpoint.wait_at_least("livedata_resyncs_total", resyncs + 2)  # each read both children again
+        assert watcher.output().count("cannot read child locked ") == 1, watcher.output()[-3000:]
+        assert watcher.output().count("cannot read child b ") == 1, watcher.output()[-3000:]
+
+        other.set_acls(f"{source}/b", OPEN_ACL_UNSAFE)
+        wait_for(lambda: mirrored(dest, tree_format) == {"a": b"alpha 3", "b": b"beta 2", "e": b"epsilon"}, 20,
+                 "b readable again")  # fmt: skip
+        endpoint.wait("livedata_tree_unreadable_children", 1, tree="services")
+        watcher.wait_for_log("child b is readable again")
+    finally:
+        other.stop()
+        other.close()
+    endpoint.wait("livedata_tree_unreadable_children", 0, tree="services")  # the ephemeral child went with its session
+    assert mirrored(dest, tree_format) == {"a": b"alpha 3", "b": b"beta 2", "e": b"epsilon"}
+    assert watcher.alive()
+
+
+@pytest.mark.timeout(180)
+def test_thousands_of_children_some_unreadable_with_changes_in_flight(zk_server, zk, zk_path, workdir,
+                                                                      start_watcher):  # fmt: skip
+    source, dest = f"{zk_path}/fleet", f"{workdir}/fleet"
+    zk.create(source)
+    count = 3000
+    create_all(zk, {f"{source}/c{i}": f"v0 {i}".encode() for i in range(count)})
+    other = other_service(zk_server)
+    only_the_service = [make_digest_acl(*SERVICE, all=True)]
+    try:
+        for i in range(3):
+            other.create(f"{source}/locked{i}", b"x", acl=only_the_service, ephemeral=True)
+        (port,) = free_ports(1)
+        settings = base_settings(zk_server, metrics_port=port)
+        settings.update(tree_settings("fleet", source, dest))
+        watcher = start_watcher(settings)
+        wait_for(lambda: snapshot(dest) == readable_children(zk, source), 90, "the readable children")
+
+        changer = KazooClient(hosts=zk_server.address)
+        changer.start(timeout=30)
+        try:
+            for round_ in range(1, 3):  # every child changes twice; unreadable children come and go meanwhile
+                other.create(f"{source}/locked{2 + round_}", b"x", acl=only_the_service, ephemeral=True)
+                for part in chunks([f"c{i}" for i in range(count)]):
+                    for result in [changer.set_async(f"{source}/{name}", f"v{round_} {name}".encode())
+                                   for name in part]:  # fmt: skip
+                        result.get(timeout=30)
+            other.delete(f"{source}/locked0")
+            for result in [changer.delete_async(f"{source}/c{i}") for i in range(0, count, 7)]:
+                result.get(timeout=30)
+            for result in [changer.create_async(f"{source}/n{i}", b"new") for i in range(200)]:
+                result.get(timeout=30)
+        finally:
+            changer.stop()
+            changer.close()
+        wait_for(lambda: snapshot(dest) == readable_children(zk, source) and visible(dest) == snapshot(dest), 90,
+                 "every readable child's file equal to its node")  # fmt: skip
+        endpoint = Endpoint(port)
+        endpoint.wait("livedata_tree_unreadable_children", 4, tree="fleet")
+        endpoint.wait("livedata_zookeeper_requests_in_flight", 0)
+        endpoint.wait("livedata_zookeeper_requests_queued", 0)
+        assert not any(name.startswith("locked") for name in os.listdir(dest))
+    finally:
+        other.stop()
+        other.close()
+    assert watcher.alive()
+
+
+def test_an_unreadable_child_is_read_again_when_the_listing_changes(zk_server, zk, zk_path, workdir, start_watcher):
+    """ZooKeeper sends no event of a node the session may not read, not even when its ACL opens up: a change of
+    the children (the one event that still comes) reads it again, long before the next resync."""
+    source, dest = f"{zk_path}/services", f"{workdir}/services"
+    zk.create(source)
+    zk.create(f"{source}/a", b"alpha")
+    other = other_service(zk_server)
+    try:
+        other.create(f"{source}/locked", b"10.0.0.9:80", acl=[make_digest_acl(*SERVICE, all=True)], ephemeral=True)
+        settings = base_settings(zk_server)
+        settings.update(tree_settings("services", source, dest))
+        watcher = start_watcher(settings)
+        wait_for(lambda: mirrored(dest, "directory") == {"a": b"alpha"}, 30, "the readable part of the tree")
+        watcher.wait_for_log("cannot read child locked ")
+        other.set_acls(f"{source}/locked", OPEN_ACL_UNSAFE)
+        zk.create(f"{source}/b", b"beta")
+        wait_for(lambda: mirrored(dest, "directory") == {"a": b"alpha", "b": b"beta", "locked": b"10.0.0.9:80"}, 20,
+                 "the child readable again")  # fmt: skip
+    finally:
+        other.stop()
+        other.close()
