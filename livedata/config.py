@@ -140,8 +140,17 @@ def read_config(path: str, section: str = SECTION, expand: Sequence[str] | None 
             for key, value in parser.items(section)
         }
     except _UnsetVariable as e:
-        raise ConfigError(path, e.option, f"environment variable ${e.name} is not set") from None
+        raise ConfigError(path, e.option, _unset_variable_problem(e.option, e.name)) from None
     return RawConfig(values, source=path)
+
+
+def _unset_variable_problem(option: str, name: str) -> str:
+    """An on_change command's ``$LIVEDATA_DEST`` is meant for the hook's shell: say how to write it."""
+    problem = f"environment variable ${name} is not set"
+    if option.endswith(".on_change"):
+        problem += f" (for the hook's own environment, such as $LIVEDATA_DEST, write $${name}: a single $ is " \
+                   "expanded when the config is read)"
+    return problem
 
 
 # --- value parsers ------------------------------------------------------------------------------
