@@ -22,7 +22,6 @@ from livedata.config import read_config
 from livedata.secrets import secrets_store_from_config
 from livedata.testing.zookeeper import free_ports
 from livedata.writer import (
-    DEFAULT_DIFF_BYTES,
     NO_CHANGES,
     NodeChangedError,
     NodeMissingError,
@@ -790,7 +789,7 @@ def test_one_changed_value_in_a_one_line_json_of_megabytes_prints_a_short_diff(t
     """2 MiB of JSON on one line, one value changed: a few lines by JSON path, not two lines of megabytes."""
     from livedata.payload import encode
     from livedata.testing.documents import LIMIT, experiments_json
-    from livedata.writer import push
+    from livedata.writer import DEFAULT_DIFF_BYTES, push
 
     document = json.loads(experiments_json(2 * 1024 * 1024))
     old = json.dumps(document, separators=(",", ":")).encode()
