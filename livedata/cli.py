@@ -7,6 +7,7 @@ these lines in CI logs and journals, and scripts branch on the status.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, Callable, NoReturn, TypeVar
@@ -47,6 +48,19 @@ def argument(parse: Callable[[str], T]) -> Callable[[str], T]:
 
     parse_argument.__name__ = parse.__name__  # argparse names the type in its messages
     return parse_argument
+
+
+def program_name(module: str) -> str:
+    """The name the user typed: ``livedata-write`` for the console script, ``module`` for ``python -m module``.
+
+    Messages start with it and ``--version`` prints it, so they name the command as it appears in the user's
+    script or CI job. Under ``python -m`` (``argv[0]`` is then the module's file) or ``python -c``, the
+    module's dotted name is what was typed.
+    """
+    typed = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if not typed or typed in ("-c", "-m") or typed.endswith((".py", ".pyc")):
+        return module
+    return typed
 
 
 def fail(prog: str, message: object, status: int) -> int:

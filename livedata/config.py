@@ -150,7 +150,7 @@ def read_config(path: str, section: str = SECTION, expand: Sequence[str] | None 
             if expanded is None or key.startswith(expanded):
                 value = expand_environment(key, value)
         except _UnsetVariable as e:
-            raise ConfigError(path, e.option, f"environment variable ${e.name} is not set") from None
+            raise ConfigError(path, e.option, _unset_variable_problem(e.option, e.name)) from None
         problem = (suspect or value is not raw) and (control_character_problem(key) or control_character_problem(value))
         if problem:
             at = _layout(parser, text, section).lines.get(key, "?")
@@ -158,6 +158,15 @@ def read_config(path: str, section: str = SECTION, expand: Sequence[str] | None 
         values[key] = value
     return RawConfig(values, source=path)
 
+
+
+def _unset_variable_problem(option: str, name: str) -> str:
+    """An on_change command's ``$LIVEDATA_DEST`` is meant for the hook's shell: say how to write it."""
+    problem = f"environment variable ${name} is not set"
+    if option.endswith(".on_change"):
+        problem += f" (for the hook's own environment, such as $LIVEDATA_DEST, write $${name}: a single $ is " \
+                   "expanded when the config is read)"
+    return problem
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _CONTROL_NAMES = {"\n": "a line break", "\r": "a carriage return", "\t": "a tab"}

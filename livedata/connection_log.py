@@ -20,6 +20,7 @@ from kazoo.client import KazooClient
 from kazoo.protocol.states import KazooState, KeeperState
 
 from livedata.logs import NOISE
+from livedata.logs import kazoo_reason as _short
 from livedata.sync import MirrorObserver
 
 log = logging.getLogger("livedata.connection")
@@ -118,12 +119,3 @@ class ConnectionLog(MirrorObserver):
         except (AttributeError, OSError, ValueError):
             return "?"
         return f"{host}:{port}"
-
-
-def _short(reason: str | None) -> str:
-    """kazoo's wording without its prefixes: 'Connection dropped: socket connection error: X' -> 'X'."""
-    text = reason or "unknown reason"
-    for prefix in ("Connection dropped: ", "socket connection error: ", "Connection time-out: "):
-        if text.startswith(prefix):
-            text = text[len(prefix) :]
-    return text

@@ -127,6 +127,15 @@ class KazooNoise(logging.Filter):
         self.silenced = True
 
 
+def kazoo_reason(reason: str | None) -> str:
+    """kazoo's wording without its prefixes: 'Connection dropped: socket connection error: X' -> 'X'."""
+    text = reason or "unknown reason"
+    for prefix in ("Connection dropped: ", "socket connection error: ", "Connection time-out: "):
+        if text.startswith(prefix):
+            text = text[len(prefix) :]
+    return text
+
+
 def _address(host: str, port: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 

@@ -24,11 +24,12 @@ from livedata.cli import (
     argument,
     fail,
     log_level,
+    program_name,
     setup_logging,
 )
 from livedata.config import ConfigError, byte_size, check_known_keys, read_config, znode_path
 from livedata.logs import silence_kazoo
-from livedata.payload import DEFAULT_MAX_PAYLOAD_SIZE, PayloadError
+from livedata.payload import DEFAULT_MAX_PAYLOAD_SIZE, DecodedTooLargeError, PayloadError
 from livedata.writer import WRITER_KEYS, WriterError, _patch_gevent, _zookeeper_errors, connected_client
 
 if TYPE_CHECKING:
@@ -38,7 +39,8 @@ if TYPE_CHECKING:
 
     from livedata.chunks import Decoded
 
-PROG = "livedata.reader"
+PROG = "livedata.reader"  # the name under ``python -m``; the console script is named as the user typed it
+NOTHING_PRINTED = ""  # a reader's failure needs no "nothing written": it writes nothing anywhere
 
 log = logging.getLogger("livedata.reader")
 
@@ -48,14 +50,19 @@ class ReaderError(WriterError):
 
 
 def read(client: KazooClient, path: str, max_size: int) -> Decoded:
-    """The node decoded; a node that does not exist or does not decode is a one-line :class:`ReaderError`."""
+    """The node decoded; a node that does not exist or does not decode is a one-line :class:`ReaderError`.
+
+    Data larger than ``max_size`` is intact, not undecodable: the message says which limit to raise.
+    """
     from livedata.chunks import read_decoded
 
-    with _zookeeper_errors("read", path):
+    with _zookeeper_errors("read", path, NOTHING_PRINTED):
         try:
             return read_decoded(client, path, max_size)
         except NoNodeError:
             raise ReaderError(f"{path} does not exist in ZooKeeper") from None
+        except DecodedTooLargeError as e:
+            raise ReaderError(f"{path}: {e} (--max-size); pass a larger --max-size to read it") from None
         except PayloadError as e:
             raise ReaderError(f"{path} holds data that cannot be decoded: {e}") from None
 
@@ -78,8 +85,8 @@ def describe(path: str, decoded: Decoded) -> str:
     return "".join(f"{key}: {value}\n" for key, value in lines)
 
 
-def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = ArgumentParser(prog=PROG, description="Print the decoded data of a ZooKeeper node.")
+def parse_arguments(argv: Sequence[str] | None, prog: str = PROG) -> argparse.Namespace:
+    parser = ArgumentParser(prog=prog, description="Print the decoded data of a ZooKeeper node.")
     parser.add_argument("config", metavar="CONFIG", help="INI file with a [live-data] section (zookeeper.*, secrets.*)")
     parser.add_argument("node", metavar="NODE", type=argument(znode_path), help="absolute path of the znode")
     parser.add_argument("--stat", action="store_true", help="print how the node is stored instead of its data")
@@ -97,15 +104,16 @@ def run(args: argparse.Namespace, out: BinaryIO) -> None:
     config = read_config(args.config, expand=WRITER_KEYS)  # like the writer: only the keys it uses
     check_known_keys(config)
     settings = parse_zookeeper_config(config)
-    with connected_client(config, settings) as client:
+    with connected_client(config, settings, NOTHING_PRINTED) as client:
         decoded = read(client, args.node, args.max_size)
     out.write(describe(args.node, decoded).encode("utf-8") if args.stat else decoded.data)
     out.flush()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The command line only: like the writer's, it gevent-patches the whole process."""
-    args = parse_arguments(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """The command line only: like the writer's, it gevent-patches the whole process (``prog``: as the writer's)."""
+    prog = prog or program_name(PROG)
+    args = parse_arguments(argv, prog)
     _patch_gevent()
     setup_logging(args.debug, log_level(args))
     if not args.debug:
@@ -113,13 +121,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run(args, sys.stdout.buffer)
     except ConfigError as e:
-        return fail(PROG, e, EXIT_USAGE)
+        return fail(prog, e, EXIT_USAGE)
     except CommandError as e:
-        return fail(PROG, e, e.status)
+        return fail(prog, e, e.status)
     except BrokenPipeError:
         return EXIT_OK  # `read_node ... | head` stopped reading: not our failure
     except KeyboardInterrupt:
-        return fail(PROG, "interrupted", 130)
+        return fail(prog, "interrupted", 130)
     return EXIT_OK
 
 

@@ -245,7 +245,7 @@ def publish_json(spec: TreeSpec, children: Mapping[str, bytes]) -> files.Outcome
     try:
         data = render_json(children)
     except TreeRenderError as exc:
-        raise TreeRenderError(f"tree {spec.dest!r}: {exc}; keeping the old file") from None
+        raise TreeRenderError(f"tree {spec.dest!r}: {exc}; nothing written") from None  # whatever is there stays
     _remove_directory_tree(spec.dest)
     return files.sync_file(FileSpec(spec.dest, spec.mode, spec.owner, spec.group), data)
 

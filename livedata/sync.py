@@ -29,6 +29,7 @@ import contextlib
 import ctypes
 import gc
 import logging
+import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -685,7 +686,8 @@ class Mirror:
         node.writing = False
         if isinstance(result, FileWriteError):
             if node.failure != str(result):
-                log.error("%s: %s; will retry, the old file is left as it was", node.name, result)
+                kept = "the file there is left as it was" if os.path.lexists(result.path) else "no file is there yet"
+                log.error("%s: %s; will retry, %s", node.name, result, kept)
             node.failure = str(result)
             node.in_sync = False
             self.observer.failed(node, "write", result.reason)

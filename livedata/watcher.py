@@ -395,11 +395,15 @@ class Daemon:
         # Restarting the timers on every reload would postpone heartbeats forever under frequent reloads.
         if (new.heartbeat_interval, new.resync_interval) != (old.heartbeat_interval, old.resync_interval):
             self._start_timers()
-        changed = sorted(set(added) & set(removed))
+        changed = set(added) & set(removed)
+        trees = {tree.name for tree in (*old.trees, *new.trees)}  # names are unique across nodes and trees
+
+        def names(which: set[str]) -> str:
+            return _names({f"{name} (tree)" if name in trees else name for name in which})
+
         log.info(
-            "reloaded %s: %d nodes; added: %s; removed: %s; changed: %s",
-            self.config_path, len(new.nodes), _names(set(added) - set(changed)),
-            _names(set(removed) - set(changed)), _names(changed),
+            "reloaded %s: %s; added: %s; removed: %s; changed: %s", self.config_path, _counts(new),
+            names(set(added) - changed), names(set(removed) - changed), names(changed),
         )  # fmt: skip
         self._reloaded(applied=True)
         return True
@@ -452,6 +456,14 @@ def claim_dests(locks: DestLocks, config: WatcherConfig) -> None:
     locks.claim(config.dests())
     create_missing_directories((node.name, node.file) for node in config.mirrored)
     locks.claim(config.dests())
+
+
+def _counts(config: WatcherConfig) -> str:
+    """``3 nodes``, or ``3 nodes and 1 tree``: a tree is not counted as a node."""
+    nodes = f"{len(config.nodes)} node{'' if len(config.nodes) == 1 else 's'}"
+    if not config.trees:
+        return nodes
+    return f"{nodes} and {len(config.trees)} tree{'' if len(config.trees) == 1 else 's'}"
 
 
 def _names(names: Sequence[str] | set[str], limit: int = 10) -> str:

@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, TextIO
@@ -46,6 +46,7 @@ from livedata.cli import (
     argument,
     fail,
     log_level,
+    program_name,
     setup_logging,
 )
 from livedata.config import (
@@ -72,7 +73,7 @@ if TYPE_CHECKING:
 
     from kazoo.client import KazooClient
 
-PROG = "livedata.writer"
+PROG = "livedata.writer"  # the name under ``python -m``; the console script is named as the user typed it
 WRITER_KEYS = ("zookeeper.", "secrets.", "writer.")  # the keys the writer reads (and so expands $VARs in)
 STDIN = "-"
 STDIN_LABEL = "<stdin>"
@@ -83,10 +84,14 @@ CONNECT_TIMEOUT_FACTOR = 2.0
 
 READ_CHUNK = 1024 * 1024
 DEFAULT_DIFF_LINES = 200  # a 1 MB text would otherwise print thousands of lines into a CI log
+DEFAULT_DIFF_BYTES = 64 * 1024  # and one changed line of a one-line 5 MiB JSON would print 10 MB
+FORMATS = ("auto", "json", "raw")  # auto: json for a SOURCE named *.json, raw otherwise
+NOTHING_WRITTEN = "nothing written"
 
 NO_CHANGES = "No changes detected. Not writing."
 WROTE = "Wrote data to ZooKeeper."
 DRY_RUN = "Dry run: not writing."
+DRY_RUN_START = "Dry run: showing what writing {label} to ZooKeeper {path} would change..."
 
 log = logging.getLogger("livedata.writer")  # not __name__, which is "__main__" under python -m
 
@@ -112,10 +117,10 @@ class SourceUnreadableError(WriterError):
 
 
 class InvalidJSONError(WriterError):
-    """The source is named ``*.json`` but would break every reader that parses it."""
+    """The source is JSON (named ``*.json``, or ``--format json``) but would break every reader that parses it."""
 
     def __init__(self, label: str, problem: str) -> None:
-        super().__init__(f"{label} is not valid JSON: {problem}; nothing written (--no-validate skips this check)")
+        super().__init__(f"{label} is not valid JSON: {problem}; nothing written (--format raw skips this check)")
 
 
 class TooLargeError(WriterError):
@@ -163,10 +168,10 @@ class NodeMissingError(WriterError):
 
 
 class NotAllowedError(WriterError):
-    def __init__(self, action: str, path: str) -> None:
+    def __init__(self, action: str, path: str, outcome: str = NOTHING_WRITTEN) -> None:
         super().__init__(
-            f"ZooKeeper does not allow us to {action} {path}: check zookeeper.credentials and the node's ACL; "
-            "nothing written"
+            f"ZooKeeper does not allow us to {action} {path}: check zookeeper.credentials and the node's ACL"
+            + (f"; {outcome}" if outcome else "")
         )
 
 
@@ -230,7 +235,10 @@ def _read_at_most(stream: BinaryIO, limit: int | None) -> bytes:
     return b"".join(chunks)
 
 
-def wants_json_validation(source: str) -> bool:
+def wants_json_validation(source: str, data_format: str = "auto") -> bool:
+    """Whether SOURCE is JSON: ``--format json`` says so, ``auto`` trusts a ``.json`` name (standard input has none)."""
+    if data_format != "auto":
+        return data_format == "json"
     return source != STDIN and source.lower().endswith(".json")
 
 
@@ -277,41 +285,121 @@ def _terminated(line: str) -> str:
     return line if line.endswith("\n") else f"{line}\n\\ No newline at end of file\n"
 
 
-def render_diff(old: bytes, new: bytes, old_label: str, new_label: str, max_lines: int | None = None) -> str:
+def render_diff(
+    old: bytes, new: bytes, old_label: str, new_label: str, max_lines: int | None = None,
+    max_bytes: int | None = None, as_json: bool = False,
+) -> str:
     """A unified diff of two texts, or a one-line size summary when either side is not UTF-8 text.
 
-    ``max_lines`` caps the diff's output lines; what is cut is summarised in
-    one line (lines added and removed in all), so a big change stays readable.
+    ``max_lines`` and ``max_bytes`` cap the diff's output; what is cut is summarised in one line (lines
+    added and removed in all), so a big change stays readable and a CI log stays small. With ``as_json``,
+    a line diff that does not fit is replaced by the changes by path (:mod:`livedata.jsondiff`) when both
+    sides parse: one changed value in a document written on one line is then one short line, not two
+    lines of megabytes.
     """
     try:
         old_text, new_text = old.decode("utf-8"), new.decode("utf-8")
     except UnicodeDecodeError:
         return f"Binary data: {old_label} is {len(old)} bytes, {new_label} is {len(new)} bytes.\n"
-    terminated = [_terminated(line) for line in unified_diff(old_text, new_text, old_label, new_label)]
-    if max_lines is None or len(terminated) <= max_lines:
-        return "".join(terminated)
-    return "".join(terminated[:max_lines]) + _diff_summary(terminated, max_lines)
+    lines = (_terminated(line) for line in unified_diff(old_text, new_text, old_label, new_label))
+    shown, cut = _capped(lines, max_lines, max_bytes)
+    if cut is None:
+        return "".join(shown)
+    if as_json:
+        changes = _json_changes(old_text, new_text, old_label, new_label, cut, max_lines, max_bytes)
+        if changes is not None:
+            return changes
+    return "".join(shown) + cut.summary("lines")
 
 
-def _diff_summary(lines: list[str], shown: int) -> str:
-    body = lines[2:]  # past the ---/+++ header
-    added = sum(1 for line in body if line.startswith("+"))
-    removed = sum(1 for line in body if line.startswith("-"))
-    return (
-        f"... diff cut after {shown} of {len(lines)} lines: {added} lines added, {removed} removed in all "
-        "(--full-diff shows everything, --diff-lines N more)\n"
+@dataclass
+class _Cut:
+    """What a capped output left out, for its one summary line."""
+
+    shown_lines: int = 0
+    shown_bytes: int = 0
+    lines: int = 0
+    size: int = 0
+    added: int = 0
+    removed: int = 0
+    by_bytes: bool = False
+
+    def summary(self, unit: str) -> str:
+        more = "--diff-bytes N" if self.by_bytes else "--diff-lines N"
+        where = (
+            f"{self.shown_bytes:,} of {self.size:,} bytes ({self.lines:,} {unit})" if self.by_bytes
+            else f"{self.shown_lines} of {self.lines} {unit}"
+        )  # fmt: skip
+        counts = f": {self.added} lines added, {self.removed} removed in all" if unit == "lines" else ""
+        return f"... diff cut after {where}{counts} (--full-diff shows everything, {more} more)\n"
+
+
+def _capped(
+    lines: Iterable[str], max_lines: int | None, max_bytes: int | None, header: int = 2
+) -> tuple[list[str], _Cut | None]:
+    """The lines that fit both caps (a line too long for the bytes left is cut), and what was left out.
+
+    The lines left out are still counted, not kept: a capped diff costs no more memory than what it shows.
+    """
+    shown: list[str] = []
+    cut = _Cut()
+    full = True
+    for number, line in enumerate(lines):
+        size = len(line.encode("utf-8"))
+        cut.lines += 1
+        cut.size += size
+        if number >= header:  # past the ---/+++ header
+            cut.added += line.startswith("+")
+            cut.removed += line.startswith("-")
+        if not full:
+            continue
+        if max_lines is not None and len(shown) >= max_lines:
+            full = False
+        elif max_bytes is not None and cut.shown_bytes + size > max_bytes:
+            full, cut.by_bytes = False, True
+            room = max_bytes - cut.shown_bytes
+            if room > 1:  # the start of the line, whole characters only, and the newline the cut took
+                shown.append(line.encode("utf-8")[: room - 1].decode("utf-8", "ignore") + "\n")
+                cut.shown_bytes += len(shown[-1].encode("utf-8"))
+        else:
+            shown.append(line)
+            cut.shown_bytes += size
+    cut.shown_lines = len(shown)
+    return shown, None if full else cut
+
+
+def _json_changes(
+    old_text: str, new_text: str, old_label: str, new_label: str, line_diff: _Cut, max_lines: int | None,
+    max_bytes: int | None,
+) -> str | None:
+    """The changes by path as JSON Patch operations, one per line, capped like the line diff; None if not JSON."""
+    from livedata.jsondiff import operations
+
+    try:
+        old_value, new_value = json.loads(old_text), json.loads(new_text)
+    except ValueError:
+        return None
+    header = (
+        f"--- {old_label}\n+++ {new_label}\n"
+        f"JSON changes by path (RFC 6902 JSON Patch, one operation per line; a test names the value replaced), "
+        f"as the line diff would be {line_diff.size:,} bytes:\n"
     )
+    lines = (json.dumps(operation, ensure_ascii=False) + "\n" for operation in operations(old_value, new_value))
+    shown, cut = _capped(lines, max_lines, max_bytes, header=0)
+    if not shown and cut is None:
+        return header + "(none: the JSON value is the same; only its text changes, such as spacing or key order)\n"
+    return header + "".join(shown) + ("" if cut is None else cut.summary("operations"))
 
 
 @contextmanager
-def _zookeeper_errors(action: str, path: str) -> Iterator[None]:
-    """Turn what ZooKeeper can answer to one request into our one-line errors."""
+def _zookeeper_errors(action: str, path: str, outcome: str = NOTHING_WRITTEN) -> Iterator[None]:
+    """Turn what ZooKeeper can answer to one request into our one-line errors; ``outcome`` ends a refusal."""
     try:
         yield
     except NoNodeError:
         raise NodeMissingError(path) from None
     except NoAuthError:
-        raise NotAllowedError(action, path) from None
+        raise NotAllowedError(action, path, outcome) from None
     except (ConnectionLoss, SessionExpiredError, ConnectionClosedError):
         raise ConnectionFailedError(f"lost the connection to ZooKeeper while trying to {action} {path}") from None
     except KazooException as e:
@@ -434,11 +522,13 @@ def _remove_old_chunks(client: KazooClient, path: str, stored: Stored) -> None:
 
 def push(client: KazooClient, path: str, data: bytes, label: str, out: TextIO, *,
          allow_empty: bool = False, dry_run: bool = False, stored: Stored | None = None,
-         max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE, diff_lines: int | None = None) -> None:
+         max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE, diff_lines: int | None = None,
+         diff_bytes: int | None = None, as_json: bool = False) -> None:
     """Compare, show, and (unless ``dry_run``) compare-and-set: every refusal happens before the write.
 
     ``stored`` is the form chosen by :func:`stored_form` (plain data when not given); the comparison and the
     diff are made on decoded data, so how the node is stored never shows up as a change of its content.
+    ``diff_lines``, ``diff_bytes`` and ``as_json`` shape the diff (see :func:`render_diff`).
     """
     if stored is None:
         stored = Stored(node_data=data, envelope=None, codec="plain", stored_size=len(data))
@@ -450,13 +540,17 @@ def push(client: KazooClient, path: str, data: bytes, label: str, out: TextIO, *
     old = current.data if current.data is not None else b""
     if not data and not allow_empty:
         raise EmptyInputError(label, path, len(current.data if current.data is not None else current.node_data))
-    print(f"Writing {label} to ZooKeeper {path}...", file=out)
+    # A dry run says so first: a CI log read from the top must not suggest a write that never happens.
+    start = DRY_RUN_START if dry_run else "Writing {label} to ZooKeeper {path}..."
+    print(start.format(label=label, path=path), file=out)
     if current.data is None:
         print(f"The current data of {path} cannot be decoded ({current.problem}); replacing it.", file=out)
     if current.data == data:
         print("The data is the same; only the way it is stored changes.", file=out)
     else:
-        out.write(_off_the_loop(render_diff, old, data, f"{path} (current)", f"{label} (new)", diff_lines))
+        out.write(_off_the_loop(
+            render_diff, old, data, f"{path} (current)", f"{label} (new)", diff_lines, diff_bytes, as_json
+        ))  # fmt: skip
     if dry_run:
         if stored.envelope is not None:
             print(f"would be {describe_stored(stored)}", file=out)
@@ -473,30 +567,38 @@ def push(client: KazooClient, path: str, data: bytes, label: str, out: TextIO, *
 
 
 @contextmanager
-def connected_client(config: RawConfig, settings: ConfigNamespace) -> Iterator[KazooClient]:
+def connected_client(
+    config: RawConfig, settings: ConfigNamespace, outcome: str = NOTHING_WRITTEN
+) -> Iterator[KazooClient]:
     """A started client for the block, stopped and closed afterwards whatever happens.
 
     Unlike the watcher, the writer gives up on an unreachable ensemble: a CI
     job should fail with a reason, not hang until its own timeout kills it.
+    The first failed attempt is logged at once (a refused connection or a
+    host name that does not resolve), so a wait is never silent; ``outcome``
+    ends the one-line error ("nothing written" for the writer).
     """
     from livedata.secrets import secrets_store_from_config
     from livedata.zookeeper import CredentialsError, zookeeper_client_from_config
 
+    then = f"; {outcome}" if outcome else ""
     try:
         client = zookeeper_client_from_config(secrets_store_from_config(config), config)
     except CredentialsError as e:
-        raise WriterError(f"{e}; nothing written") from None
+        raise WriterError(f"{e}{then}") from None
     except ValueError as e:  # kazoo's own parsing of the host list
         raise ConfigError(source_of(config), "zookeeper.hosts", str(e)) from None
     limit = CONNECT_TIMEOUT_FACTOR * settings.timeout
     try:
-        try:
-            client.start(timeout=limit)
-        except client.handler.timeout_exception:
-            raise ConnectionFailedError(
-                f"could not connect to ZooKeeper at {settings.hosts} within {limit:g} seconds "
-                f"(twice zookeeper.timeout); nothing written"
-            ) from None
+        with _failed_attempts_told(settings.hosts, limit) as attempts:
+            try:
+                client.start(timeout=limit)
+            except client.handler.timeout_exception:
+                last = f" (last attempt: {attempts.last})" if attempts.last else ""
+                raise ConnectionFailedError(
+                    f"could not connect to ZooKeeper at {settings.hosts} within {limit:g} seconds "
+                    f"(twice zookeeper.timeout){last}{then}"
+                ) from None
         log.debug("connected to ZooKeeper using %s", type(client.handler).__name__)
         yield client
     finally:
@@ -504,20 +606,67 @@ def connected_client(config: RawConfig, settings: ConfigNamespace) -> Iterator[K
         client.close()
 
 
+class _Attempts:
+    """What kazoo says of each connection attempt, heard through :data:`livedata.logs.NOISE` (as the watcher does)."""
+
+    def __init__(self, hosts: str, limit: float) -> None:
+        self.hosts = hosts
+        self.limit = limit
+        self.server = ""
+        self.last = ""
+
+    def attempting(self, server: str) -> None:
+        self.server = server
+
+    def failed(self, reason: str) -> None:
+        from livedata.logs import kazoo_reason
+
+        if reason.startswith("Cannot resolve"):  # no attempt was made: the server of the one before is not it
+            self.server = ""
+        text = kazoo_reason(reason)
+        what = f"server {self.server}: {text}" if self.server else text[:1].lower() + text[1:]
+        if not self.last:
+            logging.getLogger("livedata.connection").warning(  # the watcher's connection messages' name
+                "cannot reach ZooKeeper%s%s; still trying %s for up to %g seconds",
+                " " if self.server else ": ", what, self.hosts, self.limit,
+            )  # fmt: skip
+        self.last = what
+
+
+@contextmanager
+def _failed_attempts_told(hosts: str, limit: float) -> Iterator[_Attempts]:
+    """Listen to kazoo's attempts while connecting: the first failure is logged at once, the last one kept."""
+    from livedata.logs import NOISE
+
+    attempts = _Attempts(hosts, limit)
+    saved = NOISE.on_attempt, NOISE.on_failure
+    NOISE.on_attempt, NOISE.on_failure = attempts.attempting, attempts.failed
+    try:
+        yield attempts
+    finally:
+        NOISE.on_attempt, NOISE.on_failure = saved
+
+
 # --- the command line -----------------------------------------------------------------------------
 
 
-def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+def parse_arguments(argv: Sequence[str] | None, prog: str = PROG) -> argparse.Namespace:
     parser = ArgumentParser(
-        prog=PROG,
+        prog=prog,
         description="Write a file's contents into an existing ZooKeeper node, showing the difference first.",
     )
     parser.add_argument("config", metavar="CONFIG", help="INI file with a [live-data] section (zookeeper.*, secrets.*)")
     parser.add_argument("source", metavar="SOURCE", help="file whose bytes to write, or - for standard input")
     parser.add_argument("node", metavar="NODE", type=argument(znode_path), help="absolute path of an existing znode")
     parser.add_argument("--dry-run", action="store_true", help="show the difference but write nothing")
-    parser.add_argument(
-        "--no-validate", dest="validate", action="store_false", help="do not require a *.json SOURCE to parse as JSON"
+    data_format = parser.add_mutually_exclusive_group()
+    data_format.add_argument(
+        "--format", choices=FORMATS, default="auto", help="json: SOURCE must parse as JSON (checked before "
+        "connecting), and a diff too long for the caps shows the changes by JSON path; raw: any bytes; "
+        "auto (default): json for a SOURCE named *.json, raw otherwise (standard input included)",
+    )  # fmt: skip
+    data_format.add_argument(
+        "--no-validate", dest="format", action="store_const", const="raw", help="same as --format raw"
     )
     parser.add_argument("--allow-empty", action="store_true", help="allow empty input to replace non-empty data")
     parser.add_argument(
@@ -530,8 +679,15 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"show at most N lines of diff, then a summary (default {DEFAULT_DIFF_LINES})",
     )  # fmt: skip
     diff.add_argument("--full-diff", action="store_true", help="show the whole diff, however long")
+    parser.add_argument(
+        "--diff-bytes", type=argument(_positive_size), metavar="BYTES",
+        help=f"show at most BYTES of diff, then a summary (default {DEFAULT_DIFF_BYTES // 1024} KiB)",
+    )  # fmt: skip
     add_common_arguments(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.full_diff and args.diff_bytes is not None:
+        parser.error("argument --diff-bytes: not allowed with argument --full-diff")
+    return args
 
 
 def _positive(text: str) -> int:
@@ -540,6 +696,13 @@ def _positive(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of lines")
     return int(text)
+
+
+def _positive_size(text: str) -> int:
+    size = byte_size(text)
+    if size < 1:
+        raise ValueError(f"{text.strip()!r} is not a positive size")
+    return size
 
 
 def run(args: argparse.Namespace, out: TextIO) -> None:
@@ -557,7 +720,8 @@ def run(args: argparse.Namespace, out: TextIO) -> None:
         data = read_source(args.source, settings.max_node_size)
     else:
         data = read_source(args.source, writer.max_payload_size, payload_limit=True)
-    if args.validate and wants_json_validation(args.source):
+    as_json = wants_json_validation(args.source, args.format)
+    if as_json and data:  # empty input is refused (or allowed) as empty, whatever its format
         validate_json(label, data)
     stored = stored_form(label, data, mode, settings.max_node_size)
     with connected_client(config, settings) as client:
@@ -565,6 +729,7 @@ def run(args: argparse.Namespace, out: TextIO) -> None:
             client, args.node, data, label, out, allow_empty=args.allow_empty, dry_run=args.dry_run,
             stored=stored, max_payload_size=writer.max_payload_size,
             diff_lines=None if args.full_diff else args.diff_lines,
+            diff_bytes=None if args.full_diff else args.diff_bytes or DEFAULT_DIFF_BYTES, as_json=as_json,
         )
 
 
@@ -575,9 +740,13 @@ def _patch_gevent() -> None:
     monkey.patch_all()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The command line only: it gevent-patches the whole process, so library code must not call it."""
-    args = parse_arguments(argv)
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """The command line only: it gevent-patches the whole process, so library code must not call it.
+
+    ``prog`` names the command in messages and ``--version``; by default, as the user typed it.
+    """
+    prog = prog or program_name(PROG)
+    args = parse_arguments(argv, prog)
     if isinstance(sys.stdout, io.TextIOWrapper):
         # The diff shows the data's own text; a terminal that cannot encode it must not turn into a traceback.
         sys.stdout.reconfigure(errors="backslashreplace")
@@ -589,11 +758,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run(args, sys.stdout)
     except ConfigError as e:
-        return fail(PROG, e, EXIT_USAGE)
+        return fail(prog, e, EXIT_USAGE)
     except CommandError as e:
-        return fail(PROG, e, e.status)
+        return fail(prog, e, e.status)
     except KeyboardInterrupt:
-        return fail(PROG, "interrupted; if a write was under way, check the node before running again", 130)
+        return fail(prog, "interrupted; if a write was under way, check the node before running again", 130)
     return EXIT_OK
 
 

@@ -258,7 +258,9 @@ class CredentialsRefresher:
             wanted = set(digest_auth_data(self.secrets, self.paths))
         except CredentialsError as e:
             if str(e) != self.problem:
-                log.error("%s; keeping the credentials in use", e)
+                # Without credentials applied there are none to keep: say what the session does instead.
+                kept = "keeping the credentials in use" if self.applied else "still connecting without credentials"
+                log.error("%s; %s", e, kept)
             self.problem = str(e)
             return False
         self.problem = None

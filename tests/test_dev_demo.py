@@ -39,6 +39,21 @@ def test_the_printed_write_node_command_works_as_pasted(
     assert node_json(zk, flags) == {"greeting": "hello from write_node", "counter": 100}
 
 
+def test_a_restart_keeps_the_edited_sample_input(
+    zk_server: ZooKeeperServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dev_demo, "DEV_DIR", str(tmp_path / ".dev"))
+    dev_demo.reset_dev_dir()
+    dev_demo.write_node_hint(zk_server.address)
+    sample = tmp_path / ".dev" / "flags-input.json"
+    sample.write_text('{"greeting": "my own edit"}\n')
+    (tmp_path / ".dev" / "files" / "flags.json").write_text("{}")
+    dev_demo.reset_dev_dir()  # what tools/dev does when it starts again
+    dev_demo.write_node_hint(zk_server.address)
+    assert sample.read_text() == '{"greeting": "my own edit"}\n'
+    assert os.listdir(tmp_path / ".dev" / "files") == []  # the rest starts afresh
+
+
 def test_the_demo_continues_from_the_current_data(zk: KazooClient, flags: str) -> None:
     demo = dev_demo.Demo(zk)
     assert demo.bump() is None

@@ -203,6 +203,9 @@ def test_reload_adds_and_changes_hooks(zk_server, zk, zk_path, workdir, start_wa
         ({"watcher.hook_timeout": "0 seconds"}, "watcher.hook_timeout: must be greater than zero"),
         ({"watcher.hook_timeout": "soon"}, "watcher.hook_timeout: 'soon' is not a time span"),
         ({"nodes.a.onchange": "true"}, "nodes.a.onchange: unknown key; did you mean nodes.a.on_change?"),
+        ({"nodes.a.on_change": "cp $LIVEDATA_DEST /tmp"}, "nodes.a.on_change: environment variable $LIVEDATA_DEST "
+         "is not set (for the hook's own environment, such as $LIVEDATA_DEST, write $$LIVEDATA_DEST: a single $ "
+         "is expanded when the config is read)"),
     ],
 )
 def test_hook_settings_are_validated(workdir, extra, expected):

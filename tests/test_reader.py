@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from livedata.payload import encode
+from livedata.testing.zookeeper import free_ports
 from livedata.writer import push
 from tests.payloads import BAD_CASES, LIMIT, MiB, experiments_json, incompressible, large_data_server, put
 from tests.test_writer import write_config
@@ -104,7 +105,28 @@ def test_bad_stored_data_is_one_line(tmp_path, config, zk, node, case):
 @pytest.mark.timeout(60)
 def test_max_size_bounds_what_is_decoded(tmp_path, config, zk, node):
     store(zk, node, experiments_json(3 * MiB))
-    one_line_failure(run_reader(tmp_path, "writer.ini", node, "--max-size", "1 MiB"), 1, "above the limit")
+    result = run_reader(tmp_path, "writer.ini", node, "--max-size", "1 MiB")
+    one_line_failure(result, 1, "above the limit of 1,048,576 bytes (--max-size)", "pass a larger --max-size")
+    assert b"cannot be decoded" not in result.stderr  # the data is fine: only the limit is too small
+
+
+@pytest.mark.timeout(60)
+def test_failures_of_a_reader_do_not_say_nothing_written(tmp_path, zk_server, node):
+    """The writer's connection code is shared: its "; nothing written" must not end a reader's messages."""
+    write_config(tmp_path, zk_server.address, **{"secrets.path": str(tmp_path / "absent.json"),
+                                                 "zookeeper.credentials": "secret/ci/zk"})  # fmt: skip
+    credentials = run_reader(tmp_path, "writer.ini", node)
+    one_line_failure(credentials, 1, "zookeeper.credentials", "absent.json")
+    (port,) = free_ports(1)
+    ini = f"[live-data]\nzookeeper.hosts = 127.0.0.1:{port}\nzookeeper.timeout = 1 seconds\n"
+    (tmp_path / "writer.ini").write_text(ini)
+    unreachable = run_reader(tmp_path, "writer.ini", node)
+    assert unreachable.returncode == 1 and unreachable.stdout == b""
+    told, failure = unreachable.stderr.decode().splitlines()
+    assert f"cannot reach ZooKeeper server 127.0.0.1:{port}: Connection refused" in told
+    assert failure.startswith(f"livedata.reader: could not connect to ZooKeeper at 127.0.0.1:{port} within 2 seconds")
+    for result in (credentials, unreachable):
+        assert b"nothing written" not in result.stderr
 
 
 @pytest.mark.timeout(60)

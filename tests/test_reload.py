@@ -64,6 +64,20 @@ def test_added_nodes_sync_removed_ones_stop_and_a_changed_dest_moves(zk_server, 
     assert os.stat(f"{workdir}/kept").st_ino != kept_inode  # rewritten by the change, so still watched
 
 
+def test_the_reload_log_counts_trees_as_trees(zk_server, zk, zk_path, workdir, start_watcher):
+    zk.create(f"{zk_path}/a", b"a0")
+    zk.create(f"{zk_path}/web/index", b"i0", makepath=True)
+    settings = base(zk_server)
+    settings.update(node_settings("a", f"{zk_path}/a", f"{workdir}/a"))
+    watcher = start_watcher(settings)
+    wait_for_content(f"{workdir}/a", b"a0")
+    settings.update({"trees.web.source": f"{zk_path}/web", "trees.web.dest": f"{workdir}/web"})
+    reload(watcher, workdir, settings)
+    wait_for_content(f"{workdir}/web/index", b"i0")
+    watcher.wait_for_log("reloaded")
+    assert "1 node and 1 tree; added: web (tree); removed: none; changed: none" in watcher.output()
+
+
 def test_an_invalid_config_is_refused_and_the_running_one_stays(zk_server, zk, zk_path, workdir, start_watcher):
     zk.create(f"{zk_path}/a", b"a0")
     settings = base(zk_server)

@@ -120,6 +120,24 @@ def test_refused_nodes_are_kept_logged_and_recovered_once_the_secrets_file_is_fi
     assert "Traceback" not in watcher.output()
 
 
+def test_a_credentials_problem_never_claims_credentials_that_were_not_applied(tmp_path, caplog):
+    """Started without credentials (bad secrets file), a later re-read does not say it keeps credentials in use."""
+    from livedata.secrets import secrets_store_from_config
+    from livedata.zookeeper import credentials_refresher, zookeeper_client_from_config
+
+    config = {"zookeeper.hosts": "127.0.0.1:1", "zookeeper.credentials": "secret/zk",
+              "secrets.path": str(tmp_path / "absent.json")}  # fmt: skip
+    secrets = secrets_store_from_config(config)
+    with caplog.at_level("ERROR", logger="livedata.zookeeper"):
+        client = zookeeper_client_from_config(secrets, config, credentials_required=False)
+        refresher = credentials_refresher(client, secrets, config)
+        assert refresher is not None and refresher.refresh() is False
+    first, second = (record.getMessage() for record in caplog.records)
+    assert first.endswith("; connecting without credentials until the secrets file is fixed")
+    assert second.endswith("; still connecting without credentials")
+    client.close()
+
+
 def test_rotated_credentials_are_followed(zk_server, zk, protected, workdir, start_watcher):
     """Credentials move to a new identity and the ACL follows: the watcher keeps reading without a restart."""
     secrets_path = f"{workdir}/secrets.json"

@@ -253,6 +253,28 @@ def test_unit_file_verifies_cleanly(tmp_path):
 
 
 @pytest.mark.timeout(60)
+def test_the_unit_as_shipped_fails_verify_only_for_the_missing_venv_and_says_so(tmp_path):
+    """Verified as is, before /opt/livedata exists, the one complaint is ExecStart's program; the unit warns."""
+    import shutil
+
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed (apt-get install systemd)")
+    with open(os.path.join(REPO, "conf", "livedata-watcher.service")) as f:
+        text = f.read()
+    unit = tmp_path / "livedata-watcher.service"
+    unit.write_text(text)
+    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    complaint = "Command /opt/livedata/bin/livedata-watcher is not executable"
+    if os.access("/opt/livedata/bin/livedata-watcher", os.X_OK):
+        assert result.returncode == 0, result.stderr
+    else:
+        assert result.returncode != 0
+        assert result.stderr.splitlines() == [f"{unit.name}: {complaint}: No such file or directory"]
+    comments = " ".join(line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("#"))
+    assert "systemd-analyze verify" in comments and f'"{complaint}"' in comments
+
+
+@pytest.mark.timeout(60)
 def test_readme_unit_snippet_verifies_cleanly(tmp_path):
     with open(os.path.join(REPO, "docs", "operating.md")) as f:
         readme = f.read()

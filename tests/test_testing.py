@@ -216,6 +216,35 @@ def test_a_node_without_source_is_refused_before_starting(livedata_watcher: Star
         livedata_watcher(nodes={"a": {"dest": "/tmp/x"}})
 
 
+def test_a_tree_only_configuration_is_mirrored_and_waited_for(
+    livedata_client: KazooClient, livedata_watcher: StartWatcher, tmp_path: Path
+) -> None:
+    livedata_client.create("/web/a", b"alpha", makepath=True)
+    livedata_client.create("/web/b", b"beta")
+    watcher = livedata_watcher(trees={"web": "/web", "web_json": {"source": "/web", "format": "json"}})
+    assert read_bytes(os.path.join(watcher.dest("web"), "a")) == b"alpha"
+    assert json.loads(read_bytes(watcher.dest("web_json")) or b"") == {"a": "alpha", "b": "beta"}
+
+    livedata_client.set("/web/a", b"ALPHA")
+    livedata_client.delete("/web/b")
+    livedata_client.create("/web/c", b"gamma")
+    watcher.wait_synced()
+    assert read_bytes(os.path.join(watcher.dest("web"), "a")) == b"ALPHA"
+    assert not os.path.exists(os.path.join(watcher.dest("web"), "b"))
+    assert json.loads(read_bytes(watcher.dest("web_json")) or b"") == {"a": "ALPHA", "c": "gamma"}
+
+    # Trees given as settings only are accepted too (the watcher's own keys).
+    dest = tmp_path / "from-settings"
+    by_settings = livedata_watcher(settings={"trees.web.source": "/web", "trees.web.dest": str(dest)})
+    wait_for(lambda: read_bytes(str(dest / "c")) == b"gamma", 20, "the tree given in settings")
+    assert by_settings.stop() == 0
+
+
+def test_nothing_to_mirror_is_refused_before_starting(livedata_watcher: StartWatcher) -> None:
+    with pytest.raises(ValueError, match="give at least one node or tree"):
+        livedata_watcher(nodes={})
+
+
 def test_live_node_runs_in_process_on_the_client(livedata_client: KazooClient) -> None:
     livedata_client.create("/n", b"1")
     with LiveNode(livedata_client, "/n", lambda f: int(f.read())) as node:

@@ -218,6 +218,20 @@ def test_json_format_and_a_child_that_is_not_text(zk_server, zk, zk_path, workdi
     wait_for(lambda: json.loads(read_bytes(dest) or b"{}").get("dark_mode") == "off", 30, "recovery")
 
 
+def test_a_failure_with_no_file_there_yet_does_not_claim_an_old_file(
+    zk_server, zk, zk_path, workdir, start_watcher
+):
+    source, dest = f"{zk_path}/flags", f"{workdir}/flags.json"
+    zk.create(f"{source}/binary", b"\xff\xfe", makepath=True)
+    settings = base_settings(zk_server)
+    settings.update(tree_settings("flags", source, dest, format="json"))
+    watcher = start_watcher(settings)
+    watcher.wait_for_log("will retry")
+    (line,) = [line for line in watcher.output().splitlines() if "will retry" in line]
+    assert line.endswith("; nothing written; will retry, no file is there yet"), line
+    assert "old file" not in watcher.output() and not os.path.lexists(dest)
+
+
 def test_thousands_of_children_with_changes_in_flight(zk_server, zk, zk_path, workdir, start_watcher):
     source, dest = f"{zk_path}/big", f"{workdir}/big"
     zk.create(source)

@@ -8,6 +8,7 @@ precisely between our read and our write.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import subprocess
@@ -411,8 +412,44 @@ def test_unreachable_zookeeper_fails_within_the_configured_limit(tmp_path):
     config.write_text(f"[live-data]\nzookeeper.hosts = 127.0.0.1:{port}\nzookeeper.timeout = 1 seconds\n")
     (tmp_path / "input.json").write_bytes(NEW_JSON)
     result = run_writer(tmp_path, "writer.ini", "input.json", "/anything")
-    assert_one_line_failure(result, 1, "could not connect", f"127.0.0.1:{port}", "within 2 seconds")
+    warning, failure = result.stderr.splitlines()  # the first refused attempt is told, then the failure
+    assert f"cannot reach ZooKeeper server 127.0.0.1:{port}: Connection refused" in warning
+    assert_one_line_failure(
+        subprocess.CompletedProcess(result.args, result.returncode, result.stdout, failure + "\n"), 1,
+        "could not connect", f"127.0.0.1:{port}", "within 2 seconds", "(last attempt: server", "Connection refused",
+    )  # fmt: skip
     assert result.stdout == ""
+
+
+def connection_failure_lines(command: list[str], cwd: Path) -> tuple[str, bool, str]:
+    """The first stderr line, whether the command was still running once it came, and the last line."""
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    first = process.stderr.readline()
+    still_trying = process.poll() is None
+    rest = process.stderr.read().splitlines()
+    assert process.wait(timeout=60) == 1
+    return first, still_trying, rest[-1] if rest else first
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("host", "told"),
+    [("127.0.0.1:{port}", "cannot reach ZooKeeper server 127.0.0.1:{port}: Connection refused"),
+     ("livedata-test.invalid:{port}", "cannot reach ZooKeeper: cannot resolve livedata-test.invalid")],
+)  # fmt: skip
+def test_a_refused_or_unresolvable_server_is_told_at_once_not_after_the_timeout(tmp_path, host, told):
+    """zookeeper.timeout 5 s: the writer tries for 10 s, but says at its first failed attempt what goes wrong."""
+    (port,) = free_ports(1)
+    hosts = host.format(port=port)
+    write_config(tmp_path, hosts)
+    (tmp_path / "input.json").write_bytes(NEW_JSON)
+    command = [sys.executable, "-m", "livedata.writer", "writer.ini", "input.json", "/anything"]
+    first, still_trying, last = connection_failure_lines(command, tmp_path)
+    assert told.format(port=port) in first and f"still trying {hosts} for up to 10 seconds" in first
+    assert still_trying, "told only when giving up"
+    assert last.startswith(f"livedata.writer: could not connect to ZooKeeper at {hosts} within 10 seconds")
+    assert "(last attempt: " in last
 
 
 @pytest.mark.timeout(60)
@@ -697,7 +734,146 @@ def test_write_node_creates_a_venv_with_the_package_alone(tmp_path):
         result = subprocess.run([str(checkout / "tools" / "write_node"), "--version"], capture_output=True,
                                 text=True, env=environment, timeout=280)  # fmt: skip
         assert result.returncode == 0, result.stderr
-        assert (result.stdout, result.stderr) == ("livedata.writer 0.1.0\n", "")
+        assert (result.stdout, result.stderr) == ("write_node 0.1.0\n", "")
     installed = set(os.listdir(checkout / ".venv" / "bin"))
     assert {"livedata-write", "livedata-watcher"} <= installed
     assert not installed & {"pytest", "mypy", "ruff"}
+
+
+# --- a writer that is safe in CI: diffs bounded in bytes, JSON by path, formats, names ---------------------------
+
+
+def test_render_diff_caps_bytes_even_within_one_line():
+    old, new = b"a" * 300_000 + b"\n", b"a" * 299_999 + b"b\n"
+    diff = render_diff(old, new, "old", "new", max_lines=200, max_bytes=10_000)
+    assert len(diff.encode()) < 10_000 + 200  # the cap plus the summary line
+    last = diff.splitlines()[-1]
+    assert last.startswith("... diff cut after 10,000 of 600,032 bytes (5 lines): 1 lines added, 1 removed in all")
+    assert last.endswith("(--full-diff shows everything, --diff-bytes N more)")
+    assert render_diff(old, new, "old", "new").count("\n") == 5  # uncapped: whole
+
+
+def test_render_diff_shows_a_json_document_by_path_when_its_lines_do_not_fit():
+    old = json.dumps({"items": [{"id": n, "owner": "a/b~c"} for n in range(3000)], "v": 1}).encode()
+    document = json.loads(old)
+    document["items"][1234]["owner"] = "x"
+    document["items"].insert(10, {"id": "new"})
+    new = json.dumps(document).encode()  # one line each: its line diff is the whole document twice
+    diff = render_diff(old, new, "/n (current)", "in.json (new)", max_lines=200, max_bytes=64 * 1024, as_json=True)
+    lines = diff.splitlines()
+    assert lines[:2] == ["--- /n (current)", "+++ in.json (new)"]
+    assert lines[2].startswith("JSON changes by path (RFC 6902 JSON Patch, one operation per line")
+    assert [json.loads(line) for line in lines[3:]] == [
+        {"op": "add", "path": "/items/10", "value": {"id": "new"}},
+        {"op": "test", "path": "/items/1235/owner", "value": "a/b~c"},
+        {"op": "replace", "path": "/items/1235/owner", "value": "x"},
+    ]
+    # Without as_json, or when a side is not JSON, the line diff is cut instead.
+    assert "diff cut after" in render_diff(old, new, "a", "b", max_bytes=64 * 1024)
+    assert "diff cut after" in render_diff(old, new[:-1], "a", "b", max_bytes=64 * 1024, as_json=True)
+    same = render_diff(old, json.dumps(json.loads(old), indent=1).encode(), "a", "b", max_bytes=1000, as_json=True)
+    assert same.splitlines()[-1].startswith("(none: the JSON value is the same")
+
+
+def test_render_diff_caps_the_json_changes_too():
+    old = json.dumps([f"a{n}" for n in range(5000)]).encode()
+    new = json.dumps([f"b{n}" for n in range(5000)]).encode()
+    diff = render_diff(old, new, "a", "b", max_lines=10, max_bytes=16 * 1024, as_json=True)
+    assert len(diff.splitlines()) == 3 + 10 + 1
+    assert diff.splitlines()[-1].startswith("... diff cut after 10 of 10000 operations")
+    assert " operations (--full-diff shows everything" in diff.splitlines()[-1]
+
+
+@pytest.mark.timeout(90)
+def test_one_changed_value_in_a_one_line_json_of_megabytes_prints_a_short_diff(tmp_path, config, zk, zk_path):
+    """2 MiB of JSON on one line, one value changed: a few lines by JSON path, not two lines of megabytes."""
+    from livedata.payload import encode
+    from livedata.testing.documents import LIMIT, experiments_json
+    from livedata.writer import DEFAULT_DIFF_BYTES, push
+
+    document = json.loads(experiments_json(2 * 1024 * 1024))
+    old = json.dumps(document, separators=(",", ":")).encode()
+    path = f"{zk_path}/big"
+    zk.create(path, b"")
+    try:
+        push(zk, path, old, "setup", io.StringIO(), stored=encode(old, "auto", LIMIT))
+        document["experiments"][3000]["owner"] = "someone@example.com"
+        (tmp_path / "big.json").write_bytes(json.dumps(document, separators=(",", ":")).encode())
+        result = run_writer(tmp_path, "writer.ini", "big.json", path, "--dry-run")
+        assert result.returncode == 0, result.stderr
+        assert len(result.stdout) < 1000
+        assert '{"op": "replace", "path": "/experiments/3000/owner", "value": "someone@example.com"}' in result.stdout
+        raw = run_writer(tmp_path, "writer.ini", "big.json", path, "--dry-run", "--format", "raw")
+        assert raw.returncode == 0, raw.stderr
+        assert DEFAULT_DIFF_BYTES < len(raw.stdout.encode()) < DEFAULT_DIFF_BYTES + 1000
+        assert "--diff-bytes N more" in raw.stdout
+        small = run_writer(tmp_path, "writer.ini", "big.json", path, "--dry-run", "--format", "raw",
+                           "--diff-bytes", "1 KiB")  # fmt: skip
+        assert len(small.stdout.encode()) < 1024 + 1000
+    finally:
+        zk.delete(path, recursive=True)
+
+
+@pytest.mark.timeout(60)
+def test_a_dry_run_says_so_before_anything_else(tmp_path, config, zk, node):
+    (tmp_path / "input.json").write_bytes(NEW_JSON)
+    result = run_writer(tmp_path, "writer.ini", "input.json", node, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    first = result.stdout.splitlines()[0]
+    assert first == f"Dry run: showing what writing input.json to ZooKeeper {node} would change..."
+    assert "Writing" not in result.stdout
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("source", "extra"),
+    [("-", ["--format", "json"]), ("input", ["--format", "json"]), ("input.JSON", [])],
+)
+def test_format_json_validates_standard_input_and_any_file_name(tmp_path, config, zk, node, source, extra):
+    if source != "-":
+        (tmp_path / source).write_text('{"key": ')
+    result = run_writer(tmp_path, "writer.ini", source, node, *extra, stdin='{"key": ')
+    label = "<stdin>" if source == "-" else source
+    assert_one_line_failure(result, 1, f"{label} is not valid JSON", "(--format raw skips this check)")
+    assert zk.get(node)[0] == OLD_JSON
+
+
+@pytest.mark.timeout(60)
+def test_format_raw_and_auto_write_what_is_not_json(tmp_path, config, zk, node):
+    (tmp_path / "input.json").write_text("not json\n")
+    assert run_writer(tmp_path, "writer.ini", "input.json", node, "--format", "raw").returncode == 0
+    assert run_writer(tmp_path, "writer.ini", "-", node, stdin="plain\n").returncode == 0  # auto: stdin is raw
+    assert zk.get(node)[0] == b"plain\n"
+    result = run_writer(tmp_path, "writer.ini", "-", node, "--format", "yaml")
+    assert_one_line_failure(result, 2, "--format", "invalid choice")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("extra", [[], ["--format", "json"]])
+def test_an_empty_json_file_gets_the_empty_refusal_and_allow_empty_pushes_it(tmp_path, config, zk, node, extra):
+    (tmp_path / "empty.json").write_bytes(b"")
+    refused = run_writer(tmp_path, "writer.ini", "empty.json", node, *extra)
+    assert_one_line_failure(refused, 1, "empty.json is empty and would erase", "--allow-empty")
+    assert zk.get(node)[0] == OLD_JSON
+    allowed = run_writer(tmp_path, "writer.ini", "empty.json", node, "--allow-empty", *extra)
+    assert allowed.returncode == 0, allowed.stderr
+    assert zk.get(node)[0] == b""
+
+
+@pytest.mark.timeout(60)
+def test_messages_and_version_name_the_command_as_typed(tmp_path):
+    """The console script says livedata-write, python -m says livedata.writer, tools/write_node says write_node."""
+    script = os.path.join(os.path.dirname(sys.executable), "livedata-write")
+    commands = {
+        "livedata-write": [script],
+        "livedata.writer": [sys.executable, "-m", "livedata.writer"],
+        "write_node": [str(REPO / "tools" / "write_node")],
+    }
+    for name, command in commands.items():
+        version = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=50)
+        assert (version.returncode, version.stdout) == (0, f"{name} 0.1.0\n"), version.stderr
+        usage = subprocess.run([*command, "only-one-argument"], capture_output=True, text=True, timeout=50)
+        assert usage.returncode == 2 and usage.stderr.startswith(f"{name}: "), usage.stderr
+        missing = subprocess.run([*command, "absent.ini", "x", "/n"], capture_output=True, text=True, timeout=50,
+                                 cwd=tmp_path)  # fmt: skip
+        assert missing.returncode == 2 and missing.stderr.startswith(f"{name}: absent.ini"), missing.stderr

@@ -30,6 +30,7 @@ from livedata.testing.zookeeper import start_standalone, wait_for  # noqa: E402
 DEV_DIR = os.path.join(ROOT, ".dev")
 FILES = os.path.join(DEV_DIR, "files")
 FLAGS = "/livedata-demo/flags"
+SAMPLE = "flags-input.json"  # the input the printed write_node command pushes: yours to edit, kept across runs
 BUMP_INTERVAL = 3.0  # seconds between the demo's own changes
 SHOW_INTERVAL = 0.1  # how often the file is read to show its changes
 
@@ -41,14 +42,19 @@ def shown_path(path: str) -> str:
 
 
 def write_node_hint(address: str) -> str:
-    """Write a writer configuration for this ZooKeeper and a sample input file; return the command using them."""
+    """Write a writer configuration for this ZooKeeper and a sample input file; return the command using them.
+
+    The sample is written only when missing: the user edits it to push their own change, and a restart of
+    tools/dev must not throw that edit away.
+    """
     config = os.path.join(DEV_DIR, "write_node.ini")
     with open(config, "w") as f:
         f.write(f"; written by tools/dev for its throwaway ZooKeeper\n[live-data]\nzookeeper.hosts = {address}\n")
-    sample = os.path.join(DEV_DIR, "flags-input.json")
-    with open(sample, "w") as f:
-        json.dump({"greeting": "hello from write_node", "counter": 100}, f, indent=2)
-        f.write("\n")
+    sample = os.path.join(DEV_DIR, SAMPLE)
+    if not os.path.exists(sample):
+        with open(sample, "w") as f:
+            json.dump({"greeting": "hello from write_node", "counter": 100}, f, indent=2)
+            f.write("\n")
     tool = os.path.join(ROOT, "tools", "write_node")
     return shlex.join([shown_path(tool), shown_path(config), shown_path(sample), FLAGS])
 
@@ -103,6 +109,20 @@ def show_changes(reader: FileWatcher[Any], watcher: subprocess.Popen[bytes], dem
         time.sleep(SHOW_INTERVAL)
 
 
+def reset_dev_dir() -> None:
+    """Start from a clean .dev (a fresh ZooKeeper, no files), but keep the sample input the user may have edited."""
+    os.makedirs(DEV_DIR, exist_ok=True)
+    for name in os.listdir(DEV_DIR):
+        if name == SAMPLE:
+            continue
+        path = os.path.join(DEV_DIR, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+    os.makedirs(os.path.join(DEV_DIR, "files"))
+
+
 def stop_on_signal(signum: int, frame: object) -> None:
     """SIGTERM stops the demo as Ctrl-C does: watcher, client and server in order, nothing left running."""
     raise KeyboardInterrupt
@@ -113,8 +133,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, stop_on_signal)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    shutil.rmtree(DEV_DIR, ignore_errors=True)
-    os.makedirs(FILES)
+    reset_dev_dir()
     print("starting a throwaway ZooKeeper...", flush=True)
     server = start_standalone(os.path.join(DEV_DIR, "zookeeper"))
     try:

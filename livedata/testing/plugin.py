@@ -93,25 +93,27 @@ def _empty_tree(hosts: str) -> None:
 
 @pytest.fixture
 def livedata_watcher(livedata_zookeeper: ZooKeeperServer, tmp_path: Path) -> Iterator[StartWatcher]:
-    """``livedata_watcher(nodes, settings=None, wait=True, timeout=30.0)`` starts a watcher; all stop after the test.
+    """``livedata_watcher(nodes, settings=None, wait=True, timeout=30.0, trees=None)`` starts a watcher.
 
     ``nodes`` maps a name to a znode path, or to that node's settings (``source``, and ``dest``, ``mode``...
-    as in the watcher's INI); files go to ``<tmp_path>/livedata-watcher-<n>/<name>`` unless a ``dest`` is
-    given. ``settings`` adds other ``[live-data]`` keys. With ``wait`` (the default) it returns only once
-    every file matches its node (:meth:`~livedata.testing.RunningWatcher.wait_synced`).
+    as in the watcher's INI); ``trees`` likewise for trees (``format``: ``directory`` or ``json``); either
+    may be left out. Files go to ``<tmp_path>/livedata-watcher-<n>/<name>`` unless a ``dest`` is given.
+    ``settings`` adds other ``[live-data]`` keys. With ``wait`` (the default) it returns only once every
+    file matches its node (:meth:`~livedata.testing.RunningWatcher.wait_synced`). All stop after the test.
     """
     started: list[RunningWatcher] = []
     numbers = itertools.count()
 
     def start(
-        nodes: Mapping[str, NodeSpec],
+        nodes: Mapping[str, NodeSpec] | None = None,
         settings: Mapping[str, object] | None = None,
         wait: bool = True,
         timeout: float = 30.0,
+        trees: Mapping[str, NodeSpec] | None = None,
     ) -> RunningWatcher:
         directory = tmp_path / f"livedata-watcher-{next(numbers)}"
         directory.mkdir()
-        watcher = RunningWatcher(livedata_zookeeper.address, nodes, str(directory), settings)
+        watcher = RunningWatcher(livedata_zookeeper.address, nodes, str(directory), settings, trees=trees)
         started.append(watcher)
         if wait:
             watcher.wait_synced(timeout)
