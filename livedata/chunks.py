@@ -27,7 +27,15 @@ from typing import TYPE_CHECKING, Any
 
 from kazoo.exceptions import NodeExistsError, NoNodeError, RolledBackError, RuntimeInconsistency
 
-from livedata.payload import CHUNK_PREFIX, Envelope, MissingChunkError, PayloadError, Stored, parse
+from livedata.payload import (
+    CHUNK_PREFIX,
+    BadChunkError,
+    Envelope,
+    MissingChunkError,
+    PayloadError,
+    Stored,
+    parse,
+)
 
 if TYPE_CHECKING:
     from kazoo.client import KazooClient
@@ -60,31 +68,64 @@ def chunk_path(path: str, name: str) -> str:
 # --- reading --------------------------------------------------------------------------------------
 
 
-def read_chunks(client: KazooClient, path: str, names: Sequence[str]) -> list[bytes | None]:
-    """Each chunk's bytes (``None`` when missing), requests pipelined so many chunks cost about one round trip."""
-    found: list[bytes | None] = []
+def chunk_sizes(client: KazooClient, path: str, names: Sequence[str]) -> dict[str, int]:
+    """Each chunk's size from its stat (pipelined, about one round trip); :class:`MissingChunkError` if one is gone.
+
+    A stat costs a few dozen bytes whatever the chunk holds: this is how a reader learns what an envelope's
+    chunks add up to before it reads any of them.
+    """
+    sizes: dict[str, int] = {}
     for first in range(0, len(names), _PIPELINE):
-        pending = [client.get_async(chunk_path(path, name)) for name in names[first : first + _PIPELINE]]
-        for result in pending:
+        batch = names[first : first + _PIPELINE]
+        pending = [client.exists_async(chunk_path(path, name)) for name in batch]
+        for name, result in zip(batch, pending):
+            stat = result.get()
+            if stat is None:
+                raise MissingChunkError(name)
+            sizes[name] = int(stat.dataLength)
+    return sizes
+
+
+def read_chunks(client: KazooClient, path: str, envelope: Envelope, sizes: dict[str, int]) -> dict[str, bytes]:
+    """Each distinct chunk's bytes, pipelined; stops at the first chunk that is missing or not the size its stat said.
+
+    With the sizes checked against the envelope first (:meth:`Envelope.check_chunk_sizes`), what is read for
+    one version never exceeds its declared stored size plus one batch of chunks that changed meanwhile.
+    """
+    names = envelope.distinct_chunks
+    tally = envelope.tally()
+    found: dict[str, bytes] = {}
+    for first in range(0, len(names), _PIPELINE):
+        batch = names[first : first + _PIPELINE]
+        pending = [client.get_async(chunk_path(path, name)) for name in batch]
+        for name, result in zip(batch, pending):
             try:
                 data = result.get()[0] or b""
             except NoNodeError:
-                data = None
-            found.append(data)
+                raise MissingChunkError(name) from None
+            if len(data) != sizes[name]:
+                raise BadChunkError(f"chunk {name} holds {len(data):,} bytes, its stat said {sizes[name]:,}")
+            tally.add(name, data)
+            found[name] = data
     return found
 
 
 def decode(client: KazooClient, path: str, node_data: bytes, max_size: int) -> tuple[bytes, Envelope | None]:
-    """Decode one version of the node, reading its chunks; :class:`MissingChunkError` if one is gone."""
+    """Decode one version of the node, reading its chunks; :class:`MissingChunkError` if one is gone.
+
+    Bounded before any chunk is read: the declared size against ``max_size``, then the chunks' sizes (from
+    their stats, each name once) against the declared stored size.
+    """
     envelope = parse(node_data)
     if envelope is None:
         return node_data, None
     envelope.check_size(max_size)
-    chunks = read_chunks(client, path, envelope.chunk_names)
-    for name, chunk in zip(envelope.chunk_names, chunks):
-        if chunk is None:
-            raise MissingChunkError(name)
-    return envelope.decode([chunk for chunk in chunks if chunk is not None], max_size), envelope
+    if not envelope.chunked:
+        return envelope.decode([], max_size), envelope
+    sizes = chunk_sizes(client, path, envelope.distinct_chunks)
+    envelope.check_chunk_sizes(sizes)
+    found = read_chunks(client, path, envelope, sizes)
+    return envelope.decode([found[name] for name in envelope.chunk_names], max_size), envelope
 
 
 def read_decoded(

@@ -10,6 +10,7 @@ from gevent import monkey
 monkey.patch_all()
 
 import json  # noqa: E402 -- after patching, like any gevent program
+import os  # noqa: E402
 import sys  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -19,6 +20,7 @@ from kazoo.protocol.serialization import GetData  # noqa: E402
 from livedata.reads import IDLE, RETRY_FIRST, ReadQueue  # noqa: E402
 from livedata.testing.zookeeper import wait_for  # noqa: E402  (its time.sleep is gevent's now)
 from livedata.zookeeper import zookeeper_client_from_config  # noqa: E402
+from tests.payloads import amplifying, read_bytes_under  # noqa: E402
 
 
 class Item:
@@ -120,9 +122,46 @@ def shared(hosts: str, root: str) -> dict[str, Any]:
             "window": queue.window, "other": other_done, "timeouts": queue.timeouts, "pending": queue.pending()}
 
 
+def amplification(hosts: str, root: str) -> dict[str, Any]:
+    """An envelope declaring 100 KB that lists one 100 KB chunk 2,000 times (the watcher's 1 MiB bound).
+
+    Reports what reading that version cost: requests issued, bytes the server answered under the root's
+    namespace, whether anything is left to retry it; then whether a good write is read again.
+    """
+    client, queue, sink, holder = setup(hosts)
+    queue.max_payload_size = 1024 * 1024
+    port, namespace = int(hosts.rsplit(":", 1)[1]), root.split("/")[1]
+    node_data, chunk_map = amplifying(os.urandom(100_000))
+    path = f"{root}/hostile"
+    client.create(path, b"good", makepath=True)
+    for name, chunk in chunk_map.items():
+        client.create(f"{path}/{name}", chunk)
+    item = Item(path, holder)
+    queue.request(item)
+    wait_for(lambda: sink.data.get(path) == b"good", 20, "the good version")
+    issued, read_before = queue.issued, read_bytes_under(port, namespace)
+    client.set(path, node_data)
+    wait_for(lambda: sink.failures, 60, "the hostile version's failure")
+    report = {
+        "failures": list(sink.failures),
+        "issued": queue.issued - issued,
+        "read_bytes": read_bytes_under(port, namespace) - read_before,
+        "node_bytes": len(node_data),
+        "idle": item.read_state == IDLE,
+        "retries_pending": len(queue._retries),
+        "in_flight": queue.in_flight,
+        "pending": queue.pending(),
+    }
+    client.set(path, b"fixed")
+    wait_for(lambda: sink.data.get(path) == b"fixed", 20, "the next version, read when the node changes")
+    report["recovered"] = True
+    return report
+
+
 def main() -> None:
     scenario, hosts, root = sys.argv[1:4]
-    scenarios = {"wedge": wedge, "wedge-unpipelined": lambda h, r: wedge(h, r, pipelined=False), "shared": shared}
+    scenarios = {"wedge": wedge, "wedge-unpipelined": lambda h, r: wedge(h, r, pipelined=False), "shared": shared,
+                 "amplification": amplification}
     report = scenarios[scenario](hosts, root)
     print(json.dumps(report))
 

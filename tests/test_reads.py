@@ -39,3 +39,15 @@ def test_thousands_of_reads_beside_an_applications_own_bursts(zk_server, zk_path
     assert report["max_in_flight"] <= report["window"], "never more reads outstanding than the window"
     assert report["other"] == [100] * 10, "the application's own requests all completed"
     assert report["timeouts"] == 0 and report["pending"] == 0
+
+
+def test_an_envelope_listing_one_chunk_thousands_of_times_costs_one_chunk_and_is_not_retried(zk_server, zk_path):
+    """What a host reads for one version is bounded by its declared stored size plus one chunk, and a version
+    that is bad for good waits for the node to change: nothing is scheduled to read it again."""
+    report = run_scenario("amplification", zk_server.address, zk_path)
+    assert report["read_bytes"] <= report["node_bytes"] + 2 * 100_000, "at most the stored size plus one chunk"
+    assert report["issued"] <= 2, "the node, then the one chunk's stat: no chunk is fetched at all"
+    assert report["idle"] and report["retries_pending"] == 0 and report["pending"] == 0, "no retry on a timer"
+    assert len(report["failures"]) == 1
+    assert "the chunks listed hold 200,000,000 bytes, header says 100,000" in report["failures"][0]
+    assert report["recovered"]

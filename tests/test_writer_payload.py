@@ -25,11 +25,13 @@ from tests.payloads import (
     BAD_CASES,
     LIMIT,
     MiB,
+    amplifying,
     chunk_children,
     experiments_json,
     incompressible,
     large_data_server,
     put,
+    read_bytes_under,
 )
 from tests.test_writer import assert_one_line_failure, run_writer, secrets_config, write_config
 
@@ -401,3 +403,63 @@ def test_live_node_during_rewrites_sees_only_whole_versions(zk, zk_server, node)
     assert parsed[0] == OLD
     assert all(value in versions for value in parsed[1:])
     assert chunk_children(zk, node) == sorted(encode(versions[-1], "auto", LIMIT).chunks)
+
+
+# --- amplification: what one version costs a reader ---------------------------------------------------
+
+
+def hostile(zk: KazooClient, node: str) -> bytes:
+    """100 KB listed 2,000 times under a declared stored size of 100 KB: the chunk is in place, not the envelope."""
+    node_data, chunk_map = amplifying(incompressible(100_000))
+    for name, chunk in chunk_map.items():
+        zk.create(f"{node}/{name}", chunk)
+    return node_data
+
+
+def namespace_of(path: str) -> str:
+    return path.split("/")[1]
+
+
+@pytest.mark.timeout(60)
+def test_live_node_reads_at_most_the_stored_size_of_an_envelope_listing_one_chunk_thousands_of_times(
+    zk, zk_server, node
+):
+    node_data = hostile(zk, node)
+    app = make_client(zk_server.address)
+    try:
+        with LiveNode(app, node, read_bytes, binary=True, timeout=10, max_payload_size=MiB) as live:
+            before = read_bytes_under(zk_server.client_port, namespace_of(node))
+            zk.set(node, node_data)
+            wait_for(lambda: live._state.error is not None, timeout=60, message="the hostile version to fail")
+            read = read_bytes_under(zk_server.client_port, namespace_of(node)) - before
+            assert live.get_data() == OLD
+    finally:
+        app.stop()
+        app.close()
+    assert read <= len(node_data) + 2 * 100_000, f"read {read:,} bytes for one version"
+    assert "the chunks listed hold 200,000,000 bytes, header says 100,000" in str(live._state.error)
+
+
+@pytest.mark.timeout(60)
+def test_writer_and_reader_read_at_most_the_stored_size_of_an_envelope_listing_one_chunk_thousands_of_times(
+    tmp_path, config, zk, zk_server, node
+):
+    from livedata.reader import ReaderError, read
+
+    zk.set(node, hostile(zk, node))
+    for attempt in ("reader", "writer"):
+        before = read_bytes_under(zk_server.client_port, namespace_of(node))
+        if attempt == "reader":
+            with pytest.raises(ReaderError) as refused:
+                read(zk, node, MAX)
+            problem = str(refused.value)
+        else:
+            current = read_current(zk, node, MAX)
+            assert current.data is None
+            problem = current.problem
+        read_now = read_bytes_under(zk_server.client_port, namespace_of(node)) - before
+        assert read_now <= 2 * len(zk.get(node)[0]) + 2 * 100_000, f"{attempt} read {read_now:,} bytes"
+        assert "the chunks listed hold 200,000,000 bytes, header says 100,000" in problem
+    result = write(tmp_path, node, b"repaired\n")  # and the writer replaces it
+    assert result.returncode == 0, result.stderr
+    assert zk.get(node)[0] == b"repaired\n" and chunk_children(zk, node) == []
