@@ -91,11 +91,15 @@ def test_bad_stored_data_keeps_the_old_file_and_recovers(zk_server, zk, zk_path,
     for path, _ in nodes.values():
         name = path.rsplit("/", 1)[1]
         watcher.wait_for_log(f"{name}: cannot read {path}", timeout=30)
+    output = watcher.output()
     for index, (case, (path, dest)) in enumerate(nodes.items()):
         assert read_bytes(dest) == f"good {index}".encode(), case
         assert read_inode(dest) == inodes[case], f"{case}: the old file must not be replaced"
         name = path.rsplit("/", 1)[1]
-        assert watcher.output().count(f"{name}: cannot read") == 1, f"{case}: logged once, however often retried"
+        assert output.count(f"{name}: cannot read") == 1, f"{case}: logged once, however often retried"
+        line = next(line for line in output.splitlines() if f"{name}: cannot read" in line)
+        assert BAD_CASES[case]()[2] in line, f"{case}: the reason is named: {line}"
+    assert "Traceback" not in output and "internal error" not in output
     assert watcher.alive()
 
     for index, (path, dest) in enumerate(nodes.values()):  # fixing each node (a good write) recovers it

@@ -219,12 +219,14 @@ def test_invalid_json_is_refused_whatever_the_size(tmp_path, config, zk, node):
 
 
 @pytest.mark.timeout(60)
-def test_undecodable_current_data_is_replaced(tmp_path, config, zk, node):
-    node_data, chunk_map, _ = BAD_CASES["hash mismatch"]()
+@pytest.mark.parametrize("case", ["hash mismatch", "deeply nested header"])
+def test_undecodable_current_data_is_replaced(tmp_path, config, zk, node, case):
+    node_data, chunk_map, reason = BAD_CASES[case]()
     put(zk, node, node_data, chunk_map)
     result = write(tmp_path, node, b"repaired\n")
     assert result.returncode == 0, result.stderr
-    assert "cannot be decoded (decoded data does not match its sha256); replacing it." in result.stdout
+    assert "Traceback" not in result.stderr
+    assert "cannot be decoded (" in result.stdout and reason in result.stdout and "); replacing it." in result.stdout
     assert zk.get(node)[0] == b"repaired\n"
 
 
