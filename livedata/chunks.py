@@ -55,6 +55,7 @@ PUBLISH_ATTEMPTS = 3  # publications retried after a concurrent cleanup removed 
 CLEANUP_ATTEMPTS = 3  # cleanups looked at again after the node moved on; what is left goes with the next write
 _DELETES_PER_MULTI = 256  # chunk deletes per transaction (a few dozen bytes each, far below jute.maxbuffer)
 _PIPELINE = 64  # chunk requests in flight at once
+OFF_THE_HUB = 256 * 1024  # envelopes storing or decoding to more are decoded in gevent's thread pool (gevent clients)
 
 
 class ChunkVanishedError(Exception):
@@ -131,11 +132,30 @@ def decode(client: KazooClient, path: str, node_data: bytes, max_size: int) -> t
         return node_data, None
     envelope.check_size(max_size)
     if not envelope.chunked:
-        return envelope.decode([], max_size), envelope
+        return _verify_and_inflate(client, envelope, [], max_size), envelope
     sizes = chunk_sizes(client, path, envelope.distinct_chunks)
     envelope.check_chunk_sizes(sizes)
     found = read_chunks(client, path, envelope, sizes)
-    return envelope.decode([found[name] for name in envelope.chunk_names], max_size), envelope
+    return _verify_and_inflate(client, envelope, [found[name] for name in envelope.chunk_names], max_size), envelope
+
+
+def _verify_and_inflate(client: KazooClient, envelope: Envelope, chunks: list[bytes], max_size: int) -> bytes:
+    """:meth:`Envelope.decode`, in gevent's thread pool when the client runs on gevent and the data is large.
+
+    The decoded size counts, not only the stored one: 64 KB of zlib can inflate to 64 MiB, a second of CPU
+    that, run in a greenlet, would stop the hub (kazoo's pings, every other watch) for all that time.
+    """
+    if max(envelope.stored_size, envelope.size) > OFF_THE_HUB and _on_gevent(client):
+        import gevent
+
+        data: bytes = gevent.get_hub().threadpool.apply(envelope.decode, (chunks, max_size))
+        return data
+    return envelope.decode(chunks, max_size)
+
+
+def _on_gevent(client: KazooClient) -> bool:
+    handler = type(client.handler)
+    return any(cls.__module__ == "kazoo.handlers.gevent" for cls in handler.__mro__)
 
 
 def read_decoded(

@@ -258,19 +258,25 @@ class ChunkTally:
 
 
 def _inflate(parts: Sequence[bytes], size: int) -> bytes:
-    """Inflate a zlib stream spread over ``parts``, never producing more than ``size + 1`` bytes."""
+    """Inflate a zlib stream spread over ``parts``, never producing more than ``size + 1`` bytes.
+
+    The pieces are joined once at the end: a growing buffer would copy itself over and over, holding the
+    GIL (and so the gevent hub, even from the thread pool) each time.
+    """
     inflater = zlib.decompressobj()
-    out = bytearray()
+    out: list[bytes] = []
+    produced = 0
     try:
         for part in parts:
             pending = part
             while pending or not inflater.eof:
                 if inflater.eof:
                     raise BadEnvelopeError("bytes follow the end of the compressed stream")
-                room = min(size + 1 - len(out), _INFLATE_STEP)
+                room = min(size + 1 - produced, _INFLATE_STEP)
                 piece = inflater.decompress(pending, room)
-                out += piece
-                if len(out) > size:
+                out.append(piece)
+                produced += len(piece)
+                if produced > size:
                     raise InflateBombError(size)
                 pending = inflater.unconsumed_tail
                 if not pending and len(piece) < room:
@@ -281,7 +287,7 @@ def _inflate(parts: Sequence[bytes], size: int) -> bytes:
         raise TruncatedError("compressed stream ends early")
     if inflater.unused_data:
         raise BadEnvelopeError("bytes follow the end of the compressed stream")
-    return bytes(out)
+    return b"".join(out)
 
 
 def parse(node_data: bytes) -> Envelope | None:

@@ -67,7 +67,7 @@ DEADLINE_MIN = 10.0  # seconds; the deadline is the larger of this and twice the
 RETRY_FIRST = 0.1
 RETRY_MAX = 30.0
 MAX_PAYLOAD_SIZE = payload.DEFAULT_MAX_PAYLOAD_SIZE  # decoded bytes accepted from one node (watcher.max_payload_size)
-INLINE_DECODE = 256 * 1024  # stored envelopes larger than this are verified and inflated in the thread pool
+INLINE_DECODE = 256 * 1024  # envelopes storing or decoding to more are verified and inflated in the thread pool
 
 DISCONNECTED = (ConnectionLoss, SessionExpiredError, ConnectionClosedError)
 
@@ -511,7 +511,8 @@ class ReadQueue:
         """Verify and inflate; large ones in the thread pool, so the hub keeps serving meanwhile."""
         chunks = [assembly.parts[name] for name in assembly.envelope.chunk_names]
         try:
-            if assembly.envelope.stored_size > INLINE_DECODE:
+            # The decoded size counts: 64 KB of zlib can inflate to 64 MiB, seconds of the hub's time.
+            if max(assembly.envelope.stored_size, assembly.envelope.size) > INLINE_DECODE:
                 data = gevent.get_hub().threadpool.apply(assembly.envelope.decode, (chunks, self.max_payload_size))
             else:
                 data = assembly.envelope.decode(chunks, self.max_payload_size)

@@ -12,6 +12,7 @@ monkey.patch_all()
 import json  # noqa: E402 -- after patching, like any gevent program
 import os  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
@@ -20,7 +21,7 @@ from kazoo.protocol.serialization import GetData  # noqa: E402
 from livedata.reads import IDLE, RETRY_FIRST, ReadQueue  # noqa: E402
 from livedata.testing.zookeeper import wait_for  # noqa: E402  (its time.sleep is gevent's now)
 from livedata.zookeeper import zookeeper_client_from_config  # noqa: E402
-from tests.payloads import amplifying, read_bytes_under  # noqa: E402
+from tests.payloads import amplifying, inflating, read_bytes_under  # noqa: E402
 
 
 class Item:
@@ -158,10 +159,77 @@ def amplification(hosts: str, root: str) -> dict[str, Any]:
     return report
 
 
+def decode_spy() -> list[str]:
+    """Record, for every :meth:`Envelope.decode` from now on, whether it ran in the hub's thread or another."""
+    from gevent import monkey as gevent_monkey
+
+    from livedata.payload import Envelope
+
+    real_ident = gevent_monkey.get_original("threading", "get_ident")
+    hub_thread = real_ident()
+    decoded_in: list[str] = []
+    decode = Envelope.decode
+
+    def watched_decode(self: Envelope, chunks: Any, max_size: int) -> bytes:
+        decoded_in.append("hub" if real_ident() == hub_thread else "thread pool")
+        return decode(self, chunks, max_size)
+
+    Envelope.decode = watched_decode  # type: ignore[method-assign]
+    return decoded_in
+
+
+class Ticker:
+    """A greenlet sleeping 2 ms at a time, recording how long each sleep really took (the hub's stalls)."""
+
+    def __init__(self) -> None:
+        self.gaps: list[float] = []
+        self._running = True
+        self._greenlet = gevent.spawn(self._run)
+
+    def _run(self) -> None:
+        while self._running:
+            started = time.monotonic()
+            gevent.sleep(0.002)
+            self.gaps.append(time.monotonic() - started)
+
+    def longest_ms(self) -> float:
+        longest, self.gaps[:] = max(self.gaps, default=0.0), []
+        return round(longest * 1000, 1)
+
+    def stop(self) -> None:
+        self._running = False
+        self._greenlet.join()
+
+
+def inflate(hosts: str, root: str) -> dict[str, Any]:
+    """An envelope stored in about 64 KB (well under the 256 KiB decoded inline) that inflates to 64 MiB.
+
+    Reports which thread ran the decode and the longest the hub went without running a greenlet that only
+    sleeps 2 ms at a time (what kazoo's pings and every other read wait on), idle and while decoding.
+    """
+    decoded_in = decode_spy()
+    node_data, size = inflating()
+    client, queue, sink, holder = setup(hosts)
+    path = f"{root}/inflating"
+    client.create(path, b"small", makepath=True)
+    item = Item(path, holder)
+    queue.request(item)
+    wait_for(lambda: sink.data.get(path) == b"small", 20, "the small version")
+    ticker = Ticker()
+    gevent.sleep(1.0)  # the same ticker with nothing to decode: what the machine's load alone costs
+    idle = ticker.longest_ms()
+    client.set(path, node_data)
+    wait_for(lambda: len(sink.data.get(path) or b"") == size, 60, "the 64 MiB version")
+    decoding = ticker.longest_ms()
+    ticker.stop()
+    return {"decoded_in": decoded_in, "stored": len(node_data), "max_gap_ms": decoding, "idle_max_gap_ms": idle,
+            "failures": sink.failures}
+
+
 def main() -> None:
     scenario, hosts, root = sys.argv[1:4]
     scenarios = {"wedge": wedge, "wedge-unpipelined": lambda h, r: wedge(h, r, pipelined=False), "shared": shared,
-                 "amplification": amplification}
+                 "amplification": amplification, "inflate": inflate}
     report = scenarios[scenario](hosts, root)
     print(json.dumps(report))
 

@@ -180,6 +180,13 @@ def read_bytes_under(port: int, namespace: str) -> int:
     return 0
 
 
+def inflating(size: int = 64 * MiB) -> tuple[bytes, int]:
+    """A good inline envelope of ``size`` zero bytes stored in about ``size / 1000`` (64 KB for 64 MiB)."""
+    data = bytes(size)
+    body = zlib.compress(data, 9)
+    return envelope(header(data, body), body), size
+
+
 def stays_within(measure: Callable[[], int], bound: int, seconds: float) -> int:
     """Watch ``measure()`` for ``seconds`` (an absence of retries can only be observed over a while) and
     return its largest value, stopping early once it passes ``bound``."""

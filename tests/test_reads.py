@@ -51,3 +51,11 @@ def test_an_envelope_listing_one_chunk_thousands_of_times_costs_one_chunk_and_is
     assert len(report["failures"]) == 1
     assert "the chunks listed hold 200,000,000 bytes, header says 100,000" in report["failures"][0]
     assert report["recovered"]
+
+
+def test_a_small_envelope_inflating_to_megabytes_is_decoded_off_the_hub(zk_server, zk_path):
+    """About 64 KB stored, 64 MiB decoded: the inflate and the hash run in the thread pool, so the hub keeps
+    serving pings and replies meanwhile (inflated in the hub it went 100-300 ms without running a greenlet)."""
+    report = run_scenario("inflate", zk_server.address, zk_path)
+    assert report["failures"] == []
+    assert report["decoded_in"] == ["thread pool"]
