@@ -39,13 +39,18 @@ The API, kept small on purpose:
   once the chunks have been read (the watcher reads them asynchronously).
 * :func:`decode_node` ``(node_data, read_chunk, max_size) -> bytes``: the same in one call for synchronous
   readers; ``read_chunk(name)`` returns the chunk's bytes or ``None`` when the chunk does not exist.
+* :attr:`Envelope.distinct_chunks`, :meth:`Envelope.check_chunk_sizes` ``(sizes)`` and :meth:`Envelope.tally`:
+  read each name once, and never more than the declared stored size (checked from the chunks' stats before
+  reading them, and as they arrive).
 * :meth:`Envelope.check_size` ``(max_size)``: refuse early, before reading chunks; :func:`chunk_name`
   ``(chunk) -> str``: a chunk's child name.  :mod:`livedata.chunks` does the ZooKeeper side (``chunk_path``,
   ``read_decoded`` with the missing-chunk retry, writing and cleaning up).
 
-Every refusal raises a :class:`PayloadError` subclass whose message is one line naming the reason.  Decoding
-is bounded: the declared size is checked against ``max_size`` before any work, and the inflate is streamed
-with ``max_length`` so that a decompression bomb never produces more than the declared size plus one byte.
+Every refusal raises a :class:`PayloadError` subclass whose message is one line naming the reason (a header
+nested too deeply for the JSON parser included).  Decoding is bounded: the declared size is checked against
+``max_size`` before any work, what is read against the declared stored size (a chunk listed 2,000 times is
+read once and counted 2,000 times), and the inflate is streamed with ``max_length`` so that a decompression
+bomb never produces more than the declared size plus one byte.
 
 Only zlib: it is always there, and the node's bytes cross the network once per host while inflating
 5 MiB of JSON takes a few milliseconds, so a faster codec would buy little for an optional dependency.
