@@ -4,15 +4,23 @@
 data or the new data, never a mix, and nothing is left behind:
 
 * Chunks are created first, as children of the node with exactly the node's ACL (read with ``get_acls``).
-  A chunk that already exists holds the same bytes (its name is their sha256), so it is simply reused.
+  A chunk that already exists holds the same bytes (its name is their sha256), so it is reused, its ACL
+  set to the node's when it differs: every chunk an envelope lists carries the node's ACL as of the write,
+  whatever ACL the node had when the chunk was first created.
 * The envelope is published in one multi-op: ``check`` that every chunk it lists exists, then ``set_data``
   at the version the diff was computed from.  So an envelope can never be published pointing at a chunk
   that a concurrent cleanup removed (the transaction fails on that chunk; we re-create it and try again),
   and the version check is the writer's compare-and-set.
-* After a successful write, chunks the new envelope does not list are removed at once (the previous
-  version's, and any left by a writer that died between its chunks and its envelope).
+* After a successful write, chunks the node's current envelope does not list are removed at once (the
+  previous version's, and any left by a writer that died between its chunks and its envelope).
 * After a failed compare-and-set, the chunks this writer created are removed unless the node's current
   envelope lists them (a racing writer with the same content may have reused them).
+* Either removal is one multi that also checks the node is still at the version whose envelope was found
+  not to list those chunks: a writer that publishes meanwhile (a newer envelope, perhaps reusing them)
+  makes it fail, and the cleanup looks again.  "Current" is never a stale read.
+* A reader reads each chunk name once, and first their stats: only when their sizes add up to the stored
+  size the envelope declares does it fetch them (:func:`decode`), so one version never costs a reader more
+  than it declares, however many times its envelope lists a chunk.
 * A reader that finds a chunk missing re-reads the node and starts over from the envelope there
   (:func:`read_decoded`): a missing chunk only means a newer version was published meanwhile.  Only when
   the node still holds the same envelope is the chunk missing for good, and the read fails.  This is why
@@ -25,9 +33,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from kazoo.exceptions import NodeExistsError, NoNodeError, RolledBackError, RuntimeInconsistency
+from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, RolledBackError, RuntimeInconsistency
 
-from livedata.payload import CHUNK_PREFIX, Envelope, MissingChunkError, PayloadError, Stored, parse
+from livedata.payload import (
+    CHUNK_PREFIX,
+    BadChunkError,
+    Envelope,
+    MissingChunkError,
+    PayloadError,
+    Stored,
+    parse,
+)
 
 if TYPE_CHECKING:
     from kazoo.client import KazooClient
@@ -36,7 +52,10 @@ log = logging.getLogger("livedata.chunks")
 
 READ_ATTEMPTS = 3  # envelopes re-read after a missing chunk before it counts as missing for good
 PUBLISH_ATTEMPTS = 3  # publications retried after a concurrent cleanup removed one of our chunks
+CLEANUP_ATTEMPTS = 3  # cleanups looked at again after the node moved on; what is left goes with the next write
+_DELETES_PER_MULTI = 256  # chunk deletes per transaction (a few dozen bytes each, far below jute.maxbuffer)
 _PIPELINE = 64  # chunk requests in flight at once
+OFF_THE_HUB = 256 * 1024  # envelopes storing or decoding to more are decoded in gevent's thread pool (gevent clients)
 
 
 class ChunkVanishedError(Exception):
@@ -60,31 +79,83 @@ def chunk_path(path: str, name: str) -> str:
 # --- reading --------------------------------------------------------------------------------------
 
 
-def read_chunks(client: KazooClient, path: str, names: Sequence[str]) -> list[bytes | None]:
-    """Each chunk's bytes (``None`` when missing), requests pipelined so many chunks cost about one round trip."""
-    found: list[bytes | None] = []
+def chunk_sizes(client: KazooClient, path: str, names: Sequence[str]) -> dict[str, int]:
+    """Each chunk's size from its stat (pipelined, about one round trip); :class:`MissingChunkError` if one is gone.
+
+    A stat costs a few dozen bytes whatever the chunk holds: this is how a reader learns what an envelope's
+    chunks add up to before it reads any of them.
+    """
+    sizes: dict[str, int] = {}
     for first in range(0, len(names), _PIPELINE):
-        pending = [client.get_async(chunk_path(path, name)) for name in names[first : first + _PIPELINE]]
-        for result in pending:
+        batch = names[first : first + _PIPELINE]
+        pending = [client.exists_async(chunk_path(path, name)) for name in batch]
+        for name, result in zip(batch, pending):
+            stat = result.get()
+            if stat is None:
+                raise MissingChunkError(name)
+            sizes[name] = int(stat.dataLength)
+    return sizes
+
+
+def read_chunks(client: KazooClient, path: str, envelope: Envelope, sizes: dict[str, int]) -> dict[str, bytes]:
+    """Each distinct chunk's bytes, pipelined; stops at the first chunk that is missing or not the size its stat said.
+
+    With the sizes checked against the envelope first (:meth:`Envelope.check_chunk_sizes`), what is read for
+    one version never exceeds its declared stored size plus one batch of chunks that changed meanwhile.
+    """
+    names = envelope.distinct_chunks
+    tally = envelope.tally()
+    found: dict[str, bytes] = {}
+    for first in range(0, len(names), _PIPELINE):
+        batch = names[first : first + _PIPELINE]
+        pending = [client.get_async(chunk_path(path, name)) for name in batch]
+        for name, result in zip(batch, pending):
             try:
                 data = result.get()[0] or b""
             except NoNodeError:
-                data = None
-            found.append(data)
+                raise MissingChunkError(name) from None
+            if len(data) != sizes[name]:
+                raise BadChunkError(f"chunk {name} holds {len(data):,} bytes, its stat said {sizes[name]:,}")
+            tally.add(name, data)
+            found[name] = data
     return found
 
 
 def decode(client: KazooClient, path: str, node_data: bytes, max_size: int) -> tuple[bytes, Envelope | None]:
-    """Decode one version of the node, reading its chunks; :class:`MissingChunkError` if one is gone."""
+    """Decode one version of the node, reading its chunks; :class:`MissingChunkError` if one is gone.
+
+    Bounded before any chunk is read: the declared size against ``max_size``, then the chunks' sizes (from
+    their stats, each name once) against the declared stored size.
+    """
     envelope = parse(node_data)
     if envelope is None:
         return node_data, None
     envelope.check_size(max_size)
-    chunks = read_chunks(client, path, envelope.chunk_names)
-    for name, chunk in zip(envelope.chunk_names, chunks):
-        if chunk is None:
-            raise MissingChunkError(name)
-    return envelope.decode([chunk for chunk in chunks if chunk is not None], max_size), envelope
+    if not envelope.chunked:
+        return _verify_and_inflate(client, envelope, [], max_size), envelope
+    sizes = chunk_sizes(client, path, envelope.distinct_chunks)
+    envelope.check_chunk_sizes(sizes)
+    found = read_chunks(client, path, envelope, sizes)
+    return _verify_and_inflate(client, envelope, [found[name] for name in envelope.chunk_names], max_size), envelope
+
+
+def _verify_and_inflate(client: KazooClient, envelope: Envelope, chunks: list[bytes], max_size: int) -> bytes:
+    """:meth:`Envelope.decode`, in gevent's thread pool when the client runs on gevent and the data is large.
+
+    The decoded size counts, not only the stored one: 64 KB of zlib can inflate to 64 MiB, a second of CPU
+    that, run in a greenlet, would stop the hub (kazoo's pings, every other watch) for all that time.
+    """
+    if max(envelope.stored_size, envelope.size) > OFF_THE_HUB and _on_gevent(client):
+        import gevent
+
+        data: bytes = gevent.get_hub().threadpool.apply(envelope.decode, (chunks, max_size))
+        return data
+    return envelope.decode(chunks, max_size)
+
+
+def _on_gevent(client: KazooClient) -> bool:
+    handler = type(client.handler)
+    return any(cls.__module__ == "kazoo.handlers.gevent" for cls in handler.__mro__)
 
 
 def read_decoded(
@@ -115,11 +186,15 @@ def read_decoded(
 
 
 def write_chunks(client: KazooClient, path: str, chunks: dict[str, bytes]) -> list[str]:
-    """Create the chunks that do not exist yet, with the node's ACL; returns the names this call created."""
+    """Create the chunks that do not exist yet, with the node's ACL; returns the names this call created.
+
+    Chunks that exist already are reused with the node's ACL as it is now (see :func:`align_acls`).
+    """
     if not chunks:
         return []
     acl, _ = client.get_acls(path)
     created = []
+    reused = []
     names = list(chunks)
     for first in range(0, len(names), _PIPELINE):
         batch = names[first : first + _PIPELINE]
@@ -129,8 +204,39 @@ def write_chunks(client: KazooClient, path: str, chunks: dict[str, bytes]) -> li
                 result.get()
                 created.append(name)
             except NodeExistsError:
-                pass  # same name, same bytes: reuse it
+                reused.append(name)  # same name, same bytes: reuse it
+    align_acls(client, path, reused, acl)
     return created
+
+
+def align_acls(client: KazooClient, path: str, names: Sequence[str], acl: list[Any]) -> list[str]:
+    """Give these existing chunks exactly ``acl`` (the node's) where theirs differs; returns the names changed.
+
+    A reused chunk keeps the ACL it was created with, which the node may have changed since: widened (a
+    reader granted later gets ``NoAuthError`` on the chunk for good) or tightened (the old readers could
+    still read it).  A chunk gone meanwhile is skipped: the publication's check recreates it.
+    """
+    changed: list[str] = []
+    for first in range(0, len(names), _PIPELINE):
+        batch = names[first : first + _PIPELINE]
+        pending = [client.get_acls_async(chunk_path(path, name)) for name in batch]
+        differing = []
+        for name, result in zip(batch, pending):
+            try:
+                if list(result.get()[0]) != list(acl):
+                    differing.append(name)
+            except NoNodeError:
+                pass
+        updates = [client.set_acls_async(chunk_path(path, name), acl) for name in differing]
+        for name, result in zip(differing, updates):
+            try:
+                result.get()
+                changed.append(name)
+            except NoNodeError:
+                pass
+    if changed:
+        log.debug("%s: set the node's ACL on %d reused chunks", path, len(changed))
+    return changed
 
 
 def publish(client: KazooClient, path: str, stored: Stored, expected_version: int) -> tuple[int, list[str]]:
@@ -176,34 +282,9 @@ def chunk_children(client: KazooClient, path: str) -> list[str]:
     return [name for name in client.get_children(path) if name.startswith(CHUNK_PREFIX)]
 
 
-def referenced(client: KazooClient, path: str) -> set[str]:
-    """The chunks the node's current envelope lists (none when it is plain or unreadable)."""
-    try:
-        data, _ = client.get(path)
-        envelope = parse(data or b"")
-    except (NoNodeError, PayloadError):
-        return set()
-    return set(envelope.chunk_names) if envelope is not None else set()
-
-
-def remove_chunks(client: KazooClient, path: str, names: Iterable[str]) -> list[str]:
-    """Delete these chunks (already gone is fine); returns the names actually deleted."""
-    names = list(names)
-    pending = [client.delete_async(chunk_path(path, name)) for name in names]
-    removed = []
-    for name, result in zip(names, pending):
-        try:
-            result.get()
-            removed.append(name)
-        except NoNodeError:
-            pass
-    return removed
-
-
-def remove_unreferenced(client: KazooClient, path: str, keep: Iterable[str]) -> list[str]:
-    """After a successful write: delete every chunk child that ``keep`` (the new envelope's list) lacks."""
-    wanted = set(keep)
-    return remove_chunks(client, path, [name for name in chunk_children(client, path) if name not in wanted])
+def remove_unreferenced(client: KazooClient, path: str) -> list[str]:
+    """After a successful write: delete every chunk child that the node's current envelope does not list."""
+    return _remove_unlisted(client, path, None)
 
 
 def remove_orphans(client: KazooClient, path: str, created: Iterable[str]) -> list[str]:
@@ -211,5 +292,49 @@ def remove_orphans(client: KazooClient, path: str, created: Iterable[str]) -> li
     created = set(created)
     if not created:
         return []
-    in_use = referenced(client, path)
-    return remove_chunks(client, path, sorted(created - in_use))
+    return _remove_unlisted(client, path, created)
+
+
+def _remove_unlisted(client: KazooClient, path: str, only: set[str] | None) -> list[str]:
+    """Delete the chunk children (of ``only``, if given) that the node's envelope does not list, each multi
+    checking the node is still at the version that envelope was read at; looked at again when it moved on.
+
+    Nothing is removed while the node holds data that does not parse (it may list chunks in a form this
+    version cannot read), nor once the node is gone (its chunks went with it).
+    """
+    removed: list[str] = []
+    for _ in range(CLEANUP_ATTEMPTS):
+        try:
+            data, stat = client.get(path)
+            names = chunk_children(client, path)
+        except NoNodeError:
+            return removed
+        try:
+            envelope = parse(data or b"")
+        except PayloadError as e:
+            log.debug("%s: leaving its chunks alone: its data does not parse (%s)", path, e)
+            return removed
+        listed = set(envelope.chunk_names) if envelope is not None else set()
+        doomed = [name for name in names if name not in listed and (only is None or name in only)]
+        if _delete_at_version(client, path, doomed, int(stat.version), removed):
+            return removed
+        log.debug("%s: moved on during the cleanup of its chunks; looking again", path)
+    log.debug("%s: still moving; leaving what is left of its old chunks to the next write", path)
+    return removed
+
+
+def _delete_at_version(client: KazooClient, path: str, names: list[str], version: int, removed: list[str]) -> bool:
+    """Delete ``names`` in multis that check ``path`` is at ``version``; False if one failed for a change."""
+    for first in range(0, len(names), _DELETES_PER_MULTI):
+        batch = names[first : first + _DELETES_PER_MULTI]
+        transaction = client.transaction()
+        transaction.check(path, version)
+        for name in batch:
+            transaction.delete(chunk_path(path, name))
+        cause, _ = _first_failure(transaction.commit())
+        if isinstance(cause, (BadVersionError, NoNodeError)):
+            return False  # a new version was published, or a chunk (or the node) went meanwhile
+        if cause is not None:
+            raise cause
+        removed += batch
+    return True

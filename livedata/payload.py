@@ -39,13 +39,18 @@ The API, kept small on purpose:
   once the chunks have been read (the watcher reads them asynchronously).
 * :func:`decode_node` ``(node_data, read_chunk, max_size) -> bytes``: the same in one call for synchronous
   readers; ``read_chunk(name)`` returns the chunk's bytes or ``None`` when the chunk does not exist.
+* :attr:`Envelope.distinct_chunks`, :meth:`Envelope.check_chunk_sizes` ``(sizes)`` and :meth:`Envelope.tally`:
+  read each name once, and never more than the declared stored size (checked from the chunks' stats before
+  reading them, and as they arrive).
 * :meth:`Envelope.check_size` ``(max_size)``: refuse early, before reading chunks; :func:`chunk_name`
   ``(chunk) -> str``: a chunk's child name.  :mod:`livedata.chunks` does the ZooKeeper side (``chunk_path``,
   ``read_decoded`` with the missing-chunk retry, writing and cleaning up).
 
-Every refusal raises a :class:`PayloadError` subclass whose message is one line naming the reason.  Decoding
-is bounded: the declared size is checked against ``max_size`` before any work, and the inflate is streamed
-with ``max_length`` so that a decompression bomb never produces more than the declared size plus one byte.
+Every refusal raises a :class:`PayloadError` subclass whose message is one line naming the reason (a header
+nested too deeply for the JSON parser included).  Decoding is bounded: the declared size is checked against
+``max_size`` before any work, what is read against the declared stored size (a chunk listed 2,000 times is
+read once and counted 2,000 times), and the inflate is streamed with ``max_length`` so that a decompression
+bomb never produces more than the declared size plus one byte.
 
 Only zlib: it is always there, and the node's bytes cross the network once per host while inflating
 5 MiB of JSON takes a few milliseconds, so a faster codec would buy little for an optional dependency.
@@ -56,7 +61,8 @@ import hashlib
 import json
 import struct
 import zlib
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +75,7 @@ __all__ = [
     "VERSION",
     "BadChunkError",
     "BadEnvelopeError",
+    "ChunkTally",
     "DecodedTooLargeError",
     "Envelope",
     "HashMismatchError",
@@ -167,6 +174,27 @@ class Envelope:
     def chunked(self) -> bool:
         return bool(self.chunk_names)
 
+    @property
+    def distinct_chunks(self) -> list[str]:
+        """Each chunk name once, in order of first use: a name listed twice is read once (its bytes are the same)."""
+        return list(dict.fromkeys(self.chunk_names))
+
+    def check_chunk_sizes(self, sizes: Mapping[str, int]) -> None:
+        """Before reading any chunk: the sizes of the chunks (``name -> bytes``, from their stats) must add up,
+        counting each name as often as it is listed, to the declared stored size.
+
+        This is what bounds what a reader fetches for one version by the ``stored`` it declares, however many
+        times an envelope lists a chunk and however big the chunks it names.
+        """
+        total = sum(sizes[name] for name in self.chunk_names)
+        if total != self.stored_size:
+            error = TruncatedError if total < self.stored_size else BadEnvelopeError
+            raise error(f"the chunks listed hold {total:,} bytes, header says {self.stored_size:,}")
+
+    def tally(self) -> ChunkTally:
+        """A running count of the bytes read, for readers that check as they go (see :class:`ChunkTally`)."""
+        return ChunkTally(self)
+
     def to_bytes(self) -> bytes:
         """The node data for this envelope (the inverse of :func:`parse`)."""
         header = {
@@ -193,9 +221,13 @@ class Envelope:
         self.check_size(max_size)
         if len(chunks) != len(self.chunk_names):
             raise BadEnvelopeError(f"{len(self.chunk_names)} chunks listed but {len(chunks)} given")
+        verified: dict[str, bytes] = {}
         for name, chunk in zip(self.chunk_names, chunks):
+            if verified.get(name) is chunk:
+                continue  # the same chunk listed again: hashed once
             if chunk_name(chunk) != name:
                 raise BadChunkError(f"chunk {name} holds other bytes (sha256 {chunk_name(chunk)[len(CHUNK_PREFIX):]})")
+            verified[name] = chunk
         parts = list(chunks) if self.chunk_names else [self.inline]
         stored = sum(len(part) for part in parts)
         if stored != self.stored_size:
@@ -209,20 +241,47 @@ class Envelope:
         return data
 
 
+class ChunkTally:
+    """The bytes of one version's chunks as they arrive: never more than the declared stored size.
+
+    Each name counts as often as the envelope lists it, so a reader that stops at the first refusal has read
+    at most the stored size plus one chunk, whatever the envelope lists.
+    """
+
+    def __init__(self, envelope: Envelope) -> None:
+        self._envelope = envelope
+        self._listed = Counter(envelope.chunk_names)
+        self.total = 0
+
+    def add(self, name: str, chunk: bytes) -> None:
+        """Count a chunk just read; :class:`BadEnvelopeError` once the chunks outgrow the stored size."""
+        self.total += len(chunk) * self._listed[name]
+        if self.total > self._envelope.stored_size:
+            raise BadEnvelopeError(
+                f"the chunks listed hold more than the {self._envelope.stored_size:,} bytes the header says"
+            )
+
+
 def _inflate(parts: Sequence[bytes], size: int) -> bytes:
-    """Inflate a zlib stream spread over ``parts``, never producing more than ``size + 1`` bytes."""
+    """Inflate a zlib stream spread over ``parts``, never producing more than ``size + 1`` bytes.
+
+    The pieces are joined once at the end: a growing buffer would copy itself over and over, holding the
+    GIL (and so the gevent hub, even from the thread pool) each time.
+    """
     inflater = zlib.decompressobj()
-    out = bytearray()
+    out: list[bytes] = []
+    produced = 0
     try:
         for part in parts:
             pending = part
             while pending or not inflater.eof:
                 if inflater.eof:
                     raise BadEnvelopeError("bytes follow the end of the compressed stream")
-                room = min(size + 1 - len(out), _INFLATE_STEP)
+                room = min(size + 1 - produced, _INFLATE_STEP)
                 piece = inflater.decompress(pending, room)
-                out += piece
-                if len(out) > size:
+                out.append(piece)
+                produced += len(piece)
+                if produced > size:
                     raise InflateBombError(size)
                 pending = inflater.unconsumed_tail
                 if not pending and len(piece) < room:
@@ -233,7 +292,7 @@ def _inflate(parts: Sequence[bytes], size: int) -> bytes:
         raise TruncatedError("compressed stream ends early")
     if inflater.unused_data:
         raise BadEnvelopeError("bytes follow the end of the compressed stream")
-    return bytes(out)
+    return b"".join(out)
 
 
 def parse(node_data: bytes) -> Envelope | None:
@@ -252,6 +311,8 @@ def parse(node_data: bytes) -> Envelope | None:
         header = json.loads(node_data[_PREFIX.size : end].decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise BadEnvelopeError(f"header is not JSON: {e}") from None
+    except RecursionError:
+        raise BadEnvelopeError("header is not JSON: nested too deeply") from None
     if not isinstance(header, dict):
         raise BadEnvelopeError("header is not a JSON object")
     envelope = Envelope(
@@ -266,6 +327,9 @@ def parse(node_data: bytes) -> Envelope | None:
         raise BadEnvelopeError("both chunks and an inline body")
     if envelope.stored_size > envelope.size + envelope.size // 1000 + 64:
         raise BadEnvelopeError(f"stored size {envelope.stored_size:,} is implausible for {envelope.size:,} bytes")
+    distinct = len(envelope.distinct_chunks)
+    if distinct > envelope.stored_size:
+        raise BadEnvelopeError(f"{distinct:,} distinct chunks cannot hold {envelope.stored_size:,} stored bytes")
     return envelope
 
 
@@ -309,19 +373,22 @@ def decode_node(node_data: bytes, read_chunk: Callable[[str], bytes | None], max
     """The decoded data of a node: plain data as is, an envelope verified and inflated.
 
     ``read_chunk(name)`` returns a chunk's bytes, or ``None`` when it does not exist; chunks are only read
-    once the declared size has passed ``max_size``.
+    once the declared size has passed ``max_size``, each name once, and reading stops as soon as they hold
+    more than the declared stored size.
     """
     envelope = parse(node_data)
     if envelope is None:
         return node_data
     envelope.check_size(max_size)
-    chunks = []
-    for name in envelope.chunk_names:
+    found: dict[str, bytes] = {}
+    tally = envelope.tally()
+    for name in envelope.distinct_chunks:  # each name read once, and no more once past the stored size
         chunk = read_chunk(name)
         if chunk is None:
             raise MissingChunkError(name)
-        chunks.append(chunk)
-    return envelope.decode(chunks, max_size)
+        tally.add(name, chunk)
+        found[name] = chunk
+    return envelope.decode([found[name] for name in envelope.chunk_names], max_size)
 
 
 # --- encoding -----------------------------------------------------------------------------------

@@ -30,16 +30,20 @@ queue follows up with *exists with a watch* (a failed get leaves no watch),
 and when that finds the node created meanwhile, with another get.  Data in
 livedata's stored format (:mod:`livedata.payload`) is decoded here, so every
 sink receives the application's bytes: a chunked node's chunks are read
-through the same window (no watch: chunks never change), then verified and
-inflated (in gevent's thread pool when large).  A missing chunk sends the
-read back to the node, whose envelope a writer may just have replaced; a
-chunk still missing under the same envelope, like any bad stored data, is a
-read failure.  Results go to a :class:`ReadSink`.
+through the same window (no watch: chunks never change), each name once,
+their stats first so that nothing is fetched unless the chunks add up to the
+stored size the envelope declares, then verified and inflated (in gevent's
+thread pool when large).  A missing chunk sends the read back to the node,
+whose envelope a writer may just have replaced; a chunk still missing under
+the same envelope, like any bad stored data, is a read failure of that
+version, which is not read again until the node changes (its watch) or a
+resync: bad data is never re-fetched on a timer.  Results go to a
+:class:`ReadSink`.
 
-A failed read is retried with backoff, one pending retry per item.  An item
-that says ``retry_on_change`` (a tree's child, which must not hold its tree
-back) is not retried on its own: the queue leaves an *exists* watch on it
-(which needs no read permission) and reports it settled; it is read again
+Other failed reads are retried with backoff, one pending retry per item.  An
+item that says ``retry_on_change`` (a tree's child, which must not hold its
+tree back) is not retried on its own: the queue leaves an *exists* watch on
+it (which needs no read permission) and reports it settled; it is read again
 when that watch fires, or when its owner asks (:meth:`ReadQueue.request_at`
 after a new listing, a resync).
 """
@@ -60,7 +64,7 @@ from kazoo.exceptions import ConnectionClosedError, ConnectionLoss, NoAuthError,
 from kazoo.protocol.states import Callback, KazooState, ZnodeStat
 
 from livedata import payload
-from livedata.payload import Envelope, MissingChunkError, PayloadError
+from livedata.payload import BadChunkError, ChunkTally, Envelope, MissingChunkError, PayloadError
 
 log = logging.getLogger("livedata.reads")
 
@@ -70,13 +74,13 @@ DEADLINE_MIN = 10.0  # seconds; the deadline is the larger of this and twice the
 RETRY_FIRST = 0.1
 RETRY_MAX = 30.0
 MAX_PAYLOAD_SIZE = payload.DEFAULT_MAX_PAYLOAD_SIZE  # decoded bytes accepted from one node (watcher.max_payload_size)
-INLINE_DECODE = 256 * 1024  # stored envelopes larger than this are verified and inflated in the thread pool
+INLINE_DECODE = 256 * 1024  # envelopes storing or decoding to more are verified and inflated in the thread pool
 
 DISCONNECTED = (ConnectionLoss, SessionExpiredError, ConnectionClosedError)
 
 # An item's read state (an int in a slot: there may be 50,000 items).
 IDLE, QUEUED, GETTING, CHECKING, WAITING = range(5)
-GET, EXISTS, CHUNK, DECODE = "get", "exists", "chunk", "decode"
+GET, EXISTS, SIZE, CHUNK, DECODE = "get", "exists", "size", "chunk", "decode"
 WATCH = "watch"  # exists with a watch after a failed read of a retry_on_change item: its change re-reads it
 
 
@@ -115,17 +119,26 @@ class ReadSink(Protocol):
 
 @dataclass
 class _Assembly:
-    """A chunked node being read: its envelope, and the chunks that have arrived so far."""
+    """A chunked node being read: its envelope, the chunks' sizes, then the chunks that have arrived so far.
+
+    Each distinct chunk name is read once (``names``).  Their stats come first: only once the sizes add up
+    to the stored size the envelope declares are the chunks themselves read, each checked against its
+    stat and the running total (``tally``) as it arrives, so one version never costs more than it declares.
+    """
 
     envelope: Envelope
     node_data: bytes
     stat: ZnodeStat
-    parts: list[bytes | None]
-    missing: int
+    names: list[str]
+    sizes: dict[str, int]
+    parts: dict[str, bytes]
+    tally: ChunkTally
+    missing: int  # stats, then chunks, still to arrive
 
     @classmethod
     def start(cls, envelope: Envelope, node_data: bytes, stat: ZnodeStat) -> _Assembly:
-        return cls(envelope, node_data, stat, [None] * len(envelope.chunk_names), len(envelope.chunk_names))
+        names = envelope.distinct_chunks
+        return cls(envelope, node_data, stat, names, {}, {}, envelope.tally(), len(names))
 
 
 @dataclass
@@ -270,11 +283,12 @@ class ReadQueue:
             self._maybe_idle()
 
     def _send(self, item: Readable, op: str, part: tuple[_Assembly, int] | None) -> None:
-        if op == CHUNK:
+        if op in (SIZE, CHUNK):
             assert part is not None
             assembly, index = part
-            name = assembly.envelope.chunk_names[index]
-            result = self.client.get_async(f"{item.path.rstrip('/')}/{name}")  # no watch: chunks never change
+            chunk = f"{item.path.rstrip('/')}/{assembly.names[index]}"
+            # No watch: chunks never change.
+            result = self.client.exists_async(chunk) if op == SIZE else self.client.get_async(chunk)
             request = _Request(item, op, time.monotonic(), result, assembly, index)
         elif op == WATCH:
             item.read_state = CHECKING  # a change meanwhile (reread) is read once the watch is in place
@@ -375,7 +389,9 @@ class ReadQueue:
         if len(self._in_flight) <= self.window // 2:
             self._wake.set()  # room for a new slice of the queue; waking on every reply would cost a switch each
         try:
-            if request.op == CHUNK:
+            if request.op == SIZE:
+                self._size_arrived(request, result)
+            elif request.op == CHUNK:
                 self._chunk_arrived(request, result)
             else:
                 self._handle(request.item, request.op, result)
@@ -452,6 +468,20 @@ class ReadQueue:
         self._assembling.pop(id(item), None)
         self._missing_under.pop(id(item), None)
 
+    def _fail_for_good(self, item: Any, error: PayloadError) -> None:
+        """Bad stored data: this version is not read again, on no timer; the node's watch (armed by the get
+        that delivered it) or a resync brings the next one.  Changed while being read: read it now."""
+        if getattr(item, "retry_on_change", False):
+            self._fail(item, error)  # a tree's child: settled behind its watch, never holding its tree back
+            return
+        self._assembling.pop(id(item), None)
+        reread = item.reread
+        item.read_state = IDLE
+        item.reread = False
+        self.sink.read_failed(item, describe(error))
+        if reread and item.active:
+            self._enqueue(item, GET)
+
     # --- decoding livedata's stored format --------------------------------------------------------
 
     def _got(self, item: Any, data: bytes, stat: ZnodeStat) -> None:
@@ -461,7 +491,7 @@ class ReadQueue:
             if envelope is not None:
                 envelope.check_size(self.max_payload_size)
         except PayloadError as e:
-            self._fail(item, e)
+            self._fail_for_good(item, e)
             return
         if envelope is None:
             self._deliver(item, data, stat)
@@ -470,7 +500,35 @@ class ReadQueue:
         self._assembling[id(item)] = assembly
         if not envelope.chunked:
             self._enqueue_part(item, DECODE, assembly)
-        for index in range(len(envelope.chunk_names)):
+        for index in range(len(assembly.names)):
+            self._enqueue_part(item, SIZE, assembly, index)
+
+    def _size_arrived(self, request: _Request, result: Any) -> None:
+        """A chunk's stat: once all are in and add up to the declared stored size, the chunks are read."""
+        item, assembly = request.item, request.assembly
+        assert assembly is not None
+        if not item.active:
+            self._drop(item)
+            return
+        if self._assembling.get(id(item)) is not assembly:
+            return  # given up meanwhile (disconnection, newer envelope)
+        if not result.successful():
+            self._chunk_failed(item, assembly, request.index, result.exception)
+            return
+        if result.value is None:
+            self._chunk_failed(item, assembly, request.index, NoNodeError())
+            return
+        assembly.sizes[assembly.names[request.index]] = int(result.value.dataLength)
+        assembly.missing -= 1
+        if assembly.missing:
+            return
+        try:
+            assembly.envelope.check_chunk_sizes(assembly.sizes)
+        except PayloadError as e:
+            self._fail_for_good(item, e)
+            return
+        assembly.missing = len(assembly.names)
+        for index in range(len(assembly.names)):
             self._enqueue_part(item, CHUNK, assembly, index)
 
     def _chunk_arrived(self, request: _Request, result: Any) -> None:
@@ -481,20 +539,31 @@ class ReadQueue:
             return
         if self._assembling.get(id(item)) is not assembly:
             return  # given up meanwhile (disconnection, newer envelope)
-        if result.successful():
-            assembly.parts[request.index] = result.value[0] or b""
-            assembly.missing -= 1
-            if assembly.missing == 0:
-                self._enqueue_part(item, DECODE, assembly)
+        if not result.successful():
+            self._chunk_failed(item, assembly, request.index, result.exception)
             return
+        name = assembly.names[request.index]
+        chunk = result.value[0] or b""
+        try:
+            if len(chunk) != assembly.sizes[name]:
+                raise BadChunkError(f"chunk {name} holds {len(chunk):,} bytes, its stat said {assembly.sizes[name]:,}")
+            assembly.tally.add(name, chunk)
+        except PayloadError as e:
+            self._fail_for_good(item, e)  # what is still queued for this version is dropped with it
+            return
+        assembly.parts[name] = chunk
+        assembly.missing -= 1
+        if assembly.missing == 0:
+            self._enqueue_part(item, DECODE, assembly)
+
+    def _chunk_failed(self, item: Any, assembly: _Assembly, index: int, error: BaseException) -> None:
         del self._assembling[id(item)]
-        error = result.exception
         if isinstance(error, DISCONNECTED):
             self._enqueue(item, GET)
         elif isinstance(error, NoNodeError):
-            name = assembly.envelope.chunk_names[request.index]
+            name = assembly.names[index]
             if self._missing_under.get(id(item)) == assembly.node_data:
-                self._fail(item, MissingChunkError(name))  # the same envelope, and the chunk still missing
+                self._fail_for_good(item, MissingChunkError(name))  # the same envelope, the chunk still missing
             else:
                 # A writer replaces an envelope, then removes the chunks only the old one used: read the node again.
                 self._missing_under[id(item)] = assembly.node_data
@@ -504,9 +573,10 @@ class ReadQueue:
 
     def _decode(self, item: Any, assembly: _Assembly) -> None:
         """Verify and inflate; large ones in the thread pool, so the hub keeps serving meanwhile."""
-        chunks = [part or b"" for part in assembly.parts]
+        chunks = [assembly.parts[name] for name in assembly.envelope.chunk_names]
         try:
-            if assembly.envelope.stored_size > INLINE_DECODE:
+            # The decoded size counts: 64 KB of zlib can inflate to 64 MiB, seconds of the hub's time.
+            if max(assembly.envelope.stored_size, assembly.envelope.size) > INLINE_DECODE:
                 data = gevent.get_hub().threadpool.apply(assembly.envelope.decode, (chunks, self.max_payload_size))
             else:
                 data = assembly.envelope.decode(chunks, self.max_payload_size)
@@ -514,7 +584,7 @@ class ReadQueue:
             if not item.active:
                 self._drop(item)
             elif self._assembling.get(id(item)) is assembly:
-                self._fail(item, e)
+                self._fail_for_good(item, e)
             return
         if not item.active:
             self._drop(item)

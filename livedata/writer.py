@@ -513,7 +513,7 @@ def _remove_old_chunks(client: KazooClient, path: str, stored: Stored) -> None:
     from livedata.chunks import remove_unreferenced
 
     try:
-        removed = remove_unreferenced(client, path, stored.chunks)
+        removed = remove_unreferenced(client, path)
     except KazooException as e:
         log.warning("%s: written, but old chunks could not be removed: %s %s", path, type(e).__name__, e)
         return

@@ -117,8 +117,31 @@ def restart() -> dict[str, Any]:
         shutil.rmtree(server.directory, ignore_errors=True)
 
 
+def inflate(hosts: str, node: str) -> dict[str, Any]:
+    """LiveNode on a gevent client meets an envelope of about 64 KB that inflates to 64 MiB (see gevent_reads)."""
+    from tests.gevent_reads import Ticker, decode_spy
+    from tests.payloads import inflating
+
+    decoded_in = decode_spy()
+    node_data, size = inflating()
+    client = zookeeper_client_from_config(None, {"zookeeper.hosts": hosts})
+    client.start(timeout=30)
+    client.create(node, b"small", makepath=True)
+    live = LiveNode(client, node, lambda f: f.read(), binary=True, timeout=30)
+    ticker = Ticker()
+    gevent.sleep(1.0)
+    idle = ticker.longest_ms()
+    client.set(node, node_data)
+    wait_for(lambda: len(live.get_data()) == size, 60, "the 64 MiB version")
+    decoding = ticker.longest_ms()
+    ticker.stop()
+    return {"decoded_in": decoded_in, "max_gap_ms": decoding, "idle_max_gap_ms": idle}
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "basic":
         print(json.dumps(basic(sys.argv[2], sys.argv[3])))
+    elif sys.argv[1] == "inflate":
+        print(json.dumps(inflate(sys.argv[2], sys.argv[3])))
     else:
         print(json.dumps(restart()))

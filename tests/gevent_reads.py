@@ -10,7 +10,9 @@ from gevent import monkey
 monkey.patch_all()
 
 import json  # noqa: E402 -- after patching, like any gevent program
+import os  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
 from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
@@ -19,7 +21,7 @@ from kazoo.protocol.serialization import GetData  # noqa: E402
 from livedata.reads import IDLE, RETRY_FIRST, ReadQueue  # noqa: E402
 from livedata.testing.zookeeper import wait_for  # noqa: E402  (its time.sleep is gevent's now)
 from livedata.zookeeper import zookeeper_client_from_config  # noqa: E402
-from tests.payloads import chunked, incompressible, put  # noqa: E402
+from tests.payloads import amplifying, chunked, incompressible, inflating, put, read_bytes_under  # noqa: E402
 
 
 class Item:
@@ -201,13 +203,115 @@ def missing_chunk_forgotten(hosts: str, root: str) -> dict[str, Any]:
     queue.forget(item)
     return {"remembered": remembered, "left": len(queue._missing_under), "failures": sink.failures}
 
+def amplification(hosts: str, root: str) -> dict[str, Any]:
+    """An envelope declaring 100 KB that lists one 100 KB chunk 2,000 times (the watcher's 1 MiB bound).
+
+    Reports what reading that version cost: requests issued, bytes the server answered under the root's
+    namespace, whether anything is left to retry it; then whether a good write is read again.
+    """
+    client, queue, sink, holder = setup(hosts)
+    queue.max_payload_size = 1024 * 1024
+    port, namespace = int(hosts.rsplit(":", 1)[1]), root.split("/")[1]
+    node_data, chunk_map = amplifying(os.urandom(100_000))
+    path = f"{root}/hostile"
+    client.create(path, b"good", makepath=True)
+    for name, chunk in chunk_map.items():
+        client.create(f"{path}/{name}", chunk)
+    item = Item(path, holder)
+    queue.request(item)
+    wait_for(lambda: sink.data.get(path) == b"good", 20, "the good version")
+    issued, read_before = queue.issued, read_bytes_under(port, namespace)
+    client.set(path, node_data)
+    wait_for(lambda: sink.failures, 60, "the hostile version's failure")
+    report = {
+        "failures": list(sink.failures),
+        "issued": queue.issued - issued,
+        "read_bytes": read_bytes_under(port, namespace) - read_before,
+        "node_bytes": len(node_data),
+        "idle": item.read_state == IDLE,
+        "retries_pending": len(queue._retries),
+        "in_flight": queue.in_flight,
+        "pending": queue.pending(),
+    }
+    client.set(path, b"fixed")
+    wait_for(lambda: sink.data.get(path) == b"fixed", 20, "the next version, read when the node changes")
+    report["recovered"] = True
+    return report
+
+
+def decode_spy() -> list[str]:
+    """Record, for every :meth:`Envelope.decode` from now on, whether it ran in the hub's thread or another."""
+    from gevent import monkey as gevent_monkey
+
+    from livedata.payload import Envelope
+
+    real_ident = gevent_monkey.get_original("threading", "get_ident")
+    hub_thread = real_ident()
+    decoded_in: list[str] = []
+    decode = Envelope.decode
+
+    def watched_decode(self: Envelope, chunks: Any, max_size: int) -> bytes:
+        decoded_in.append("hub" if real_ident() == hub_thread else "thread pool")
+        return decode(self, chunks, max_size)
+
+    Envelope.decode = watched_decode  # type: ignore[method-assign]
+    return decoded_in
+
+
+class Ticker:
+    """A greenlet sleeping 2 ms at a time, recording how long each sleep really took (the hub's stalls)."""
+
+    def __init__(self) -> None:
+        self.gaps: list[float] = []
+        self._running = True
+        self._greenlet = gevent.spawn(self._run)
+
+    def _run(self) -> None:
+        while self._running:
+            started = time.monotonic()
+            gevent.sleep(0.002)
+            self.gaps.append(time.monotonic() - started)
+
+    def longest_ms(self) -> float:
+        longest, self.gaps[:] = max(self.gaps, default=0.0), []
+        return round(longest * 1000, 1)
+
+    def stop(self) -> None:
+        self._running = False
+        self._greenlet.join()
+
+
+def inflate(hosts: str, root: str) -> dict[str, Any]:
+    """An envelope stored in about 64 KB (well under the 256 KiB decoded inline) that inflates to 64 MiB.
+
+    Reports which thread ran the decode and the longest the hub went without running a greenlet that only
+    sleeps 2 ms at a time (what kazoo's pings and every other read wait on), idle and while decoding.
+    """
+    decoded_in = decode_spy()
+    node_data, size = inflating()
+    client, queue, sink, holder = setup(hosts)
+    path = f"{root}/inflating"
+    client.create(path, b"small", makepath=True)
+    item = Item(path, holder)
+    queue.request(item)
+    wait_for(lambda: sink.data.get(path) == b"small", 20, "the small version")
+    ticker = Ticker()
+    gevent.sleep(1.0)  # the same ticker with nothing to decode: what the machine's load alone costs
+    idle = ticker.longest_ms()
+    client.set(path, node_data)
+    wait_for(lambda: len(sink.data.get(path) or b"") == size, 60, "the 64 MiB version")
+    decoding = ticker.longest_ms()
+    ticker.stop()
+    return {"decoded_in": decoded_in, "stored": len(node_data), "max_gap_ms": decoding, "idle_max_gap_ms": idle,
+            "failures": sink.failures}
+
 
 def main() -> None:
     scenario, hosts, root = sys.argv[1:4]
     scenarios = {
         "wedge": wedge, "wedge-unpipelined": lambda h, r: wedge(h, r, pipelined=False), "shared": shared,
         "removed-mid-read": removed_mid_read, "removed-while-decoding": removed_while_decoding,
-        "missing-chunk-forgotten": missing_chunk_forgotten,
+        "missing-chunk-forgotten": missing_chunk_forgotten, "amplification": amplification, "inflate": inflate,
     }  # fmt: skip
     report = scenarios[scenario](hosts, root)
     print(json.dumps(report))

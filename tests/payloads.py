@@ -10,6 +10,7 @@ import hashlib
 import json
 import shutil
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from typing import Any, Callable
@@ -18,7 +19,7 @@ from kazoo.client import KazooClient
 
 from livedata.payload import CHUNK_PREFIX, MAGIC, VERSION, chunk_name
 from livedata.testing.documents import LIMIT, experiments_json, incompressible  # noqa: F401 -- for the tests
-from livedata.testing.zookeeper import ZooKeeperServer, start_standalone
+from livedata.testing.zookeeper import ZooKeeperServer, four_letter_word, start_standalone
 
 MiB = 1024 * 1024
 
@@ -63,6 +64,11 @@ def chunked(data: bytes, pieces: int, codec: str = "zlib") -> tuple[bytes, dict[
 # --- the bad cases --------------------------------------------------------------------------------
 
 _GOOD = b'{"good": "data"}\n' * 2000
+
+
+def _deeply_nested_header() -> Case:
+    raw = b"[" * 100_000 + b"]" * 100_000
+    return MAGIC + struct.pack(">BI", VERSION, len(raw)) + raw, {}, "nested too deeply"
 
 
 def _unknown_version() -> Case:
@@ -140,6 +146,7 @@ BAD_CASES: dict[str, Callable[[], Case]] = {
     "unknown version": _unknown_version,
     "unknown codec": _unknown_codec,
     "malformed header": _malformed_header,
+    "deeply nested header": _deeply_nested_header,
     "cut short": _cut_short,
     "hash mismatch": _hash_mismatch,
     "truncated stream": _truncated_stream,
@@ -152,6 +159,43 @@ BAD_CASES: dict[str, Callable[[], Case]] = {
     "missing chunk": _missing_chunk,
     "chunk with other bytes": _bad_chunk,
 }
+
+
+def amplifying(chunk: bytes, times: int = 2000) -> tuple[bytes, dict[str, bytes]]:
+    """An envelope declaring ``len(chunk)`` stored bytes that lists the one chunk ``times`` times.
+
+    Read naively it costs ``times x len(chunk)`` bytes per read (200 MB for 100 KB listed 2,000 times).
+    """
+    name = chunk_name(chunk)
+    fields = header(chunk, chunk, codec="identity", chunks=[name] * times)
+    return envelope(fields), {name: chunk}
+
+
+def read_bytes_under(port: int, namespace: str) -> int:
+    """Bytes the server on ``port`` has answered to reads under the top-level node ``/namespace`` (mntr)."""
+    for line in four_letter_word(port, "mntr").splitlines():
+        key, _, value = line.partition("\t")
+        if key == f"zk_sum_{namespace}_read_per_namespace":
+            return int(value)
+    return 0
+
+
+def inflating(size: int = 64 * MiB) -> tuple[bytes, int]:
+    """A good inline envelope of ``size`` zero bytes stored in about ``size / 1000`` (64 KB for 64 MiB)."""
+    data = bytes(size)
+    body = zlib.compress(data, 9)
+    return envelope(header(data, body), body), size
+
+
+def stays_within(measure: Callable[[], int], bound: int, seconds: float) -> int:
+    """Watch ``measure()`` for ``seconds`` (an absence of retries can only be observed over a while) and
+    return its largest value, stopping early once it passes ``bound``."""
+    deadline = time.monotonic() + seconds
+    largest = measure()
+    while largest <= bound and time.monotonic() < deadline:
+        time.sleep(0.05)
+        largest = max(largest, measure())
+    return largest
 
 
 def put(client: KazooClient, path: str, node_data: bytes, chunks: dict[str, bytes]) -> None:

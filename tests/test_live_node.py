@@ -369,6 +369,24 @@ def test_under_gevent_handler(zk_server: ZooKeeperServer, zk_path: str) -> None:
     assert report["reads"] > 0
 
 
+@pytest.mark.timeout(90)
+def test_under_gevent_handler_a_small_envelope_inflating_to_megabytes_is_decoded_off_the_hub(
+    zk_server: ZooKeeperServer, zk_path: str
+) -> None:
+    """About 64 KB stored, 64 MiB decoded: inflated in the callback greenlet it stopped the hub (pings, every
+    other watch) for hundreds of milliseconds; the thread pool does it now."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.gevent_live_node", "inflate", zk_server.address, f"{zk_path}/inflating"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=80,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["decoded_in"] == ["thread pool"]
+
+
 @pytest.mark.timeout(120)
 def test_under_gevent_handler_across_server_restart() -> None:
     result = subprocess.run(

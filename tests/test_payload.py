@@ -24,11 +24,22 @@ from livedata.payload import (
     MissingChunkError,
     PayloadError,
     PayloadTooLargeError,
+    chunk_name,
     decode_node,
     encode,
     parse,
 )
-from tests.payloads import BAD_CASES, LIMIT, MiB, envelope, experiments_json, header, incompressible, inline
+from tests.payloads import (
+    BAD_CASES,
+    LIMIT,
+    MiB,
+    amplifying,
+    envelope,
+    experiments_json,
+    header,
+    incompressible,
+    inline,
+)
 
 MAX = 64 * MiB
 
@@ -217,3 +228,41 @@ def test_payload_module_needs_neither_kazoo_nor_gevent():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_chunk_listed_thousands_of_times_is_read_once_and_refused():
+    """100 KB listed 2,000 times under a declared stored size of 100 KB: one read, not 200 MB."""
+    chunk = incompressible(100_000)
+    node_data, chunk_map = amplifying(chunk)
+    reads: list[str] = []
+
+    def read_chunk(name: str) -> bytes | None:
+        reads.append(name)
+        return chunk_map.get(name)
+
+    with pytest.raises(PayloadError, match="more than the 100,000 bytes the header says"):
+        decode_node(node_data, read_chunk, MAX)
+    assert reads == list(chunk_map)
+
+
+def test_a_chunk_the_data_repeats_is_listed_again_and_read_once():
+    """Incompressible data repeating a whole chunk: the writer lists the chunk twice, a reader reads it once."""
+    block = incompressible(LIMIT)
+    data = block * 3
+    stored = encode(data, "auto", LIMIT)
+    assert stored.envelope is not None and len(stored.envelope.chunk_names) == 3 and len(stored.chunks) == 1
+    reads: list[str] = []
+
+    def read_chunk(name: str) -> bytes | None:
+        reads.append(name)
+        return stored.chunks.get(name)
+
+    assert decode_node(stored.node_data, read_chunk, MAX) == data
+    assert reads == list(stored.chunks)
+
+
+def test_more_distinct_chunks_than_stored_bytes_is_refused_at_parse():
+    names = [chunk_name(bytes([i])) for i in range(10)]
+    node_data = envelope(header(b"abc", b"abc", codec="identity", chunks=names))
+    with pytest.raises(PayloadError, match="10 distinct chunks cannot hold 3 stored bytes"):
+        parse(node_data)

@@ -95,7 +95,7 @@ def test_stat_of_a_chunked_node(tmp_path, config, zk, node):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("case", ["hash mismatch", "missing chunk", "bomb", "unknown codec"])
+@pytest.mark.parametrize("case", ["hash mismatch", "missing chunk", "bomb", "unknown codec", "deeply nested header"])
 def test_bad_stored_data_is_one_line(tmp_path, config, zk, node, case):
     node_data, chunks, reason = BAD_CASES[case]()
     put(zk, node, node_data, chunks)

@@ -61,3 +61,23 @@ def test_a_removed_node_leaves_no_missing_chunk_memory(zk_server, zk_path):
     assert report["failures"] and "chunk" in report["failures"][0]
     assert report["remembered"] == 1, "the envelope whose chunk was missing is remembered while the node is followed"
     assert report["left"] == 0, "and forgotten with the node"
+
+
+def test_an_envelope_listing_one_chunk_thousands_of_times_costs_one_chunk_and_is_not_retried(zk_server, zk_path):
+    """What a host reads for one version is bounded by its declared stored size plus one chunk, and a version
+    that is bad for good waits for the node to change: nothing is scheduled to read it again."""
+    report = run_scenario("amplification", zk_server.address, zk_path)
+    assert report["read_bytes"] <= report["node_bytes"] + 2 * 100_000, "at most the stored size plus one chunk"
+    assert report["issued"] <= 2, "the node, then the one chunk's stat: no chunk is fetched at all"
+    assert report["idle"] and report["retries_pending"] == 0 and report["pending"] == 0, "no retry on a timer"
+    assert len(report["failures"]) == 1
+    assert "the chunks listed hold 200,000,000 bytes, header says 100,000" in report["failures"][0]
+    assert report["recovered"]
+
+
+def test_a_small_envelope_inflating_to_megabytes_is_decoded_off_the_hub(zk_server, zk_path):
+    """About 64 KB stored, 64 MiB decoded: the inflate and the hash run in the thread pool, so the hub keeps
+    serving pings and replies meanwhile (inflated in the hub it went 100-300 ms without running a greenlet)."""
+    report = run_scenario("inflate", zk_server.address, zk_path)
+    assert report["failures"] == []
+    assert report["decoded_in"] == ["thread pool"]

@@ -16,7 +16,18 @@ from kazoo.client import KazooClient
 
 from livedata.testing.watcher_process import base_settings, node_settings, read_bytes, wait_for_content
 from livedata.writer import push, stored_form
-from tests.payloads import BAD_CASES, LIMIT, MiB, experiments_json, incompressible, large_data_server, put
+from tests.payloads import (
+    BAD_CASES,
+    LIMIT,
+    MiB,
+    amplifying,
+    experiments_json,
+    incompressible,
+    large_data_server,
+    put,
+    read_bytes_under,
+    stays_within,
+)
 from tests.test_writer_payload import CASES
 
 pytestmark = pytest.mark.timeout(180)
@@ -80,11 +91,15 @@ def test_bad_stored_data_keeps_the_old_file_and_recovers(zk_server, zk, zk_path,
     for path, _ in nodes.values():
         name = path.rsplit("/", 1)[1]
         watcher.wait_for_log(f"{name}: cannot read {path}", timeout=30)
+    output = watcher.output()
     for index, (case, (path, dest)) in enumerate(nodes.items()):
         assert read_bytes(dest) == f"good {index}".encode(), case
         assert read_inode(dest) == inodes[case], f"{case}: the old file must not be replaced"
         name = path.rsplit("/", 1)[1]
-        assert watcher.output().count(f"{name}: cannot read") == 1, f"{case}: logged once, however often retried"
+        assert output.count(f"{name}: cannot read") == 1, f"{case}: logged once, however often retried"
+        line = next(line for line in output.splitlines() if f"{name}: cannot read" in line)
+        assert BAD_CASES[case]()[2] in line, f"{case}: the reason is named: {line}"
+    assert "Traceback" not in output and "internal error" not in output
     assert watcher.alive()
 
     for index, (path, dest) in enumerate(nodes.values()):  # fixing each node (a good write) recovers it
@@ -130,3 +145,29 @@ def test_rewrites_of_a_chunked_node_only_ever_show_whole_versions(zk_server, zk,
         thread.join(10)
     assert mixes == [], "a reader saw a file that is neither version"
     assert watcher.alive()
+
+
+def test_an_envelope_listing_one_chunk_thousands_of_times_costs_the_host_one_chunk(
+    zk_server, zk, zk_path, workdir, start_watcher
+):
+    """100 KB listed 2,000 times under a declared stored size of 100 KB (a 166 KB node): the watcher reads at most
+    the stored size plus one chunk for that version, and does not read it again on a timer."""
+    path, dest = f"{zk_path}/hostile", f"{workdir}/hostile"
+    zk.create(path, b"good")
+    node_data, chunk_map = amplifying(incompressible(100_000))
+    for name, chunk in chunk_map.items():
+        zk.create(f"{path}/{name}", chunk)
+    settings = base_settings(zk_server, max_payload_size="1 MiB")
+    settings.update(node_settings("hostile", path, dest))
+    watcher = start_watcher(settings)
+    wait_for_content(dest, b"good")
+    namespace = zk_path.split("/")[1]
+    before = read_bytes_under(zk_server.client_port, namespace)
+
+    zk.set(path, node_data)
+    watcher.wait_for_log("hostile: cannot read", timeout=60)
+    bound = len(node_data) + 2 * 100_000
+    read = stays_within(lambda: read_bytes_under(zk_server.client_port, namespace) - before, bound, seconds=3)
+    assert read <= bound, f"read {read:,} bytes for one version of {len(node_data):,} + 100,000 bytes"
+    assert "the chunks listed hold 200,000,000 bytes, header says 100,000" in watcher.output()
+    assert read_bytes(dest) == b"good" and watcher.alive()

@@ -9,10 +9,11 @@ from __future__ import annotations
 import io
 import zlib
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
 from kazoo.client import KazooClient
+from kazoo.exceptions import NoAuthError
 from kazoo.security import READ_ACL_UNSAFE, make_digest_acl
 
 from livedata import chunks
@@ -25,11 +26,13 @@ from tests.payloads import (
     BAD_CASES,
     LIMIT,
     MiB,
+    amplifying,
     chunk_children,
     experiments_json,
     incompressible,
     large_data_server,
     put,
+    read_bytes_under,
 )
 from tests.test_writer import assert_one_line_failure, run_writer, secrets_config, write_config
 
@@ -217,12 +220,14 @@ def test_invalid_json_is_refused_whatever_the_size(tmp_path, config, zk, node):
 
 
 @pytest.mark.timeout(60)
-def test_undecodable_current_data_is_replaced(tmp_path, config, zk, node):
-    node_data, chunk_map, _ = BAD_CASES["hash mismatch"]()
+@pytest.mark.parametrize("case", ["hash mismatch", "deeply nested header"])
+def test_undecodable_current_data_is_replaced(tmp_path, config, zk, node, case):
+    node_data, chunk_map, reason = BAD_CASES[case]()
     put(zk, node, node_data, chunk_map)
     result = write(tmp_path, node, b"repaired\n")
     assert result.returncode == 0, result.stderr
-    assert "cannot be decoded (decoded data does not match its sha256); replacing it." in result.stdout
+    assert "Traceback" not in result.stderr
+    assert "cannot be decoded (" in result.stdout and reason in result.stdout and "); replacing it." in result.stdout
     assert zk.get(node)[0] == b"repaired\n"
 
 
@@ -300,6 +305,127 @@ def test_orphans_of_a_crashed_writer_are_removed_by_the_next_write(zk, node):
     data = incompressible(2 * MiB)
     push(zk, node, data, "next", io.StringIO(), stored=encode(data, "auto", LIMIT))
     assert set(chunk_children(zk, node)) == set(encode(data, "auto", LIMIT).chunks)
+
+
+class Interleaved:
+    """A real client through which a writer runs, and that runs another writer's whole write inside its window.
+
+    ``after="commit"``: just after the writer's first transaction commits, before the writer goes on (to its
+    cleanup).  ``after="read after a failed commit"``: just after the first read of the node that follows a
+    commit that failed (the failed writer's cleanup looking at the node's current envelope).
+    """
+
+    def __init__(self, client: KazooClient, after: str, then: Any) -> None:
+        self._client, self._after, self._then = client, after, then
+        self._armed = after == "commit"
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def _fire(self) -> None:
+        then, self._then = self._then, None
+        if then is not None:
+            then()
+
+    def transaction(self) -> Any:
+        real = self._client.transaction()
+        commit = real.commit
+
+        def commit_then() -> Any:
+            results = commit()
+            failed = any(isinstance(result, Exception) for result in results)
+            if self._after == "commit":
+                self._fire()
+            elif failed:
+                self._armed = True
+            return results
+
+        real.commit = commit_then
+        return real
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        result = self._client.get(*args, **kwargs)
+        if self._armed and self._after == "read after a failed commit":
+            self._fire()
+        return result
+
+
+def assert_readable(zk: KazooClient, node: str, data: bytes) -> None:
+    assert decoded(zk, node) == data
+    envelope = parse(zk.get(node)[0])
+    assert envelope is not None and set(envelope.chunk_names) <= set(chunk_children(zk, node))
+
+
+@pytest.mark.timeout(60)
+def test_a_cleanup_running_after_a_newer_publication_keeps_the_chunks_the_node_now_lists(zk, node):
+    """B commits; C publishes (and cleans up B's chunks); then B's cleanup runs: C's chunks stay."""
+    b_data, c_data = incompressible(2 * MiB), incompressible(2 * MiB)
+    c_stored = stored_form("c", c_data, "auto", LIMIT)
+
+    def c_writes() -> None:
+        push(zk, node, c_data, "c", io.StringIO(), stored=c_stored)
+
+    b = Interleaved(zk, "commit", c_writes)
+    store(b, node, stored_form("b", b_data, "auto", LIMIT), read_current(zk, node, MAX))
+    assert_readable(zk, node, c_data)
+    assert chunk_children(zk, node) == sorted(c_stored.chunks)
+
+
+@pytest.mark.timeout(60)
+def test_a_failed_writers_cleanup_keeps_its_chunks_once_a_racing_writer_publishes_them(zk, node):
+    """A's compare-and-set fails; A looks at the node; D publishes the same content, reusing A's chunks; A's
+    cleanup then runs: the chunks D's envelope lists stay."""
+    data = incompressible(2 * MiB)
+    stored = stored_form("a", data, "auto", LIMIT)
+    seen_by_a = read_current(zk, node, MAX)
+    zk.set(node, b"someone else\n")  # A's compare-and-set will fail
+
+    def d_writes() -> None:
+        push(zk, node, data, "d", io.StringIO(), stored=stored)
+
+    a = Interleaved(zk, "read after a failed commit", d_writes)
+    with pytest.raises(NodeChangedError):
+        store(a, node, stored, seen_by_a)
+    assert_readable(zk, node, data)
+    assert chunk_children(zk, node) == sorted(stored.chunks)
+
+
+@pytest.mark.timeout(60)
+def test_reused_chunks_take_the_nodes_acl_as_of_the_write(tmp_path, zk_server, zk, zk_path):
+    """Node readable by alice only; a chunked write; bob is granted read; alice writes data changed in its last
+    byte (two chunks reused): every chunk carries the node's ACL, so bob reads the new version.  Taking bob's
+    right away again and writing once more takes it from the reused chunks too."""
+    alice_acl = make_digest_acl("alice", "alice-pw", all=True)
+    bob_acl = make_digest_acl("bob", "bob-pw", read=True)
+    alice = make_client(zk_server.address, auth_data=[("digest", "alice:alice-pw")])
+    bob = make_client(zk_server.address, auth_data=[("digest", "bob:bob-pw")])
+    path = f"{zk_path}/acl"
+    try:
+        alice.create(path, OLD, acl=[alice_acl])
+        first = incompressible(3 * MiB)
+        push(alice, path, first, "first", io.StringIO(), stored=encode(first, "auto", LIMIT))
+        alice.set_acls(path, [alice_acl, bob_acl])  # the operator grants bob read
+        second = first[:-1] + bytes([first[-1] ^ 1])
+        push(alice, path, second, "second", io.StringIO(), stored=encode(second, "auto", LIMIT))
+        node_acl = alice.get_acls(path)[0]
+        names = chunk_children(alice, path)
+        assert len(names) == 4
+        assert [alice.get_acls(f"{path}/{name}")[0] for name in names] == [node_acl] * 4
+        assert chunks.read_decoded(bob, path, MAX).data == second
+
+        alice.set_acls(path, [alice_acl])  # and takes it away again
+        third = second[:-1] + bytes([second[-1] ^ 1])
+        push(alice, path, third, "third", io.StringIO(), stored=encode(third, "auto", LIMIT))
+        node_acl = alice.get_acls(path)[0]
+        for name in chunk_children(alice, path):
+            assert alice.get_acls(f"{path}/{name}")[0] == node_acl
+            with pytest.raises(NoAuthError):
+                bob.get(f"{path}/{name}")
+    finally:
+        alice.delete(path, recursive=True)
+        for client in (alice, bob):
+            client.stop()
+            client.close()
 
 
 # --- the missing-chunk policy: readers go back to the envelope -----------------------------------------
@@ -401,3 +527,63 @@ def test_live_node_during_rewrites_sees_only_whole_versions(zk, zk_server, node)
     assert parsed[0] == OLD
     assert all(value in versions for value in parsed[1:])
     assert chunk_children(zk, node) == sorted(encode(versions[-1], "auto", LIMIT).chunks)
+
+
+# --- amplification: what one version costs a reader ---------------------------------------------------
+
+
+def hostile(zk: KazooClient, node: str) -> bytes:
+    """100 KB listed 2,000 times under a declared stored size of 100 KB: the chunk is in place, not the envelope."""
+    node_data, chunk_map = amplifying(incompressible(100_000))
+    for name, chunk in chunk_map.items():
+        zk.create(f"{node}/{name}", chunk)
+    return node_data
+
+
+def namespace_of(path: str) -> str:
+    return path.split("/")[1]
+
+
+@pytest.mark.timeout(60)
+def test_live_node_reads_at_most_the_stored_size_of_an_envelope_listing_one_chunk_thousands_of_times(
+    zk, zk_server, node
+):
+    node_data = hostile(zk, node)
+    app = make_client(zk_server.address)
+    try:
+        with LiveNode(app, node, read_bytes, binary=True, timeout=10, max_payload_size=MiB) as live:
+            before = read_bytes_under(zk_server.client_port, namespace_of(node))
+            zk.set(node, node_data)
+            wait_for(lambda: live._state.error is not None, timeout=60, message="the hostile version to fail")
+            read = read_bytes_under(zk_server.client_port, namespace_of(node)) - before
+            assert live.get_data() == OLD
+    finally:
+        app.stop()
+        app.close()
+    assert read <= len(node_data) + 2 * 100_000, f"read {read:,} bytes for one version"
+    assert "the chunks listed hold 200,000,000 bytes, header says 100,000" in str(live._state.error)
+
+
+@pytest.mark.timeout(60)
+def test_writer_and_reader_read_at_most_the_stored_size_of_an_envelope_listing_one_chunk_thousands_of_times(
+    tmp_path, config, zk, zk_server, node
+):
+    from livedata.reader import ReaderError, read
+
+    zk.set(node, hostile(zk, node))
+    for attempt in ("reader", "writer"):
+        before = read_bytes_under(zk_server.client_port, namespace_of(node))
+        if attempt == "reader":
+            with pytest.raises(ReaderError) as refused:
+                read(zk, node, MAX)
+            problem = str(refused.value)
+        else:
+            current = read_current(zk, node, MAX)
+            assert current.data is None
+            problem = current.problem
+        read_now = read_bytes_under(zk_server.client_port, namespace_of(node)) - before
+        assert read_now <= 2 * len(zk.get(node)[0]) + 2 * 100_000, f"{attempt} read {read_now:,} bytes"
+        assert "the chunks listed hold 200,000,000 bytes, header says 100,000" in problem
+    result = write(tmp_path, node, b"repaired\n")  # and the writer replaces it
+    assert result.returncode == 0, result.stderr
+    assert zk.get(node)[0] == b"repaired\n" and chunk_children(zk, node) == []
