@@ -36,7 +36,14 @@ class ConfigError(Exception):
         self.key = key
         self.problem = problem
         where = f"{source}: {key}" if key else source
-        super().__init__(f"{where}: {problem}")
+        # A key refused for its control characters is named with them escaped: printed raw, an escape
+        # sequence would drive the operator's terminal and a line separator would split the one line.
+        super().__init__(_CONTROL.sub(_escaped, f"{where}: {problem}"))
+
+
+def _escaped(match: re.Match[str]) -> str:
+    char = ord(match.group())
+    return f"\\x{char:02x}" if char < 0x100 else f"\\u{char:04x}"
 
 
 class RawConfig(dict[str, str]):
@@ -114,7 +121,7 @@ def read_config(path: str, section: str = SECTION, expand: Sequence[str] | None 
     )
     parser.optionxform = str  # type: ignore[assignment,method-assign]
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a byte order mark, as some Windows editors write, is no text
             text = f.read()
         parser.read_string(text, source=path)
     except OSError as e:
@@ -137,14 +144,12 @@ def read_config(path: str, section: str = SECTION, expand: Sequence[str] | None 
     expanded = None if expand is None else tuple(expand)
     # One search of the whole text spares one per key and value in the usual file, which has none.
     suspect = _CONTROL.search(text.replace("\n", " ")) is not None
+    # A [DEFAULT] key the section overrides is hidden from items(), and so would be the lines joined to it.
+    for key, value in parser.defaults().items():
+        _refuse_continuation(parser, text, path, parser.default_section, key, value)
     values: dict[str, str] = {}
     for key, value in parser.items(section):
-        if "\n" in value:  # only configparser's joining of an indented line puts one there
-            layout = _layout(parser, text, section)
-            at, joined = layout.lines.get(key, "?"), layout.continued.get(key, "?")
-            raise ConfigError(path, key, f"line {joined}: this indented line would be joined to the value of {key} "
-                              f"(line {at}); continuation lines are not supported: write each key and each value "
-                              "on one line, without indentation")  # fmt: skip
+        _refuse_continuation(parser, text, path, section, key, value)
         raw = value
         try:
             if expanded is None or key.startswith(expanded):
@@ -167,6 +172,17 @@ def _unset_variable_problem(option: str, name: str) -> str:
         problem += f" (for the hook's own environment, such as $LIVEDATA_DEST, write $${name}: a single $ is " \
                    "expanded when the config is read)"
     return problem
+
+
+def _refuse_continuation(parser: configparser.ConfigParser, text: str, path: str, section: str, key: str,
+                         value: str) -> None:
+    if "\n" in value:  # only configparser's joining of an indented line puts one there
+        layout = _layout(parser, text, section)
+        at, joined = layout.lines.get(key, "?"), layout.continued.get(key, "?")
+        raise ConfigError(path, key, f"line {joined}: this indented line would be joined to the value of {key} "
+                          f"(line {at}); continuation lines are not supported: write each key and each value "
+                          "on one line, without indentation")  # fmt: skip
+
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _CONTROL_NAMES = {"\n": "a line break", "\r": "a carriage return", "\t": "a tab"}

@@ -125,32 +125,44 @@ class DestinationBusy(ConfigError):
         self.holder = holder
 
 
+_Identity = tuple[int, int]  # (st_dev, st_ino) of a lock file: the same file under any name or mount
+
+
 class DestLocks:
     """The dests this watcher has claimed (see the module docstring); a process holds one instance.
 
     POSIX record locks belong to the process and vanish when it closes *any*
-    descriptor of the file: so each lock file is opened once (keyed by its
-    real path) and closed only when none of its dests is claimed any more.
+    descriptor of the file: so each lock file is opened once, known by its
+    device and inode (a symlinked directory or a bind mount gives it another
+    name, never another descriptor), and closed only when none of its dests
+    is claimed any more.  Likewise a byte is unlocked only when no name this
+    watcher still mirrors leads to it: the same file under two names (a
+    symlinked directory) is one claim, and one configuration may not name it
+    twice.
     """
 
     def __init__(self, source: str) -> None:
         self.source = source  # the config file, named in refusals
-        self._files: dict[str, int] = {}  # lock file (real path) -> open descriptor
-        self._held: dict[str, tuple[str, int]] = {}  # dest -> (lock file, offset)
+        self._files: dict[_Identity, int] = {}  # lock file -> open descriptor
+        self._held: dict[str, tuple[_Identity, int, str]] = {}  # dest -> (lock file, offset, key)
         self._unlockable: set[str] = set()  # directories already logged as having no lock file
+        self._strays: list[int] = []  # descriptors of a lock file already open (a rename race): never closed
 
     def claim(self, dests: Iterable[tuple[str, str]]) -> None:
         """Claim each ``(key, dest)`` whose directory exists (others: once it does); all or nothing.
 
         Raises :class:`DestinationBusy` for the first dest another process
-        holds, releasing what this call claimed.
+        holds, or :class:`ConfigError` for a dest that is another one's file
+        under a second name, releasing what this call claimed.
         """
+        batch = list(dests)
+        paths = {path for _, path in batch}
         claimed: list[str] = []
         try:
-            for key, path in dests:
-                if path not in self._held and self._claim(key, path):
+            for key, path in batch:
+                if path not in self._held and self._claim(key, path, paths):
                     claimed.append(path)
-        except DestinationBusy:
+        except ConfigError:
             self.release(claimed)
             raise
 
@@ -161,51 +173,71 @@ class DestLocks:
 
     def release(self, dests: Iterable[str]) -> None:
         for path in list(dests):
-            lock_file, offset = self._held.pop(path)
-            fd = self._files[lock_file]
-            if any(held[0] == lock_file for held in self._held.values()):
-                fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset)
-            else:
-                del self._files[lock_file]
-                os.close(fd)  # releases its last lock too
+            identity, offset, _ = self._held.pop(path)
+            others = [held[:2] for held in self._held.values() if held[0] == identity]
+            if not others:
+                os.close(self._files.pop(identity))  # releases its last lock too
+            elif (identity, offset) not in others:
+                fcntl.lockf(self._files[identity], fcntl.LOCK_UN, 1, offset)
 
     def release_all(self) -> None:
         self.release(list(self._held))
 
-    def _claim(self, key: str, path: str) -> bool:
+    def _claim(self, key: str, path: str, batch: set[str]) -> bool:
         directory = os.path.dirname(path)
         if not os.path.isdir(directory):
             return False
-        lock_file = os.path.join(os.path.realpath(directory), LOCK_NAME)
-        fd = self._open(lock_file, directory)
-        if fd is None:
+        lock_file = os.path.join(directory, LOCK_NAME)
+        opened = self._open(lock_file, directory)
+        if opened is None:
             return False
+        identity, fd = opened
         offset = int.from_bytes(hashlib.blake2b(os.path.basename(path).encode(), digest_size=8).digest(), "big")
         offset >>= 64 - _OFFSET_BITS
+        for other, (held_identity, held_offset, other_key) in self._held.items():
+            if (held_identity, held_offset) == (identity, offset) and other in batch:
+                self._close_if_unused(identity)
+                raise ConfigError(self.source, key, f"{path} is the file {other_key} ({other}) names: "
+                                  "one file cannot be the dest of two nodes")  # fmt: skip
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
         except OSError as e:
             if e.errno in (errno.EACCES, errno.EAGAIN):
                 holder = _holder(fd, offset)
-                if not any(held[0] == lock_file for held in self._held.values()):
-                    del self._files[lock_file]
-                    os.close(fd)
+                self._close_if_unused(identity)
                 raise DestinationBusy(self.source, key, path, lock_file, holder) from None
+            self._close_if_unused(identity)
             self._cannot_lock(directory, lock_file, e)
             return False
-        self._held[path] = (lock_file, offset)
+        self._held[path] = (identity, offset, key)
         return True
 
-    def _open(self, lock_file: str, directory: str) -> int | None:
-        fd = self._files.get(lock_file)
-        if fd is None:
-            try:
-                fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, LOCK_MODE)
-            except OSError as e:
-                self._cannot_lock(directory, lock_file, e)
-                return None
-            self._files[lock_file] = fd
-        return fd
+    def _open(self, lock_file: str, directory: str) -> tuple[_Identity, int] | None:
+        """The lock file's identity and this process's one descriptor of it, opened now if need be."""
+        try:
+            status = os.stat(lock_file, follow_symlinks=False)
+        except OSError:
+            pass
+        else:
+            identity = (status.st_dev, status.st_ino)
+            if identity in self._files:
+                return identity, self._files[identity]
+        try:
+            fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, LOCK_MODE)
+            status = os.fstat(fd)
+        except OSError as e:
+            self._cannot_lock(directory, lock_file, e)
+            return None
+        identity = (status.st_dev, status.st_ino)
+        if identity in self._files:  # replaced under our stat by a file we hold: closing fd would drop our locks
+            self._strays.append(fd)
+            return identity, self._files[identity]
+        self._files[identity] = fd
+        return identity, fd
+
+    def _close_if_unused(self, identity: _Identity) -> None:
+        if not any(held[0] == identity for held in self._held.values()):
+            os.close(self._files.pop(identity))
 
     def _cannot_lock(self, directory: str, lock_file: str, error: OSError) -> None:
         if directory not in self._unlockable:

@@ -57,24 +57,25 @@ class AbsentSources(MirrorObserver):
 
     def __init__(self, as_error: bool = False) -> None:
         self.as_error = as_error  # watcher.absent_is_error: a reload may change it
-        self.reported: set[str] = set()  # describe(node) of the absent sources already logged
+        # describe(node) -> the source logged absent: a reload that points it at another absent source
+        # (one typo for another) is named again.
+        self.reported: dict[str, str] = {}
 
     def written(self, node: Any, outcome: Any, repaired: bool) -> None:
         name = describe(node)
         if source_absent(node):
-            if name not in self.reported:
-                self.reported.add(name)
+            if self.reported.get(name) != node.path:
+                self.reported[name] = node.path
                 what = "it is mirrored as an empty tree" if isinstance(node, MirroredTree) else "no file"
                 log.log(logging.ERROR if self.as_error else logging.WARNING,
                         "%s: source %s does not exist in ZooKeeper; %s at %s until it is created",
                         name, node.path, what, node.config.file.path)  # fmt: skip
-        elif name in self.reported:
-            self.reported.discard(name)
+        elif self.reported.pop(name, None) is not None:
             log.info("%s: source %s exists now", name, node.path)
 
     def forget(self, names: set[str]) -> None:
         """Keep only these (``describe``) names: a node removed by a reload is reported afresh if it comes back."""
-        self.reported &= names
+        self.reported = {name: source for name, source in self.reported.items() if name in names}
 
 
 class ProbeState(MirrorObserver):

@@ -362,3 +362,31 @@ def test_zookeeper_client_from_config_refuses_a_line_break_in_its_settings():
 
     with pytest.raises(ConfigError, match=r"^<config>: zookeeper\.hosts: contains a line break \(U\+000A\)"):
         zookeeper_client_from_config(None, {"zookeeper.hosts": "zk01:2181,\nzk02:2181"})
+
+
+def test_lines_joined_to_a_default_key_the_section_overrides_are_refused(tmp_path):
+    """The section's own key hides [DEFAULT]'s from items(): the indented line joined to it must not vanish."""
+    path = write(tmp_path, "[DEFAULT]\nnodes.a.dest = /d/a.json\n  nodes.b.source = /b\n"
+                 "[live-data]\nnodes.a.dest = /d/a2.json\n")  # fmt: skip
+    with pytest.raises(ConfigError, match=r": nodes\.a\.dest: line 3: this indented line would be joined"):
+        read_config(path)
+
+
+@pytest.mark.parametrize("key", ["a\x1b]0;title\x07b", "a\x1b[2Jb", "a\u2028b", "a\x85b"])
+def test_a_key_refused_for_control_characters_is_named_with_them_escaped(tmp_path, key):
+    """The one line must stay one line, and must not drive the terminal it is printed on."""
+    path = write(tmp_path, f"[live-data]\nzookeeper.hosts = zk01:2181\n{key} = 1\n")
+    with pytest.raises(ConfigError) as info:
+        read_config(path)
+    message = str(info.value)
+    escaped = key.encode("unicode_escape").decode()
+    assert message.startswith(f"{path}: {escaped}: line 3: contains a control character")
+    assert not any(char in message for char in "\x07\x1b\x85\u2028\n")
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_a_byte_order_mark_and_any_line_ending_are_accepted(tmp_path, newline):
+    """Windows editors save with CRLF and often a UTF-8 byte order mark: the file means the same."""
+    text = newline.join(["[live-data]", "zookeeper.hosts = zk01:2181", "nodes.a.dest = /d/a.json ; note", ""])
+    path = write(tmp_path, b"\xef\xbb\xbf" + text.encode())
+    assert dict(read_config(path)) == {"zookeeper.hosts": "zk01:2181", "nodes.a.dest": "/d/a.json"}

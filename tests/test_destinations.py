@@ -101,3 +101,62 @@ def test_a_second_watcher_on_the_same_dests_is_refused(zk_server, zk, zk_path, w
     wait_for(lambda: neighbour.output().count("reload rejected") == 2, 20, "the second reload to be rejected too")
     assert f"nodes.b.dest: {out}/b is already mirrored by another watcher (pid {third.pid})" in neighbour.output()
     assert neighbour.alive() and third.alive()
+
+
+# --- one watcher per dest: the claims of one process -------------------------------------------
+
+
+def claimed_by_another_process(dest: str) -> bool:
+    """Whether a second process (POSIX locks are per process) is refused ``dest``."""
+    probe = ("import sys\nfrom livedata.destinations import DestLocks, DestinationBusy\n"
+             "try:\n    DestLocks('second.ini').claim([('nodes.z.dest', sys.argv[1])])\n"
+             "except DestinationBusy:\n    sys.exit(3)\n")  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", probe, dest], capture_output=True, text=True, timeout=20)
+    assert result.returncode in (0, 3), result.stderr
+    return result.returncode == 3
+
+
+def test_one_file_under_two_names_is_one_claim(tmp_path):
+    """Two names of one dest (a symlinked directory): refused in one config; a reload from one to the other keeps it."""
+    from livedata.config import ConfigError
+    from livedata.destinations import DestLocks
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    real, link = f"{tmp_path}/real/x", f"{tmp_path}/link/x"
+    locks = DestLocks("w.ini")
+    with pytest.raises(ConfigError, match=rf"^w\.ini: nodes\.b\.dest: {link} is the file nodes\.a\.dest \({real}\) "
+                       "names: one file cannot be the dest of two nodes$"):  # fmt: skip
+        locks.claim([("nodes.a.dest", real), ("nodes.b.dest", link)])
+    assert not claimed_by_another_process(real)  # all or nothing
+
+    locks.claim([("nodes.a.dest", link), ("nodes.k.dest", f"{tmp_path}/real/k")])
+    locks.claim([("nodes.a.dest", real), ("nodes.k.dest", f"{tmp_path}/real/k")])  # a reload names it directly
+    locks.keep_only([real, f"{tmp_path}/real/k"])
+    assert claimed_by_another_process(real)
+    locks.release_all()
+    assert not claimed_by_another_process(real)
+
+
+@pytest.fixture
+def bind_mount(tmp_path):
+    """``tmp_path/b`` showing ``tmp_path/a`` (needs root, as mounting does)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "--bind", tmp_path / "a", tmp_path / "b"]).returncode:
+        pytest.skip("needs root to bind-mount")
+    yield tmp_path
+    subprocess.run(["umount", tmp_path / "b"], check=True)
+
+
+def test_releasing_a_dest_through_a_bind_mount_keeps_the_others_claim(bind_mount):
+    """One lock file under two names is opened once: closing a second descriptor would drop every lock on it."""
+    from livedata.destinations import DestLocks
+
+    locks = DestLocks("w.ini")
+    locks.claim([("nodes.x.dest", f"{bind_mount}/a/x"), ("nodes.y.dest", f"{bind_mount}/b/y")])
+    locks.keep_only([f"{bind_mount}/a/x"])  # a reload removes node y
+    assert claimed_by_another_process(f"{bind_mount}/a/x")
+    assert claimed_by_another_process(f"{bind_mount}/b/x")
+    locks.release_all()
+    assert not claimed_by_another_process(f"{bind_mount}/a/x")

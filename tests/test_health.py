@@ -306,3 +306,18 @@ def test_absent_sources_are_named_once_and_can_fail_the_check(zk_server, zk, zk_
     watcher.wait_for_log(f"trees.t: source {zk_path}/tre exists now")
     result = wait_for(lambda: (r := run_check(strict)).returncode == 0 and r, 15, "no source to be absent")
     assert result.stdout == "ok: 3 dests present and fresh\n"
+
+
+def test_a_reload_to_another_absent_source_names_it(zk_server, zk, zk_path, workdir, watcher_for):
+    """One typo fixed with another: the new source is named too, not hidden behind the first report."""
+    import signal
+
+    settings = {"zookeeper.hosts": zk_server.address, **node_settings("t", f"{zk_path}/flgas", f"{workdir}/out/t")}
+    config = write_ini(workdir, settings)
+    watcher = watcher_for(config)
+    watcher.wait_for_log(f"nodes.t: source {zk_path}/flgas does not exist in ZooKeeper")
+    write_ini(workdir, {**settings, "nodes.t.source": f"{zk_path}/flag"})
+    watcher.signal(signal.SIGHUP)
+    watcher.wait_for_log(f"nodes.t: source {zk_path}/flag does not exist in ZooKeeper")
+    zk.create(f"{zk_path}/flag", b"f")
+    watcher.wait_for_log(f"nodes.t: source {zk_path}/flag exists now")
