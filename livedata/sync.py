@@ -465,6 +465,10 @@ class Mirror:
 
     def read_done(self, node: MirroredNode | TreeChild, data: bytes, stat: ZnodeStat) -> None:
         if isinstance(node, TreeChild):
+            problem = _child_data_problem(node.tree, data)
+            if problem is not None:
+                self._child_unreadable(node, problem)  # its data watch is in place: its next change is read
+                return
             node.data = data  # taken into the tree's picture once every read of the tree has settled
             if node.unreadable is not None:
                 self._child_readable(node)
@@ -816,6 +820,21 @@ class Mirror:
 
     def out_of_sync(self) -> Iterable[MirroredNode]:
         return (node for node in self.nodes if not node.in_sync)
+
+
+def _child_data_problem(tree: MirroredTree, data: bytes) -> str | None:
+    """Why the tree's format cannot hold ``data``, or None: the json format holds text only.
+
+    Such a child is treated as unreadable (kept as last published, or left out), never as a failure of the
+    whole tree: anyone allowed to create children could otherwise freeze every host's copy with one binary node.
+    """
+    if tree.tree_config.format != "json":
+        return None
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return f"not UTF-8 text (byte {e.start}): the json format holds text only"
+    return None
 
 
 PublishResult = tuple["Outcome | FileWriteError", "tuple[ChildNameError, ...]"]

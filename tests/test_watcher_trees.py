@@ -441,3 +441,29 @@ def test_an_unreadable_child_is_read_again_when_the_listing_changes(zk_server, z
     finally:
         other.stop()
         other.close()
+
+
+def test_a_child_that_is_not_text_never_freezes_a_json_tree(zk_server, zk, zk_path, workdir, start_watcher):
+    """The json format holds text only: a child whose bytes are not UTF-8 (anyone allowed to create children can
+    make one) is left out, or keeps the text last published, and the rest of the tree keeps flowing."""
+    source, dest = f"{zk_path}/services", f"{workdir}/services.json"
+    zk.create(source)
+    zk.create(f"{source}/a", b"alpha")
+    zk.create(f"{source}/b", b"beta")
+    (port,) = free_ports(1)
+    settings = base_settings(zk_server, metrics_port=port)
+    settings.update(tree_settings("services", source, dest, format="json"))
+    watcher = start_watcher(settings)
+    wait_for(lambda: mirrored(dest, "json") == {"a": b"alpha", "b": b"beta"}, 30, "the tree")
+    endpoint = Endpoint(port)
+    zk.create(f"{source}/binary", b"\x89PNG\r\n\x1a\n\xff")
+    zk.set(f"{source}/b", b"\xffbeta")  # was text: its last text stays
+    zk.set(f"{source}/a", b"alpha 2")
+    wait_for(lambda: mirrored(dest, "json") == {"a": b"alpha 2", "b": b"beta"}, 20,
+             "the rest of the tree to flow past the children that are not text")  # fmt: skip
+    endpoint.wait("livedata_tree_unreadable_children", 2, tree="services")
+    zk.set(f"{source}/b", b"beta 2")  # text again: its change is read (no listing change, no resync needed)
+    wait_for(lambda: mirrored(dest, "json") == {"a": b"alpha 2", "b": b"beta 2"}, 20, "b as text again")
+    endpoint.wait("livedata_tree_unreadable_children", 1, tree="services")
+    assert watcher.output().count("cannot read child binary ") == 1, watcher.output()[-3000:]
+    assert "while rendering" not in watcher.output(), "no failure of the whole tree"
