@@ -1,0 +1,112 @@
+"""A session that breaks under the mirror: credentials rotated under load, kazoo's connection loop killed.
+
+Whatever ends the connection, the mirror (and LiveNode, LiveTree) must start a new session and re-read
+everything: files end equal to their nodes, and changes made afterwards keep flowing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from kazoo.client import KazooClient
+from kazoo.security import make_digest_acl
+
+from livedata.testing.watcher_process import node_settings, read_bytes
+from livedata.testing.zookeeper import ZooKeeperServer, wait_for
+from tests.conftest import make_client
+
+pytestmark = pytest.mark.timeout(120)
+
+NODES = 250
+OLD = ("rotating-a", "password-a")
+NEW = ("rotating-b", "password-b")
+ADMIN = ("admin", "admin-password")
+VALUE_SIZE = 4096  # replies this size keep reads in flight for a while: the race needs them there
+ROTATIONS = 6  # three each way
+
+
+def write_secrets(path: str, user: tuple[str, str]) -> None:
+    """Replace the secrets file atomically, as a secrets agent would."""
+    with open(f"{path}.new", "w") as f:
+        json.dump({"secrets": {"secret/zk": {"type": "simple", "value": ":".join(user)}}}, f)
+    os.rename(f"{path}.new", path)
+
+
+def mismatches(client: KazooClient, dests: dict[str, str]) -> list[str]:
+    """The dests that do not hold exactly their node's data."""
+    return [dest for source, dest in dests.items() if read_bytes(dest) != client.get(source)[0]]
+
+
+class Churn:
+    """A client setting every node, round after round, about every 50 ms, until stopped."""
+
+    def __init__(self, client: KazooClient, sources: list[str]) -> None:
+        self.client = client
+        self.sources = sources
+        self.rounds = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Churn:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.rounds += 1
+            value = f"round {self.rounds}".encode().ljust(VALUE_SIZE, b".")
+            for result in [self.client.set_async(source, value) for source in self.sources]:
+                result.get(timeout=30)
+            self._stop.wait(0.01)
+
+
+@pytest.fixture
+def admin(zk_server: ZooKeeperServer) -> Iterator[KazooClient]:
+    client = make_client(zk_server.address, auth_data=[("digest", ":".join(ADMIN))])
+    yield client
+    client.stop()
+    client.close()
+
+
+def test_credentials_rotated_under_load_keep_every_file_flowing(
+    zk_server: ZooKeeperServer, admin: KazooClient, zk_path: str, workdir: str, start_watcher
+) -> None:
+    """Rotation between two identities the ACLs both grant, while every node changes every 50 ms."""
+    acl = [make_digest_acl(*OLD, read=True), make_digest_acl(*NEW, read=True), make_digest_acl(*ADMIN, all=True)]
+    sources = [f"{zk_path}/n{index:03d}" for index in range(NODES)]
+    for source in sources:
+        admin.create(source, b"initial", acl=acl)
+    secrets = f"{workdir}/secrets.json"
+    write_secrets(secrets, OLD)
+    settings: dict[str, object] = {
+        "zookeeper.hosts": zk_server.address,
+        "zookeeper.timeout": "3 seconds",
+        "zookeeper.credentials": "secret/zk",
+        "secrets.path": secrets,
+    }
+    dests = {source: f"{workdir}/out/{source.rsplit('/', 1)[1]}" for source in sources}
+    for source, dest in dests.items():
+        settings.update(node_settings(source.rsplit("/", 1)[1], source, dest))
+    watcher = start_watcher(settings)
+    watcher.wait_for_log(f"initial sync of {NODES} nodes done", timeout=60)
+
+    with Churn(admin, sources):
+        for rotation, user in enumerate((NEW, OLD) * (ROTATIONS // 2), start=1):
+            time.sleep(1.5)  # the cadence of the fault, not a synchronisation
+            write_secrets(secrets, user)
+            watcher.wait_for_log("zookeeper.credentials changed", count=rotation)
+        time.sleep(1.7)
+
+    wait_for(lambda: not mismatches(admin, dests), 30, "every file to equal its node after the rotations")
+    admin.set(sources[0], b"after the rotations")
+    wait_for(lambda: read_bytes(dests[sources[0]]) == b"after the rotations", 20, "a later change to flow")
+    assert watcher.alive()
+    assert "Traceback" not in watcher.output()
