@@ -7,17 +7,22 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 from kazoo.client import KazooClient
+from kazoo.protocol.states import KazooState
 from kazoo.security import make_digest_acl
 
+from livedata.live_node import LiveNode
 from livedata.testing.watcher_process import node_settings, read_bytes
 from livedata.testing.zookeeper import ZooKeeperServer, wait_for
 from tests.conftest import make_client
+from tests.stray_reply_proxy import StrayReplyProxy
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -110,3 +115,66 @@ def test_credentials_rotated_under_load_keep_every_file_flowing(
     wait_for(lambda: read_bytes(dests[sources[0]]) == b"after the rotations", 20, "a later change to flow")
     assert watcher.alive()
     assert "Traceback" not in watcher.output()
+
+
+# --- kazoo's connection routine killed by a reply it cannot pair -------------------------------------------------
+
+
+@pytest.fixture
+def proxy(zk_server: ZooKeeperServer) -> Iterator[StrayReplyProxy]:
+    relay = StrayReplyProxy(zk_server.client_port)
+    yield relay
+    relay.close()
+
+
+def test_mirror_starts_a_new_session_when_the_connection_routine_dies(
+    zk: KazooClient, zk_path: str, proxy: StrayReplyProxy, workdir: str, start_watcher
+) -> None:
+    sources = [f"{zk_path}/n{index:02d}" for index in range(20)]
+    for source in sources:
+        zk.create(source, b"before")
+    settings: dict[str, object] = {"zookeeper.hosts": proxy.address, "zookeeper.timeout": "3 seconds"}
+    dests = {source: f"{workdir}/out/{source.rsplit('/', 1)[1]}" for source in sources}
+    for source, dest in dests.items():
+        settings.update(node_settings(source.rsplit("/", 1)[1], source, dest))
+    watcher = start_watcher(settings)
+    watcher.wait_for_log("initial sync of 20 nodes done")
+
+    assert proxy.inject() == 1
+    for source in sources:  # while the routine dies and a new session starts
+        zk.set(source, b"changed while cut off")
+    wait_for(lambda: not mismatches(zk, dests), 30, "every file to equal its node after the routine died")
+    assert proxy.accepted >= 2, "a new connection"
+    watcher.wait_for_log("starting a new ZooKeeper session")
+    zk.set(sources[0], b"after")
+    wait_for(lambda: read_bytes(dests[sources[0]]) == b"after", 20, "a later change to flow")
+    assert watcher.alive()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the routine's death: injected
+def test_live_node_survives_a_dead_connection_routine(zk: KazooClient, zk_path: str, proxy: StrayReplyProxy) -> None:
+    source = f"{zk_path}/flags"
+    zk.create(source, b"before")
+    client = make_client(proxy.address)
+    try:
+        with LiveNode(client, source, lambda f: f.read(), timeout=10, binary=True) as node:
+            assert node.get_data() == b"before"
+            assert proxy.inject() == 1
+            wait_for(lambda: client.state == KazooState.LOST or proxy.accepted >= 2, 10, "the routine to die")
+            zk.set(source, b"after")
+            wait_for(lambda: node.get_data() == b"after", 30, "the change to reach the LiveNode")
+            assert proxy.accepted >= 2, "a new connection"
+    finally:
+        client.stop()
+        client.close()
+
+
+def test_live_tree_and_live_node_on_a_gevent_client_survive_a_dead_connection_routine(
+    zk_server: ZooKeeperServer, zk_path: str
+) -> None:
+    result = subprocess.run([sys.executable, "-m", "tests.gevent_session_faults", str(zk_server.client_port), zk_path],
+                            capture_output=True, text=True, timeout=100)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["accepted"] >= 2, "a new connection"
+    assert report["revivals"] == 1
