@@ -172,9 +172,24 @@ def test_live_node_survives_a_dead_connection_routine(zk: KazooClient, zk_path: 
 def test_live_tree_and_live_node_on_a_gevent_client_survive_a_dead_connection_routine(
     zk_server: ZooKeeperServer, zk_path: str
 ) -> None:
-    result = subprocess.run([sys.executable, "-m", "tests.gevent_session_faults", str(zk_server.client_port), zk_path],
-                            capture_output=True, text=True, timeout=100)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    report = gevent_scenario("dead-routine", zk_server, zk_path)
     assert report["accepted"] >= 2, "a new connection"
     assert report["revivals"] == 1
+
+
+def test_a_read_whose_wake_byte_failed_is_handled_once(zk_server: ZooKeeperServer, zk_path: str) -> None:
+    """kazoo fails a request at once when it cannot send the wake-up byte, yet sends it later and sets its result
+    again.  gevent calls a result's links once, so the read queue handles one reply, re-reads, and loses nothing."""
+    report = gevent_scenario("failed-wake", zk_server, zk_path)
+    assert report["failed_wakes"] > 0, "the flood must have made kazoo fail some reads"
+    assert report["set_again"] == report["failed_wakes"], "kazoo sent them anyway and set their results again"
+    assert report["replies_handled_twice"] == 0
+    assert report["wrong"] == [] and report["failures"] == [] and report["pending"] == 0
+
+
+def gevent_scenario(name: str, server: ZooKeeperServer, root: str) -> dict:
+    result = subprocess.run([sys.executable, "-m", "tests.gevent_session_faults", name, str(server.client_port), root],
+                            capture_output=True, text=True, timeout=100)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report: dict = json.loads(result.stdout.strip().splitlines()[-1])
+    return report
