@@ -22,6 +22,10 @@ How it is built, and why:
 * Once a good version has been loaded it is served through deletions, bad data, disconnects and session
   expiry: stale data beats an outage.
 * Reads take no lock: the callback replaces one immutable snapshot, and readers load that one reference.
+* kazoo's connection routine can die for good (a reply it cannot pair with its request), leaving the client
+  LOST forever, which DataWatch cannot survive. While a LiveNode follows a client, a
+  :class:`livedata.session.SessionKeeper` restarts that client's session when this happens (never when the
+  application stopped the client), and DataWatch re-reads the node once connected again.
 * The ``DataWatch`` is registered only once the client is connected, from a separate greenlet or thread:
   its first read retries while disconnected, holding its lock, with a delay that grows to a minute, which
   would hold back the first data for up to that long after an outage. Registering it only when
@@ -41,6 +45,7 @@ from kazoo.recipe.watchers import DataWatch
 from livedata.chunks import read_decoded
 from livedata.file_watcher import ContentReader, WatchedFileNotAvailableError
 from livedata.payload import DEFAULT_MAX_PAYLOAD_SIZE
+from livedata.session import SessionKeeper
 
 __all__ = ["LiveNode", "WatchedFileNotAvailableError"]
 
@@ -122,6 +127,7 @@ class LiveNode(Generic[T]):
         self._closed = False
         self._replied = client.handler.event_object()  # the watch has answered at least once
         self._ready = client.handler.event_object()  # a first good version has been loaded
+        self._session: SessionKeeper | None = SessionKeeper.acquire(client)
         client.add_listener(self._on_session_state)
         if client.connected:  # after add_listener, so a connection made in between is not missed
             self._start_watch()
@@ -161,7 +167,10 @@ class LiveNode(Generic[T]):
         """
         with self._lock:
             self._closed = True
+            session, self._session = self._session, None
         self._client.remove_listener(self._on_session_state)
+        if session is not None:
+            session.release()
 
     def __enter__(self) -> LiveNode[T]:
         return self

@@ -8,8 +8,9 @@ alone (``live_data.<name>.tree = /znode`` or ``live_data.<name>.dir = /path``).
 It is the daemon's own tree mirror (:class:`livedata.sync.Mirror`) with the disk publisher swapped for one that
 keeps the picture in memory.  So it inherits exactly the daemon's guarantees: one read path (the read queue,
 payload decoding, bounded requests), a consistent picture only (a change of several children in one ZooKeeper
-transaction is wholly in a snapshot or not at all), re-reads after reconnection and session expiry, and a
-failing picture that keeps the last good one.  Only children whose bytes changed are parsed again.
+transaction is wholly in a snapshot or not at all), re-reads after reconnection and session expiry, a new
+session when kazoo's connection ends for good (:mod:`livedata.session`), and a failing picture that keeps the
+last good one.  Only children whose bytes changed are parsed again.
 
 The mirror runs greenlets, so this needs a client on kazoo's gevent handler (a gevent application: what
 ``zookeeper_client_from_config`` makes once gevent has patched the process).

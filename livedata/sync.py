@@ -19,6 +19,11 @@ Three greenlets do all the work:
   hub keeps answering ZooKeeper pings while thousands of files are written.
 * a follower of the secrets file re-applies changed credentials.
 
+The connection is followed, not trusted: every (re)connection re-reads
+everything, and a :class:`livedata.session.SessionKeeper` starts a new
+session whenever kazoo's own connection routine has ended for good, so the
+mirror never sits in LOST.
+
 If the reader or the writer greenlet ever dies, :attr:`Mirror.died` is set:
 the daemon exits non-zero rather than stay alive with files no longer
 followed (a supervisor restarts it).
@@ -44,6 +49,7 @@ from livedata import files
 from livedata.files import FileSpec, FileWriteError, Outcome
 from livedata.payload import CHUNK_PREFIX
 from livedata.reads import IDLE, MAX_PAYLOAD_SIZE, RETRY_FIRST, RETRY_MAX, ReadQueue, reset_backoff
+from livedata.session import SessionKeeper
 from livedata.zookeeper import session_timeout
 
 if TYPE_CHECKING:  # the tree writer is imported by the first tree only: a config of plain nodes never loads it
@@ -291,6 +297,7 @@ class Mirror:
         self._publish_tree = publish_tree or _publish_tree_in_thread
         self._credentials_follower: gevent.Greenlet | None = None
         self._session_renewer: gevent.Greenlet | None = None
+        self.session: SessionKeeper | None = None  # held from start() to stop()
         self.nodes = [self._new_node(config) for config in nodes]
         self._dirty: dict[int, MirroredNode] = {}  # written on the writer's next pass
         self._retrying: dict[int, MirroredNode] = {}  # failed writes waiting for their retry_at
@@ -314,6 +321,7 @@ class Mirror:
     def start(self) -> None:
         """Begin mirroring; call before or after the client connects, reads start on every (re)connection."""
         self._clean_up_after_earlier_runs(self.nodes)
+        self.session = SessionKeeper.acquire(self.client)
         self._writer = gevent.spawn(self._write_loop)
         self._reader = self.reads.start()
         for greenlet in (self._writer, self._reader):
@@ -381,6 +389,9 @@ class Mirror:
         for greenlet in (self._writer, self._credentials_follower, self._session_renewer):
             if greenlet is not None:
                 greenlet.kill(block=True, timeout=1)
+        if self.session is not None:
+            self.session.release()
+            self.session = None
 
     # --- following the connection -----------------------------------------------------------------
 
@@ -429,24 +440,17 @@ class Mirror:
         self._session_renewer = None  # from here on, a state change must not kill this greenlet
         if self.client.state == KazooState.CONNECTED:
             return
-        log.warning("no ZooKeeper server took our session back within %.1fs: starting a new session", timeout)
-        while True:
-            try:
-                self.client.stop()  # a no-op once stopped, so a retry goes straight to start_async()
-                self.client.start_async()
-                return
-            except Exception:  # kazoo's connection routine did not wind down in time: never stay stopped
-                log.exception("could not restart the ZooKeeper session; trying again")
-                gevent.sleep(RETRY_FIRST)
+        if self.session is not None:
+            self.session.renew(f"no ZooKeeper server took our session back within {timeout:.1f}s")
 
     def _follow_credentials(self) -> None:
-        """Apply changed credentials within a second, then re-read every node.
+        """Apply changed credentials within a second, through a new session that re-reads every node.
 
         Every node, not only those refused so far: ZooKeeper drops a watch
         event whose node the session may no longer read, so after an ACL
-        change any node may have changed unseen.  The check is one stat of
-        the secrets file, cheap enough to run all the time, which also lets a
-        rotation apply the new credentials before the ACLs move to them.
+        change any node may have changed unseen.  A new session, never the
+        live one: see :class:`livedata.zookeeper.CredentialsRefresher`.  The
+        check is one stat of the secrets file, cheap enough to run all the time.
         """
         assert self.refresh_credentials is not None
         while True:
@@ -456,10 +460,9 @@ class Mirror:
             except Exception:
                 log.exception("cannot re-read zookeeper.credentials; will try again")
                 continue
-            if changed and self.connected():
-                log.info("re-reading every node with the new credentials")
-                reset_backoff(self.nodes)
-                self._read_everything()
+            if changed and self.session is not None:
+                reset_backoff(self.nodes)  # refused reads are retried as soon as the new session is up
+                self.session.renew("zookeeper.credentials changed")
 
     # --- read results (livedata.reads.ReadSink; hub callbacks) -------------------------------------
 

@@ -231,18 +231,17 @@ def session_timeout(client: KazooClient) -> float:
 
 
 class CredentialsRefresher:
-    """Keep a running client's digest credentials equal to what the secrets file says now.
+    """Keep a client's digest credentials equal to what the secrets file says now.
 
-    ZooKeeper ties credentials to a session and has no way to take one back,
-    so a change is applied in two halves that together disturb nothing: the
-    new credentials are added to the live session (its watches and pending
-    reads carry on, nothing is re-read needlessly), and they replace the
-    client's ``auth_data``, which kazoo sends on every new session, so the
-    next session carries the new ones only.  Until then the session also
-    keeps its old identity; that grants nothing the ACLs do not grant it
-    already, and since ACLs are checked on every request, revoking the old
-    credential in the ACLs takes effect at once.  (Restarting the session
-    instead would drop every watch and re-read every node for nothing.)
+    :meth:`refresh` only replaces the client's ``auth_data``, which kazoo
+    sends at the start of every session; the caller then starts a new
+    session (:meth:`livedata.session.SessionKeeper.renew`) to put them to
+    use.  Adding them to the live session instead is not safe: ZooKeeper
+    answers an authentication ahead of the requests sent before it, kazoo
+    pairs that answer with its oldest pending request and its connection
+    dies on the next reply ("xids do not match").  A new session also drops
+    the old identity at once, so revoking the old credential in the ACLs
+    after the secrets file changed has nothing left to revoke.
     """
 
     def __init__(self, client: KazooClient, secrets: SecretsStore, paths: list[str]) -> None:
@@ -253,7 +252,7 @@ class CredentialsRefresher:
         self.problem: str | None = None
 
     def refresh(self) -> bool:
-        """Re-read the credentials; apply and return True if they changed."""
+        """Re-read the credentials; return True if they changed (the next session carries the new ones)."""
         try:
             wanted = set(digest_auth_data(self.secrets, self.paths))
         except CredentialsError as e:
@@ -267,10 +266,8 @@ class CredentialsRefresher:
         if wanted == self.applied:
             return False
         self.client.auth_data = set(wanted)
-        for scheme, credential in sorted(wanted - self.applied):
-            self.client.add_auth_async(scheme, credential)
         self.applied = wanted
-        log.info("zookeeper.credentials changed in %s: applied to the session", self.secrets.path)
+        log.info("zookeeper.credentials changed in %s: a new session will carry them", self.secrets.path)
         return True
 
 
