@@ -75,6 +75,7 @@ __all__ = [
     "VERSION",
     "BadChunkError",
     "BadEnvelopeError",
+    "ChunkNotAllowedError",
     "ChunkTally",
     "DecodedTooLargeError",
     "Envelope",
@@ -128,6 +129,17 @@ class MissingChunkError(PayloadError):
     def __init__(self, name: str) -> None:
         self.name = name
         super().__init__(f"chunk {name} does not exist")
+
+
+class ChunkNotAllowedError(PayloadError):
+    """A chunk this session may not read although it may read the node: the chunk's ACL is not the node's."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(
+            f"not allowed to read chunk {name} (its ACL is not the node's; writing the node again gives every "
+            "chunk the node's ACL)"
+        )
 
 
 class BadChunkError(PayloadError):
