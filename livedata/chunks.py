@@ -33,11 +33,19 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from kazoo.exceptions import BadVersionError, NodeExistsError, NoNodeError, RolledBackError, RuntimeInconsistency
+from kazoo.exceptions import (
+    BadVersionError,
+    NoAuthError,
+    NodeExistsError,
+    NoNodeError,
+    RolledBackError,
+    RuntimeInconsistency,
+)
 
 from livedata.payload import (
     CHUNK_PREFIX,
     BadChunkError,
+    ChunkNotAllowedError,
     Envelope,
     MissingChunkError,
     PayloadError,
@@ -114,6 +122,8 @@ def read_chunks(client: KazooClient, path: str, envelope: Envelope, sizes: dict[
                 data = result.get()[0] or b""
             except NoNodeError:
                 raise MissingChunkError(name) from None
+            except NoAuthError:  # bad stored data for this reader, not a refusal of the node: a writer replaces it
+                raise ChunkNotAllowedError(name) from None
             if len(data) != sizes[name]:
                 raise BadChunkError(f"chunk {name} holds {len(data):,} bytes, its stat said {sizes[name]:,}")
             tally.add(name, data)

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import reprlib
 import struct
 import zlib
 from collections import Counter
@@ -75,6 +76,7 @@ __all__ = [
     "VERSION",
     "BadChunkError",
     "BadEnvelopeError",
+    "ChunkNotAllowedError",
     "ChunkTally",
     "DecodedTooLargeError",
     "Envelope",
@@ -106,6 +108,16 @@ _HEX = frozenset("0123456789abcdef")
 _INFLATE_STEP = 1 << 20  # output produced per call, so no single call allocates much past the bound
 
 
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = 80
+_SHOWN.maxlevel = 2
+
+
+def _shown(value: object) -> str:
+    """A header value as an error message quotes it: cut short, since a hostile header can hold a megabyte."""
+    return _SHOWN.repr(value)
+
+
 class PayloadError(ValueError):
     """Stored data that cannot be decoded (or data that cannot be stored); the message is one line."""
 
@@ -121,13 +133,24 @@ class UnknownVersionError(PayloadError):
 
 class UnknownCodecError(PayloadError):
     def __init__(self, codec: object) -> None:
-        super().__init__(f"stored with codec {codec!r}, this reader knows only {', '.join(CODECS)}")
+        super().__init__(f"stored with codec {_shown(codec)}, this reader knows only {', '.join(CODECS)}")
 
 
 class MissingChunkError(PayloadError):
     def __init__(self, name: str) -> None:
         self.name = name
         super().__init__(f"chunk {name} does not exist")
+
+
+class ChunkNotAllowedError(PayloadError):
+    """A chunk this session may not read although it may read the node: the chunk's ACL is not the node's."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(
+            f"not allowed to read chunk {name} (its ACL is not the node's; writing the node again gives every "
+            "chunk the node's ACL)"
+        )
 
 
 class BadChunkError(PayloadError):
@@ -342,13 +365,13 @@ def _codec(value: Any) -> str:
 def _count(header: dict[str, Any], key: str) -> int:
     value = header.get(key)
     if type(value) is not int or value < 0:
-        raise BadEnvelopeError(f"header {key!r} is not a byte count: {value!r}")
+        raise BadEnvelopeError(f"header {key!r} is not a byte count: {_shown(value)}")
     return value
 
 
 def _hex_digest(value: Any, what: str) -> str:
     if not isinstance(value, str) or len(value) != 64 or not _HEX.issuperset(value):
-        raise BadEnvelopeError(f"header {what!r} is not a lowercase hex sha256: {value!r}")
+        raise BadEnvelopeError(f"header {what!r} is not a lowercase hex sha256: {_shown(value)}")
     return value
 
 
@@ -358,7 +381,7 @@ def _chunk_names(value: Any) -> list[str]:
     names = []
     for name in value:
         if not isinstance(name, str) or not name.startswith(CHUNK_PREFIX):
-            raise BadEnvelopeError(f"header lists a chunk that is not a chunk name: {name!r}")
+            raise BadEnvelopeError(f"header lists a chunk that is not a chunk name: {_shown(name)}")
         _hex_digest(name[len(CHUNK_PREFIX) :], "chunks")
         names.append(name)
     return names

@@ -64,7 +64,14 @@ from kazoo.exceptions import ConnectionClosedError, ConnectionLoss, NoAuthError,
 from kazoo.protocol.states import Callback, KazooState, ZnodeStat
 
 from livedata import payload
-from livedata.payload import BadChunkError, ChunkTally, Envelope, MissingChunkError, PayloadError
+from livedata.payload import (
+    BadChunkError,
+    ChunkNotAllowedError,
+    ChunkTally,
+    Envelope,
+    MissingChunkError,
+    PayloadError,
+)
 
 log = logging.getLogger("livedata.reads")
 
@@ -568,6 +575,11 @@ class ReadQueue:
                 # A writer replaces an envelope, then removes the chunks only the old one used: read the node again.
                 self._missing_under[id(item)] = assembly.node_data
                 self._enqueue(item, GET)
+        elif isinstance(error, NoAuthError):
+            # The node is readable, this chunk is not: bad for good for this version.  Retried on a timer, it
+            # would cost the chunks read before it (up to the stored size) every time; new credentials and
+            # resyncs read every node again anyway.
+            self._fail_for_good(item, ChunkNotAllowedError(assembly.names[index]))
         else:
             self._fail(item, error)
 

@@ -266,3 +266,18 @@ def test_more_distinct_chunks_than_stored_bytes_is_refused_at_parse():
     node_data = envelope(header(b"abc", b"abc", codec="identity", chunks=names))
     with pytest.raises(PayloadError, match="10 distinct chunks cannot hold 3 stored bytes"):
         parse(node_data)
+
+
+@pytest.mark.parametrize("field", ["codec", "size", "sha256", "stored", "chunks"])
+def test_a_header_value_of_a_megabyte_is_quoted_cut_short_in_the_one_line_error(field):
+    """The error names the field and shows the start of its value, not the megabyte a hostile header can hold
+    (a line that size per version per host in the watcher's log, the writer's and the reader's output)."""
+    data = b"abc"
+    body = zlib.compress(data)
+    huge = "x" * 1_000_000
+    fields = header(data, body, **{field: [huge] if field == "chunks" else huge})
+    with pytest.raises(PayloadError) as refused:
+        decode_node(envelope(fields, body), lambda name: None, MiB)
+    message = str(refused.value)
+    assert len(message) < 300 and "\n" not in message, message[:300]
+    assert "xxxx" in message and (field in ("codec", "chunks") or field in message), message

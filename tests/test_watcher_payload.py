@@ -21,6 +21,7 @@ from tests.payloads import (
     LIMIT,
     MiB,
     amplifying,
+    chunk_children,
     experiments_json,
     incompressible,
     large_data_server,
@@ -171,3 +172,29 @@ def test_an_envelope_listing_one_chunk_thousands_of_times_costs_the_host_one_chu
     assert read <= bound, f"read {read:,} bytes for one version of {len(node_data):,} + 100,000 bytes"
     assert "the chunks listed hold 200,000,000 bytes, header says 100,000" in watcher.output()
     assert read_bytes(dest) == b"good" and watcher.alive()
+
+
+def test_a_chunk_the_watcher_may_not_read_is_not_read_again_on_a_timer(zk_server, zk, zk_path, workdir, start_watcher):
+    """The node readable, one chunk not (an ACL of its own): that version fails once, naming the chunk, and the
+    chunks read before it are not fetched again and again on the retry timer (the stored size each time)."""
+    from tests.test_writer_payload import unreadable_chunk
+
+    path, dest = f"{zk_path}/acl", f"{workdir}/acl"
+    zk.create(path, b"good")
+    settings = base_settings(zk_server)
+    settings.update(node_settings("acl", path, dest))
+    watcher = start_watcher(settings)
+    wait_for_content(dest, b"good")
+    namespace = zk_path.split("/")[1]
+    node_data = unreadable_chunk(zk, zk_server, path)
+    before = read_bytes_under(zk_server.client_port, namespace)
+
+    zk.set(path, node_data)
+    watcher.wait_for_log("acl: cannot read", timeout=30)
+    bound = len(node_data) + 300_000 + 100_000  # the node, every chunk once, and one more (a retry is 200 KB)
+    read = stays_within(lambda: read_bytes_under(zk_server.client_port, namespace) - before, bound, seconds=3)
+    assert read <= bound, f"read {read:,} bytes for one version storing 300,000"
+    assert "not allowed to read chunk .livedata-chunk-" in watcher.output()
+    assert read_bytes(dest) == b"good" and watcher.alive()
+    for name in chunk_children(zk, path):  # a leaf's delete needs no right on it (a recursive one would)
+        zk.delete(f"{path}/{name}")

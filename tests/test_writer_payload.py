@@ -17,6 +17,7 @@ from kazoo.exceptions import NoAuthError
 from kazoo.security import READ_ACL_UNSAFE, make_digest_acl
 
 from livedata import chunks
+from livedata.file_watcher import WatchedFileNotAvailableError
 from livedata.live_node import LiveNode
 from livedata.payload import MissingChunkError, PayloadError, decode_node, encode, parse
 from livedata.testing.zookeeper import wait_for
@@ -28,6 +29,7 @@ from tests.payloads import (
     MiB,
     amplifying,
     chunk_children,
+    chunked,
     experiments_json,
     incompressible,
     large_data_server,
@@ -587,3 +589,46 @@ def test_writer_and_reader_read_at_most_the_stored_size_of_an_envelope_listing_o
     result = write(tmp_path, node, b"repaired\n")  # and the writer replaces it
     assert result.returncode == 0, result.stderr
     assert zk.get(node)[0] == b"repaired\n" and chunk_children(zk, node) == []
+
+
+def unreadable_chunk(zk: KazooClient, zk_server: Any, node: str) -> bytes:
+    """A chunked envelope whose last chunk only another identity may read (the node itself stays readable)."""
+    node_data, chunk_map = chunked(incompressible(300_000), 3, codec="identity")
+    other = make_client(zk_server.address, auth_data=[("digest", "mallory:pw")])
+    try:
+        *readable, last = chunk_map
+        for name in readable:
+            zk.create(f"{node}/{name}", chunk_map[name])
+        other.create(f"{node}/{last}", chunk_map[last], acl=[make_digest_acl("mallory", "pw", all=True)])
+    finally:
+        other.stop()
+        other.close()
+    return node_data
+
+
+@pytest.mark.timeout(60)
+def test_a_chunk_the_reader_may_not_read_is_bad_stored_data_in_every_face_and_the_writer_replaces_it(
+    tmp_path, config, zk, zk_server, node
+):
+    """A chunk with an ACL of its own (not the node's) is bad data for this version: one line naming the chunk
+    from the reader, LiveNode and the writer's diff, and the writer replaces it (the node is readable)."""
+    from livedata.reader import ReaderError, read
+
+    zk.set(node, unreadable_chunk(zk, zk_server, node))
+    try:
+        with pytest.raises(ReaderError, match=r"not allowed to read chunk \.livedata-chunk-"):
+            read(zk, node, MAX)
+        app = make_client(zk_server.address)
+        try:
+            with pytest.raises(WatchedFileNotAvailableError, match=r"not allowed to read chunk \.livedata-chunk-"):
+                LiveNode(app, node, read_bytes, binary=True, timeout=10)
+        finally:
+            app.stop()
+            app.close()
+        result = write(tmp_path, node, b"repaired\n")
+        assert result.returncode == 0, result.stderr
+        assert "cannot be decoded (not allowed to read chunk" in result.stdout
+        assert zk.get(node)[0] == b"repaired\n" and chunk_children(zk, node) == []
+    finally:
+        for name in chunk_children(zk, node):  # a leaf's delete needs no right on it (a recursive one would)
+            zk.delete(f"{node}/{name}")
