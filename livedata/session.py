@@ -33,6 +33,7 @@ import weakref
 from typing import Any
 
 from kazoo.client import KazooClient
+from kazoo.exceptions import ConnectionLoss
 from kazoo.protocol import connection as kazoo_connection
 from kazoo.protocol.states import KazooState
 
@@ -189,20 +190,35 @@ class SessionKeeper:
         * Connected: ask the routine itself to drop the session, exactly as
           when the server expires it (kazoo fails the requests in flight,
           forgets the session and reconnects at once with a new one).
-          Stopping and starting the client instead stops kazoo's callback
-          worker while replies are still being failed, and their callbacks
-          are lost.
-        * Otherwise (cut off from every server), stop and start the client:
-          nothing is in flight while disconnected.
+        * Otherwise (cut off from every server): forget the session, so that
+          the routine's next connection attempt asks for a new one.
+
+        The client is never stopped here: a stop blocks until kazoo's routine
+        winds down (up to a session timeout when a server hangs), and an
+        application or daemon stopping the client meanwhile would find it
+        half stopped (``close()`` fails) and then see it started again.
         """
         client = self.client
         if connection_routine_dead(client):
             client.start_async()
         elif client.connected and _EXPIRE is not None:
-            client._call(_EXPIRE, client.handler.async_result())
+            self._expire_live_session()
         else:
-            client.stop()  # a no-op once stopped, so a retry goes straight to start_async()
-            client.start_async()
+            client._reset_session()  # the routine reads these when it next connects: nothing is in flight
+            if client.connected and _EXPIRE is not None:  # connected meanwhile (threads), maybe to the old session
+                self._expire_live_session()
+
+    def _expire_live_session(self) -> None:
+        """Queue kazoo's expiry marker; should the connection drop before the routine reaches it, renew again."""
+        marker = self.client.handler.async_result()
+        marker.rawlink(self._marker_done)
+        self.client._call(_EXPIRE, marker)
+
+    def _marker_done(self, marker: Any) -> None:
+        """The marker failed with ConnectionLoss: dropped unseen with the connection, whose session kazoo will
+        offer again.  (SessionExpiredError: the session did end; ConnectionClosedError: the client stopped.)"""
+        if isinstance(marker.exception, ConnectionLoss) and not self._closed and not self.client._stopped.is_set():
+            self._handler.spawn(self._restart, "the connection dropped before the session was renewed")
 
     def __repr__(self) -> str:
         return f"<SessionKeeper users={self.users} revivals={self.revivals} renewals={self.renewals}>"

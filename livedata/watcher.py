@@ -444,7 +444,8 @@ class Daemon:
         silence_kazoo()  # its "Failed connecting ... retry policy" after we interrupt the retries is noise
         with gevent.Timeout(STOP_GRACE, False):
             self.client.stop()
-        self.client.close()
+        if self.client._connection.connection_stopped.is_set():  # kazoo refuses to close a routine still running
+            self.client.close()  # (else it waits on a server that does not answer: the process ends without it)
 
 
 def claim_dests(locks: DestLocks, config: WatcherConfig) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -19,6 +20,7 @@ from kazoo.protocol.states import KazooState
 from kazoo.security import make_digest_acl
 
 from livedata.live_node import LiveNode
+from livedata.session import SessionKeeper
 from livedata.testing.watcher_process import node_settings, read_bytes
 from livedata.testing.zookeeper import ZooKeeperServer, wait_for
 from tests.conftest import make_client
@@ -193,3 +195,55 @@ def gevent_scenario(name: str, server: ZooKeeperServer, root: str) -> dict:
     assert result.returncode == 0, result.stderr[-3000:]
     report: dict = json.loads(result.stdout.strip().splitlines()[-1])
     return report
+
+
+# --- stopping while a new session is being started ------------------------------------------------------------
+
+
+def test_sigterm_while_a_new_session_is_started_under_a_hung_server_exits_cleanly(
+    private_zk_server: ZooKeeperServer, workdir: str, start_watcher
+) -> None:
+    """The only server hangs (SIGSTOP): past the session timeout the mirror asks for a new session, and kazoo's
+    connection routine waits on the hung server.  A SIGTERM then must end the daemon with 0 and no traceback: the
+    renewal must not leave the client half stopped (kazoo refuses to close it) nor start it again."""
+    setup = make_client(private_zk_server.address)
+    setup.create("/hung", b"data")
+    setup.stop()
+    setup.close()
+    settings: dict[str, object] = {"zookeeper.hosts": private_zk_server.address, "zookeeper.timeout": "2 seconds"}
+    settings.update(node_settings("hung", "/hung", f"{workdir}/out/hung"))
+    watcher = start_watcher(settings)
+    watcher.wait_for_log("initial sync of 1 nodes done")
+    private_zk_server.pause()
+    try:
+        watcher.wait_for_log("no ZooKeeper server took our session back", timeout=30)
+        watcher.signal(signal.SIGTERM)
+        status = watcher.process.wait(20)
+    finally:
+        private_zk_server.resume()
+    assert status == 0, watcher.output()[-3000:]
+    assert "Traceback" not in watcher.output()
+
+
+def test_a_client_the_application_stops_during_a_renewal_stays_stopped(
+    private_zk_server: ZooKeeperServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A renewal asked for while the only server hangs, then the application stops its client (threads): once the
+    server answers again and the renewal is over, the client is still stopped, never started behind its back."""
+    client = KazooClient(hosts=private_zk_server.address, timeout=2.0)
+    client.start(timeout=30)
+    keeper = SessionKeeper.acquire(client)
+    try:
+        private_zk_server.pause()
+        try:
+            wait_for(lambda: not client.connected, 10, "the client to notice the hung server")
+            keeper.renew("a test renewal")
+            client.stop()  # by the application
+        finally:
+            private_zk_server.resume()
+        wait_for(lambda: "a test renewal: starting a new" in caplog.text and not keeper._restarting, 30, "the renewal")
+        assert client._stopped.is_set() and not client.connected, "the client was started again"
+    finally:
+        keeper.release()
+        client.stop()
+        client.close()
