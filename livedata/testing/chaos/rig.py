@@ -61,6 +61,7 @@ class Rig:
         self.writer_config = os.path.join(workdir, "writer.ini")
         self.state_dir = os.path.join(workdir, "state")
         self.peak_rss = 0
+        self.log_paths: list[str] = []  # each watcher process's log, oldest first
 
     # --- setting up ---------------------------------------------------------------------------------------
 
@@ -135,6 +136,7 @@ class Rig:
             self.killed_on_purpose = False
             self.paused = False
             self.watcher = WatcherProcess(self.config_path, log_dir=self.workdir)
+            self.log_paths.append(self.watcher.log_path)
 
     def kill_watcher(self) -> None:
         with self.watcher_lock:
@@ -176,10 +178,9 @@ class Rig:
         return self.watcher_logs()[-1] if self.watcher_logs() else ""
 
     def watcher_logs(self) -> list[str]:
-        logs = sorted(name for name in os.listdir(self.workdir) if name.startswith("livedata-watcher-"))
         out = []
-        for name in logs:
-            with open(os.path.join(self.workdir, name), errors="replace") as f:
+        for path in self.log_paths:
+            with open(path, errors="replace") as f:
                 out.append(f.read())
         return out
 
@@ -235,16 +236,24 @@ class Rig:
         self._mounted.remove(self.dirs["ext4"])
         self._mount_ext4()
 
-    def fill_tiny(self) -> str:
-        """Fill the tiny tmpfs up to its last byte with a file of the schedule's; return its path."""
+    def fill_tiny(self) -> str | None:
+        """Fill the tiny tmpfs up to its last byte with a file of the schedule's; return its path (None: it was
+        full already)."""
         filler = os.path.join(self.dirs["tiny"], "filler")
-        with open(filler, "ab") as f:
-            try:
-                while True:
-                    f.write(b"\0" * 4096)
-                    f.flush()
-            except OSError:
+        try:
+            fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        except OSError as e:
+            vfs = os.statvfs(self.dirs["tiny"])
+            print(f"chaos: the tiny disk is full already ({e}; {vfs.f_bfree} blocks free, holding "
+                  f"{sorted(os.listdir(self.dirs['tiny']))})", file=sys.stderr)  # fmt: skip
+            return None
+        try:
+            while os.write(fd, b"\0" * 4096):
                 pass
+        except OSError:  # ENOSPC: full, as wanted
+            pass
+        finally:
+            os.close(fd)
         return filler
 
     # --- tearing down ---------------------------------------------------------------------------------------
