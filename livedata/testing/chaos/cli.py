@@ -24,6 +24,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--op-interval", type=float, default=0.12, help="mean seconds between operations")
     parser.add_argument("--fault-interval", type=float, default=5.0, help="mean seconds between faults")
     parser.add_argument("--without", default="", help=f"comma-separated features to leave out: {sorted(FEATURES)}")
+    parser.add_argument("--keep", action="store_true", help="keep each schedule's directory (logs, configs)")
     parser.add_argument("--keep-going", action="store_true", help="run the remaining schedules after a violation")
     args = parser.parse_args(argv)
     unknown = {f for f in args.without.split(",") if f} - FEATURES
@@ -67,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     deadline = time.monotonic() + args.minutes * 60 if args.minutes else None
     outcomes: list[Outcome] = []
     while (len(outcomes) < args.schedules) if deadline is None else (time.monotonic() < deadline):
-        outcome = run_schedule(seed, intensity, lambda line: print(line, flush=True))
+        outcome = run_schedule(seed, intensity, lambda line: print(line, flush=True), keep=args.keep)
         outcomes.append(outcome)
         if outcome.violation:
             print(outcome.report(), flush=True)

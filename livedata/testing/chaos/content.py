@@ -14,11 +14,12 @@ def text(label: str, seq: int, size: int, salt: int) -> bytes:
     return f"{label}#{seq}:".encode() + "".join(rng.choices(_LETTERS, k=size)).encode()
 
 
-def chunked(label: str, seq: int, base: int) -> bytes:
+def chunked(label: str, seq: int, base: int, large: bool = False) -> bytes:
     """Incompressible data of several chunks; pushes of the same ``base`` differ only at the end, so a writer
-    reuses every chunk but the last (the case where a reused chunk's ACL matters)."""
+    reuses every chunk but the last (the case where a reused chunk's ACL matters). ``large``: a dozen chunks,
+    read for longer."""
     rng = random.Random(f"{label}/{base}")
-    return rng.randbytes(40_000 + 7_000 * base) + f"#{label}#{seq}".encode()
+    return rng.randbytes((200_000 if large else 40_000) + 7_000 * base) + f"#{label}#{seq}".encode()
 
 
 def compressible(label: str, seq: int, base: int) -> bytes:

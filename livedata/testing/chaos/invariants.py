@@ -277,6 +277,22 @@ def final_checks(rig: Rig, observer: Observer, layout: Layout, violations: Viola
             start = log.index("Traceback")
             violations.report("the watcher logs no traceback", log[start : start + 1500])
             return
+    restart_checks(rig, observer, layout, violations)
+
+
+def restart_checks(rig: Rig, observer: Observer, layout: Layout, violations: Violations) -> None:
+    """A deploy: SIGTERM exits 0, and a fresh watcher (a new session, today's credentials only) converges too."""
+    status = rig.restart_watcher()
+    if status != 0:
+        violations.report("SIGTERM stops the watcher cleanly", f"exit status {status}")
+        return
+    bound = rig.intensity.converge_bound
+    if not wait_until(lambda: not mismatches(rig, observer, layout), bound, 0.2):
+        left = mismatches(rig, observer, layout)
+        violations.report(f"a freshly started watcher makes every dest equal its node within {bound:g}s",
+                          f"{len(left)} differ: " + "; ".join(left[:6]))  # fmt: skip
+        return
+    violations.passed()
 
 
 def _quiet(predicate: object) -> object:

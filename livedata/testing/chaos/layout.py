@@ -8,6 +8,7 @@ from livedata.testing.chaos.settings import Intensity
 ROOT = "/chaos"
 MAX_NODE_SIZE = 16384  # zookeeper.max_node_size for writer and watcher: small, so chunked data stays cheap
 MAX_PAYLOAD = 1024 * 1024  # watcher.max_payload_size
+BULK = 200  # nodes under load while credentials rotate
 TREE_POOL = tuple(f"c{i}" for i in range(10))  # the children ordinary tree operations use
 HOSTILE_NAMES = (".sneaky", "..data", "x" * 300, "caf\u00e9 menu", "-rf *", "a b", "\u2603" * 90)
 
@@ -15,7 +16,7 @@ HOSTILE_NAMES = (".sneaky", "..data", "x" * 300, "caf\u00e9 menu", "-rf *", "a b
 @dataclass(frozen=True)
 class NodeSpec:
     name: str
-    kind: str  # plain (set by an operator), compressed / chunked (the writer), hostile (forged data, writer repairs)
+    kind: str  # plain or bulk (set by an operator), compressed / chunked (the writer), hostile (forged, then repaired)
     disk: str  # ext4, tiny or local
     protected: bool = False
     reloadable: bool = False  # reloads may remove and re-add it
@@ -70,6 +71,8 @@ def make_layout(intensity: Intensity) -> Layout:
     ]
     if intensity.has("acl"):
         nodes += [NodeSpec("a0", "plain", "local", protected=True), NodeSpec("ac0", "chunked", "local", protected=True)]
+        # set many times a second while credentials rotate, so that the watcher has reads in flight then
+        nodes += [NodeSpec(f"b{i}", "bulk", "local") for i in range(BULK)]
     if intensity.has("hostile"):
         nodes += [NodeSpec("h0", "hostile", "local")]
     trees = (TreeSpec("d", "directory", ext4), TreeSpec("j", "json", "local", reloadable=reload))

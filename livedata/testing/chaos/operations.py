@@ -15,6 +15,8 @@ import os
 import random
 import subprocess
 import sys
+import threading
+import time
 from typing import Any, Callable
 
 from kazoo.client import KazooClient
@@ -23,7 +25,7 @@ from kazoo.security import make_digest_acl
 
 from livedata.testing.chaos import content, envelope
 from livedata.testing.chaos.invariants import Violations
-from livedata.testing.chaos.layout import ROOT, TREE_POOL, Layout, NodeSpec, TreeSpec
+from livedata.testing.chaos.layout import BULK, ROOT, TREE_POOL, Layout, NodeSpec, TreeSpec
 from livedata.testing.chaos.observer import Observer
 from livedata.testing.chaos.rig import ADMIN, OTHER, Rig, reader
 from livedata.testing.chaos.schedule import Step
@@ -65,7 +67,7 @@ class Operations:
         self.client.ensure_path(f"{ROOT}/t")
         for node in self.layout.nodes:
             acl = acl_for([0]) if node.protected else None
-            if node.kind == "plain":
+            if node.kind in ("plain", "bulk"):
                 data = content.text(node.name, next(self.seq), 300, 0)
                 self.observer.attempt(node.name, data)
                 self.client.create(node.path, data, acl=acl)
@@ -125,13 +127,30 @@ class Operations:
         for wait in waits:
             wait()
 
-    def _burst_start(self, salt: int) -> list[Callable[[], Any]]:
+    def _burst_start(self, salt: int, kinds: tuple[str, ...] = ("plain",)) -> list[Callable[[], Any]]:
         results: list[Any] = []
-        for node in self.layout.of_kind("plain", protected=False):
+        for node in self.layout.of_kind(*kinds, protected=False):
             data = content.text(node.name, next(self.seq), 300, salt)
             self.observer.attempt(node.name, data)
             results.append(self.client.set_async(node.path, data))
         return [functools.partial(_quietly, functools.partial(r.get, timeout=30)) for r in results]
+
+    def _load(self, seconds: float, salt: int, midway: Callable[[], None]) -> None:
+        """Every plain and bulk node set every 50 ms for ``seconds``, ``midway()`` called after the first fifth: the
+        watcher has reads in flight most of the time, as on a busy fleet."""
+        waits: list[Callable[[], Any]] = []
+        start = time.monotonic()
+        called = False
+        while time.monotonic() - start < seconds:
+            waits += self._burst_start(salt, ("plain", "bulk"))
+            if not called and time.monotonic() - start > seconds / 5:
+                midway()
+                called = True
+            time.sleep(0.05)  # the load's pace
+        if not called:
+            midway()
+        for wait in waits:
+            wait()
 
     def _push(self, node: NodeSpec, base: int, required: bool = False) -> subprocess.Popen[str]:
         process = self._writer(node, base)
@@ -141,7 +160,7 @@ class Operations:
     def _writer(self, node: NodeSpec, base: int) -> subprocess.Popen[str]:
         seq = next(self.seq)
         if node.kind == "chunked":
-            data, compress = content.chunked(node.name, seq, base), "auto"
+            data, compress = content.chunked(node.name, seq, base, large=node.reloadable), "auto"
         elif node.kind == "compressed":
             data, compress = content.compressible(node.name, seq, base), "auto"
         else:
@@ -173,10 +192,11 @@ class Operations:
         self._push(self.layout.node(args["node"]), args["base"])
 
     def op_race(self, args: dict[str, Any]) -> None:
+        """Two or three writers push the same node at once, with data sharing all chunks but the last."""
         node = self.layout.node(args["node"])
-        first, second = self._writer(node, args["base"]), self._writer(node, (args["base"] + 1) % 3)
-        self._finish_writer(first, node, False)
-        self._finish_writer(second, node, False)
+        writers = [self._writer(node, args["base"]) for _ in range(args.get("writers", 2))]
+        for process in writers:
+            self._finish_writer(process, node, False)
 
     def op_tree_put(self, args: dict[str, Any]) -> None:
         tree = self.layout.tree(args["tree"])
@@ -290,10 +310,30 @@ class Operations:
                 self._push(node, args["salt"] % 3)
             elif node.protected:
                 self.op_set({"node": node.name, "size": 300, "salt": args["salt"]})
-        waits = self._burst_start(args["salt"])
-        self.rig.write_secrets(new)
-        for wait in waits:
-            wait()
+        self._load(2.5, args["salt"], lambda: self._rotate_secrets(new, args.get("stall", False)))
+
+    def _rotate_secrets(self, identity: int, stall: bool) -> None:
+        """The secrets agent's part; with ``stall``, the ensemble stalls for a second meanwhile (a GC pause, a
+        slow disk), so that the watcher's reads are still unanswered when it applies the new credentials (it
+        looks at the file every second)."""
+        stalled = [s for s in self.rig.ensemble.servers if s.running and not s.paused] if stall else []
+        if stalled:  # stall in the middle of a burst: its notifications are out, the watcher's reads are not back
+            results = []
+            for node in self.layout.of_kind("bulk"):
+                data = content.text(node.name, next(self.seq), 300, identity)
+                self.observer.attempt(node.name, data)
+                results.append(self.client.set_async(node.path, data))
+            deadline = time.monotonic() + 2.0
+            while sum(r.ready() for r in results) < len(results) // 4 and time.monotonic() < deadline:
+                time.sleep(0.0005)  # polling the burst's progress
+        for server in stalled:
+            server.pause()
+        self.rig.write_secrets(identity)
+        if stalled:
+            time.sleep(1.1)  # the stall's length: under the watcher's read timeout (2/3 of its session timeout)
+        for server in stalled:
+            if server.running and server.paused:
+                server.resume()
 
     def op_rotate_end(self, args: dict[str, Any]) -> None:
         for node in self.layout.nodes:
@@ -303,12 +343,25 @@ class Operations:
     def op_reload(self, args: dict[str, Any]) -> None:
         """SIGHUP with some reloadable nodes and trees left out (and the rest back), sometimes right after a
         push to one being left out, so that it goes while its chunks are being read."""
-        if args["push_first"]:
-            for node in self.layout.nodes:
-                if node.reloadable and node.kind == "chunked" and node.name in args["without"]:
-                    process = self._writer(node, 1)
-                    self._finish_writer(process, node, False)
-        self.rig.reload(args["without"])
+        pushed = [n for n in self.layout.nodes if n.reloadable and n.kind == "chunked" and n.name in args["without"]]
+        if not (args["push_first"] and pushed) or not self.rig.active(pushed[0].name):
+            self.rig.reload(args["without"])
+            return
+        node = pushed[0]
+        self.rig.reload(args["without"], signal_now=False)
+        signalled = threading.Event()
+
+        def changed(event: Any) -> None:  # the commit's notification: the watcher starts reading it now too
+            if not signalled.is_set():
+                signalled.set()
+                self.rig.signal_reload()
+
+        self.client.exists(node.path, watch=changed)
+        process = self._writer(node, 1)
+        self._finish_writer(process, node, False)
+        if not signalled.is_set():
+            signalled.set()
+            self.rig.signal_reload()
 
     # --- helpers ------------------------------------------------------------------------------------------------
 
@@ -325,8 +378,10 @@ _TREE_D_OPS = frozenset({"hostile-name", "unreadable-child"})
 
 def _touched(step: Step) -> set[str]:
     """The nodes a step may have changed (read back after it)."""
-    if step.kind in ("burst", "rotate"):
-        return {f"p{i}" for i in range(8)} | {"a0", "ac0"}
+    if step.kind == "burst":
+        return {f"p{i}" for i in range(8)}
+    if step.kind == "rotate":
+        return {f"p{i}" for i in range(8)} | {"a0", "ac0"} | {f"b{i}" for i in range(BULK)}
     if step.kind in ("envelope", "repair"):
         return {"h0"}
     if step.kind == "reload":

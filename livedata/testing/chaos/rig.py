@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Iterable
 
@@ -160,12 +161,35 @@ class Rig:
                 self.watcher.signal(signal.SIGCONT)
             self.paused = False
 
-    def reload(self, without: Iterable[str]) -> None:
+    def reload(self, without: Iterable[str], signal_now: bool = True) -> None:
+        """Rewrite the config without the reloadable parts named; SIGHUP now or at :meth:`signal_reload`."""
         with self.watcher_lock:
             self.without = set(without)
             self.write_configs()
-            if self.watcher is not None and self.watcher.alive():
-                self.watcher.signal(signal.SIGHUP)
+            if signal_now:
+                self.signal_reload()
+
+    def signal_reload(self) -> None:
+        """SIGHUP, once the watcher handles it (as systemd reloads only a started unit)."""
+        with self.watcher_lock:
+            watcher = self.watcher
+        if watcher is None:
+            return
+        deadline = time.monotonic() + 30
+        while watcher.alive() and "watching " not in watcher.output() and time.monotonic() < deadline:
+            time.sleep(0.01)  # polling the log for the line logged once the SIGHUP handler is in place
+        with self.watcher_lock:
+            if watcher is self.watcher and watcher.alive():
+                watcher.signal(signal.SIGHUP)
+
+    def restart_watcher(self) -> int:
+        """Stop the watcher as systemd does (SIGTERM) and start a fresh one; return the old one's exit status."""
+        with self.watcher_lock:
+            assert self.watcher is not None
+            self.killed_on_purpose = True
+            status = self.watcher.stop()
+            self.start_watcher()
+            return status
 
     def watcher_exit(self) -> int | None:
         """The status of a watcher that exited on its own (None while it runs or when the schedule ended it)."""
@@ -258,7 +282,7 @@ class Rig:
 
     # --- tearing down ---------------------------------------------------------------------------------------
 
-    def close(self) -> None:
+    def close(self, keep: bool = False) -> None:
         with self.watcher_lock:
             if self.watcher is not None:
                 self.watcher.stop()
@@ -267,7 +291,8 @@ class Rig:
             subprocess.run(["umount", "-l", mountpoint], check=False, capture_output=True)
         if self.loop_device:
             subprocess.run(["losetup", "-d", self.loop_device], check=False, capture_output=True)
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        if not keep:  # kept: the logs, configs and servers' data, for a post-mortem
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def _run(command: list[str]) -> str:

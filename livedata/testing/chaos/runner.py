@@ -46,7 +46,7 @@ class HarnessError(RuntimeError):
     """The harness itself failed (not the code under test): a lane raised something unexpected."""
 
 
-def run_schedule(seed: int, intensity: Intensity, say: Callable[[str], None] = print) -> Outcome:
+def run_schedule(seed: int, intensity: Intensity, say: Callable[[str], None] = print, keep: bool = False) -> Outcome:
     layout = make_layout(intensity)
     schedule = generate(seed, intensity, layout)
     say(f"chaos: schedule seed {seed}: {len(schedule.ops)} operations and {len(schedule.faults)} faults over "
@@ -94,7 +94,9 @@ def run_schedule(seed: int, intensity: Intensity, say: Callable[[str], None] = p
         outcome.seconds = time.monotonic() - started
         operations.stop()
         observer.stop()
-        rig.close()
+        rig.close(keep=keep)
+        if keep:
+            say(f"chaos: kept {rig.workdir}")
     return outcome
 
 

@@ -86,8 +86,10 @@ def _op_args(rng: random.Random, kind: str, layout: Layout) -> dict[str, Any]:
         return {"node": rng.choice(plain), "size": rng.choice([20, 300, 300, 900, 4000]), "salt": salt}
     if kind == "toggle":
         return {"node": rng.choice([n.name for n in layout.of_kind("plain", protected=False)]), "salt": salt}
-    if kind in ("push", "race"):
+    if kind == "push":
         return {"node": rng.choice(writable), "base": rng.randrange(3), "salt": salt}
+    if kind == "race":
+        return {"node": rng.choice(writable), "base": rng.randrange(3), "writers": rng.choice([2, 2, 3])}
     if kind == "tree-put":
         return {"tree": tree, "child": rng.choice(TREE_POOL), "salt": salt}
     if kind == "tree-delete":
@@ -99,6 +101,8 @@ def _op_args(rng: random.Random, kind: str, layout: Layout) -> dict[str, Any]:
         return {"form": rng.choice(HOSTILE_ENVELOPES), "salt": salt}
     if kind == "hostile-name":
         return {"name": rng.choice(HOSTILE_NAMES), "salt": salt}
+    if kind == "rotate":
+        return {"salt": salt, "stall": rng.random() < 0.5}
     if kind == "reload":
         reloadable = [n.name for n in layout.nodes if n.reloadable] + [t.name for t in layout.trees if t.reloadable]
         return {"without": sorted(name for name in reloadable if rng.random() < 0.5), "push_first": rng.random() < 0.5}
