@@ -6,6 +6,7 @@ import collections
 import logging
 import os
 import random
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -63,6 +64,8 @@ def summary(outcomes: list[Outcome]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.getLogger("kazoo").setLevel(logging.CRITICAL)  # the observer's reconnections are expected noise
+    # SIGTERM unwinds like Ctrl-C, so that servers, the watcher and mounts are torn down
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     intensity = intensity_from(args)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
     deadline = time.monotonic() + args.minutes * 60 if args.minutes else None
