@@ -38,7 +38,8 @@ class Outcome:
         lines = [f"VIOLATION in schedule seed {self.seed} (replay: tools/chaos --seed {self.seed})",
                  f"{self.violation}", "schedule so far:"]  # fmt: skip
         lines += [f"  {line}" for line in self.executed]
-        lines += ["watcher log (last lines):", *(f"  {line}" for line in self.log_tail.splitlines())]
+        lines += ["watcher log (last warnings and errors, then last lines):"]
+        lines += [f"  {line}" for line in self.log_tail.splitlines()]
         return "\n".join(lines)
 
 
@@ -90,7 +91,7 @@ def run_schedule(seed: int, intensity: Intensity, say: Callable[[str], None] = p
         outcome.faults = faults.counts
         outcome.cuts_at_rename = faults.cuts_at_rename
         outcome.peak_rss_mb = rig.peak_rss / 1024
-        outcome.log_tail = "\n".join(rig.watcher_log().splitlines()[-25:]) if outcome.violation else ""
+        outcome.log_tail = _log_tail(rig) if outcome.violation else ""
         outcome.seconds = time.monotonic() - started
         operations.stop()
         observer.stop()
@@ -98,6 +99,13 @@ def run_schedule(seed: int, intensity: Intensity, say: Callable[[str], None] = p
         if keep:
             say(f"chaos: kept {rig.workdir}")
     return outcome
+
+
+def _log_tail(rig: Rig) -> str:
+    """The watchers' last warnings and errors (all processes of the schedule), then the last lines it logged."""
+    lines = [line for log in rig.watcher_logs() for line in log.splitlines()]
+    complaints = [line for line in lines if " WARNING " in line or " ERROR " in line]
+    return "\n".join([*complaints[-12:], "...", *lines[-8:]])
 
 
 def _run_lanes(ops: list[Step], fault_steps: list[Step], operations: Operations, faults: Faults,
