@@ -214,6 +214,8 @@ def mismatches(rig: Rig, observer: Observer, layout: Layout) -> list[str]:
         want = observer.current(node.name)
         have = read_file(rig.dest(node))
         if isinstance(want, Unreadable) or have != want:
+            want = observer.record_node(node)  # read it again: a mismatch is reported only against fresh data
+        if isinstance(want, Unreadable) or have != want:
             found.append(f"nodes.{node.name}: dest {describe(have)}, node {describe(want)}")
     for tree in layout.trees:
         if not rig.active(tree.name):
