@@ -1,9 +1,10 @@
 """The short form of tools/chaos: a few fixed seeds and one random seed (printed in its test id), each a short
 schedule of operations and faults against a real ensemble, the real watcher and the real writer.
 
-A failing seed prints the schedule so far and the invariant broken; replay it with ``tools/chaos --seed S``
-(add ``--duration 15`` for the suite's length). The harness's own parts are checked first: a seed always
-gives the same schedule, and the observer's independent decoder agrees with the writer's encoder.
+A failing seed prints the schedule so far and the invariant broken; replay it with the suite's intensity:
+``tools/chaos --seed S --duration 15 --op-interval 0.15 --fault-interval 2.5 --fault-length 2``.
+The harness's own parts are checked first: a seed always gives the same schedule, and the observer's
+independent decoder agrees with the writer's encoder.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from livedata.testing.chaos.layout import make_layout
 from livedata.testing.chaos.schedule import generate
 from livedata.testing.chaos.settings import NEEDS_ROOT
 
-# Seeds that once broke an invariant and are fixed cases now (see the report of each in the chaos notes).
+# Seeds that broke an invariant before the fixes they found (each fails on the code before them).
 FIXED_SEEDS = [3, 7, 11]
 RANDOM_SEED = random.SystemRandom().randrange(1 << 32)
 

@@ -24,6 +24,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of operations per schedule")
     parser.add_argument("--op-interval", type=float, default=0.12, help="mean seconds between operations")
     parser.add_argument("--fault-interval", type=float, default=5.0, help="mean seconds between faults")
+    parser.add_argument("--fault-length", type=float, default=3.0, help="mean seconds a fault lasts")
     parser.add_argument("--without", default="", help=f"comma-separated features to leave out: {sorted(FEATURES)}")
     parser.add_argument("--keep", action="store_true", help="keep each schedule's directory (logs, configs)")
     parser.add_argument("--keep-going", action="store_true", help="run the remaining schedules after a violation")
@@ -40,7 +41,7 @@ def intensity_from(args: argparse.Namespace) -> Intensity:
         print(f"chaos: not root: leaving out {sorted(features & NEEDS_ROOT)} (mounting needs root)", file=sys.stderr)
         features -= NEEDS_ROOT
     return Intensity(duration=args.duration, op_interval=args.op_interval, fault_interval=args.fault_interval,
-                     features=frozenset(features))  # fmt: skip
+                     fault_length=args.fault_length, features=frozenset(features))  # fmt: skip
 
 
 def summary(outcomes: list[Outcome]) -> str:
