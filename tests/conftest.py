@@ -8,6 +8,7 @@ import contextlib
 import itertools
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from typing import Callable
@@ -101,3 +102,12 @@ def start_watcher(workdir: str) -> Iterator[Callable[..., WatcherProcess]]:
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def immutable_dir(workdir) -> Iterator[str]:
+    """A directory in which nothing can be created, even by root (chattr +i), so writes there fail for real."""
+    path = f"{workdir}/frozen"
+    os.mkdir(path)
+    yield path
+    subprocess.run(["chattr", "-i", path], check=False)

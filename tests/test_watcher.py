@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import threading
-from collections.abc import Iterator
 
 import pytest
 
@@ -129,15 +128,6 @@ def test_heartbeat_only_while_connected(private_zk_server, workdir, start_watche
     private_zk_server.start()
     wait_for(lambda: os.stat(dest).st_mtime_ns > frozen, 30, "heartbeats to resume after reconnecting")
     assert watcher.alive()
-
-
-@pytest.fixture
-def immutable_dir(workdir) -> Iterator[str]:
-    """A directory in which nothing can be created, even by root (chattr +i), so writes there fail for real."""
-    path = f"{workdir}/frozen"
-    os.mkdir(path)
-    yield path
-    subprocess.run(["chattr", "-i", path], check=False)
 
 
 def chattr(flag: str, path: str) -> None:

@@ -24,6 +24,7 @@ from livedata.testing.watcher_process import base_settings, read_bytes, write_in
 from livedata.testing.zookeeper import free_ports, wait_for
 from tests.test_metrics import Endpoint
 from tests.test_scale import chunks, create_all
+from tests.test_watcher import chattr
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -219,16 +220,18 @@ def test_json_format_and_a_child_that_is_not_text(zk_server, zk, zk_path, workdi
 
 
 def test_a_failure_with_no_file_there_yet_does_not_claim_an_old_file(
-    zk_server, zk, zk_path, workdir, start_watcher
+    zk_server, zk, zk_path, workdir, start_watcher, immutable_dir
 ):
-    source, dest = f"{zk_path}/flags", f"{workdir}/flags.json"
-    zk.create(f"{source}/binary", b"\xff\xfe", makepath=True)
+    """A tree that cannot be written (its directory takes no new entry, even from root) says no file is there yet."""
+    source, dest = f"{zk_path}/flags", f"{immutable_dir}/flags.json"
+    zk.create(f"{source}/a", b"1", makepath=True)
+    chattr("+i", immutable_dir)
     settings = base_settings(zk_server)
     settings.update(tree_settings("flags", source, dest, format="json"))
     watcher = start_watcher(settings)
     watcher.wait_for_log("will retry")
-    (line,) = [line for line in watcher.output().splitlines() if "will retry" in line]
-    assert line.endswith("; nothing written; will retry, no file is there yet"), line
+    (line, *_) = [line for line in watcher.output().splitlines() if "will retry" in line]
+    assert line.endswith("will retry, no file is there yet"), line
     assert "old file" not in watcher.output() and not os.path.lexists(dest)
 
 
