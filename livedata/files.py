@@ -20,7 +20,7 @@ them durable with a single ``syncfs(2)`` per filesystem instead of thousands of 
 fsyncs each directory that gained a name once. This is what makes a cold start with tens of thousands of
 dests fast.
 
-Durability (the contract README's "Durability" section states for operators):
+Durability (the contract docs/watcher.md's "Durability" section states for operators):
 
 * The data of a new version is on disk (fsync, or syncfs for a batch) before the rename that publishes it,
   so after a crash or a power loss a dest holds a complete version, never an empty or partial one.

@@ -13,7 +13,7 @@ How it is built, and why:
 * The callback runs on the client's handler (a greenlet with the gevent handler), one call at a time per
   watch, so parsing there needs no lock. It must stay cheap (a slow callback delays every other watch of the
   client) and must never raise (kazoo would only log the exception), so everything it does is caught.
-* Stored data is decoded through :mod:`livedata.payload` (compressed or chunked nodes, see the README's
+* Stored data is decoded through :mod:`livedata.payload` (compressed or chunked nodes, see docs/writer.md's
   "Large data"): chunks are read in the callback, verified and inflated with a bound of ``max_payload_size``
   decoded bytes. Bad stored data fails the version like a parser error does; a chunk found missing sends
   the read back to the node, since that only means a newer version was published meanwhile.

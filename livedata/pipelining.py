@@ -3,10 +3,10 @@
 Why: kazoo's connection greenlet sends one request per turn of its loop: a ``select`` for the wake-up
 byte, a ``select`` for the socket being writable, one ``send(2)`` of a few dozen bytes, one ``recv(1)``
 of the wake-up byte. At start-up the mirror queues one read per node (50,000 reads for 50,000 nodes), and
-these per-request turns were the largest cost left in the daemon (the profile in the README's Performance
-section). Sending whatever is queued, up to ``MAX_BATCH`` requests, in one write keeps ZooKeeper's order
-and semantics (one TCP stream, requests in queue order, replies matched to them in the same order) and
-removes most of those turns.
+these per-request turns were the largest cost left in the daemon (the 50,000-node start-up profile in
+docs/performance.md). Sending whatever is queued, up to ``MAX_BATCH`` requests, in one write keeps
+ZooKeeper's order and semantics (one TCP stream, requests in queue order, replies matched to them in the same
+order) and removes most of those turns.
 
 How: the connection object of one client gets its own ``_send_request`` (kazoo's method, replaced on that
 instance only, never on the class). It takes ordinary requests from the head of kazoo's queue, gives each

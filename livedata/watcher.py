@@ -66,6 +66,7 @@ log = logging.getLogger("livedata.watcher")
 PROG = "livedata-watcher"
 STOP_GRACE = 1.5  # seconds allowed for closing the session on SIGTERM; the whole exit stays under 2 s
 RESYNC_JITTER = 0.1  # +-10%, so a fleet started together does not resync in step
+LOCK_CHECK_INTERVAL = 5.0  # seconds between checks that each dest's lock file is still there (DestLocks.check)
 DEFAULT_HOOK_TIMEOUT = 30.0
 
 
@@ -329,6 +330,7 @@ class Daemon:
             self.metrics.watch(self.mirror)
         self.timers: list[Any] = []
         self.dest_locks = dest_locks or DestLocks(config.raw.source)  # run() claims them before anything else
+        self.dest_taken: Any = None  # set (a gevent Event, made in start) when another watcher took a dest
 
     def _make_metrics(self) -> Metrics:
         from livedata.metrics import Metrics
@@ -338,7 +340,11 @@ class Daemon:
         return metrics
 
     def start(self) -> None:
+        import gevent.event
+
         from livedata.metrics import MetricsServer
+
+        self.dest_taken = gevent.event.Event()
 
         claim_dests(self.dest_locks, self.config)  # already held when run() claimed them: a no-op then
         log.info("watching %d nodes and %d trees on %s", len(self.config.nodes), len(self.config.trees),
@@ -362,7 +368,22 @@ class Daemon:
         self.timers = [
             gevent.spawn(every, self.config.heartbeat_interval, self.mirror.heartbeat),
             gevent.spawn(every, self.config.resync_interval, self.mirror.resync, RESYNC_JITTER),
+            gevent.spawn(every, LOCK_CHECK_INTERVAL, self.check_dest_locks),
         ]
+
+    def check_dest_locks(self) -> None:
+        """Lock again a lock file removed or replaced, and retry claims that failed; stop if a dest was taken.
+
+        A dest another watcher holds now is the conflict a start would have
+        refused (it took the removed lock file's place): this watcher stops
+        with the same status 2 and line, rather than keep two daemons writing
+        one file; its supervisor then leaves it stopped, as after a refused start.
+        """
+        try:
+            self.dest_locks.check(self.config.dests)
+        except ConfigError as e:
+            log.error("%s; stopping, as this watcher would be refused if it started now", " ".join(str(e).split()))
+            self.dest_taken.set()
 
     def reload(self) -> bool:
         """Re-read the config file and apply it; an invalid one is rejected and the running one stays.
@@ -525,10 +546,12 @@ def run(config_path: str, config: WatcherConfig) -> int:
     daemon = Daemon(config_path, config, locks)
     daemon.start()
     reloader = gevent.spawn(_reload_on_request, daemon, reload_requested)
-    gevent.wait([stopping, daemon.mirror.died], count=1)
+    gevent.wait([stopping, daemon.mirror.died, daemon.dest_taken], count=1)
     log.info("stopping")
     reloader.kill()
     daemon.stop()
+    if daemon.dest_taken.is_set():
+        return cli.EXIT_USAGE
     return cli.EXIT_FAILURE if daemon.mirror.died.is_set() else cli.EXIT_OK
 
 

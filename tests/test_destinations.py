@@ -160,3 +160,64 @@ def test_releasing_a_dest_through_a_bind_mount_keeps_the_others_claim(bind_mount
     assert claimed_by_another_process(f"{bind_mount}/b/x")
     locks.release_all()
     assert not claimed_by_another_process(f"{bind_mount}/a/x")
+
+
+# --- one watcher per dest: claims kept while running ---------------------------------------------
+
+
+@pytest.mark.timeout(90)
+def test_a_removed_lock_file_is_locked_again_and_a_watcher_that_took_it_stops_the_first(
+    zk_server, zk, zk_path, workdir, start_watcher
+):
+    """``rm .livedata.lock`` must not let a second watcher on the same dest run beside the first one."""
+    out = f"{workdir}/out"
+    zk.create(f"{zk_path}/a", b"a")
+    settings = {**base_settings(zk_server), **node_settings("a", f"{zk_path}/a", f"{out}/a")}
+    first = start_watcher(settings)
+    wait_for_content(f"{out}/a", b"a")
+    lock_file = f"{out}/.livedata.lock"
+
+    # Alone: the first watcher makes the lock file again, and a second watcher is refused as before.
+    os.unlink(lock_file)
+    first.wait_for_log(f"{lock_file} was removed or replaced while this watcher held it", timeout=20)
+    wait_for(lambda: claimed_by_another_process(f"{out}/a"), 20, "the first watcher to hold the new lock file")
+
+    # A second watcher starting before the first one checks again takes the new lock file; the first one
+    # then finds its dest held by the second, says so naming its pid, and stops as a refused start would.
+    first.signal(signal.SIGSTOP)
+    try:
+        os.unlink(lock_file)
+        second = start_watcher(settings, name="second.ini")
+        second.wait_for_log("watching 1 nodes")
+    finally:
+        first.signal(signal.SIGCONT)
+    assert first.process.wait(20) == 2
+    assert (f"nodes.a.dest: {out}/a is already mirrored by another watcher (pid {second.pid}), which holds its "
+            f"lock in {lock_file}") in first.output()  # fmt: skip
+    assert "stopping, as this watcher would be refused if it started now" in first.output()
+    zk.set(f"{zk_path}/a", b"a2")  # the second one goes on, alone
+    wait_for_content(f"{out}/a", b"a2")
+    assert second.alive()
+
+
+@pytest.mark.timeout(90)
+def test_a_claim_that_could_not_be_made_is_made_once_the_directory_allows_it(
+    zk_server, zk, zk_path, workdir, start_watcher
+):
+    """No lock file possible at start (chattr +i): the dest is claimed within seconds of the directory's repair."""
+    out = f"{workdir}/frozen"
+    os.mkdir(out)
+    zk.create(f"{zk_path}/a", b"a")
+    settings = {**base_settings(zk_server), **node_settings("a", f"{zk_path}/a", f"{out}/a")}
+    if subprocess.run(["chattr", "+i", out], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not usable here")
+    try:
+        watcher = start_watcher(settings)
+        watcher.wait_for_log(f"cannot lock {out}/.livedata.lock")
+        assert not claimed_by_another_process(f"{out}/a")
+    finally:
+        subprocess.run(["chattr", "-i", out], check=True)
+    watcher.wait_for_log(f"{out}/.livedata.lock: locked now", timeout=20)
+    assert claimed_by_another_process(f"{out}/a")
+    wait_for_content(f"{out}/a", b"a")  # the write, retried meanwhile, lands too
+    assert watcher.alive()

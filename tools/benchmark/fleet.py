@@ -42,7 +42,7 @@ from tools.benchmark.targets import BenchError
 
 TOPOLOGIES = {"standalone": "1 server", "observers": "2 observers"}
 # Every simulated host connects from 127.0.0.1, so the per-address cap (60 by default) must go; a real fleet has
-# one address per host and meets this cap only behind NAT (see README "Sizing").
+# one address per host and meets this cap only behind NAT (see docs/sizing.md, "What a deployment must set").
 SERVER_CONFIG = {"maxClientCnxns": "0"}
 _WARMUP = 2  # changes at a new size before timing: the first one also pays for growing every buffer
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
