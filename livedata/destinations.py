@@ -21,7 +21,13 @@ at an offset derived from the dest's name: one lock file and one open file
 per directory however many dests it holds, watchers with different dests
 in one directory do not collide, and the kernel drops the locks when the
 process ends in any way (SIGKILL included), so a crashed watcher never
-blocks its successor.  A watcher refused its claim exits with status 2
+blocks its successor.  The kernel checks a new record lock against every
+lock on the file, so thousands of one-byte locks on one file would make a
+start quadratic (50,000 dests in one directory: minutes): a watcher with
+more than :data:`BULK_CLAIM` dests in one directory locks the whole file
+instead, one lock that claims every dest there (another watcher may then
+mirror nothing in that directory, which is said when it is refused).  A
+watcher refused its claim exits with status 2
 naming the holder's pid; a directory where no lock file can be made is
 mirrored without one (logged).
 
@@ -53,6 +59,7 @@ log = logging.getLogger("livedata.destinations")
 DIRECTORY_MODE = 0o755
 LOCK_NAME = ".livedata.lock"
 LOCK_MODE = 0o644
+BULK_CLAIM = 64  # more dests than this in one directory: one lock on the whole lock file claims them all
 _OFFSET_BITS = 62  # offsets stay positive in a signed 64-bit off_t
 _FLOCK = "hhqqi"  # struct flock on Linux: l_type, l_whence, l_start, l_len, l_pid (native alignment)
 
@@ -127,10 +134,16 @@ def _id(value: int | None) -> str:
 class DestinationBusy(ConfigError):
     """Another running process (a watcher) holds the claim on a dest this configuration names."""
 
-    def __init__(self, source: str, key: str, path: str, lock_file: str, holder: int | None) -> None:
+    def __init__(self, source: str, key: str, path: str, lock_file: str, holder: int | None,
+                 whole: bool = False) -> None:
         who = f"another watcher (pid {holder})" if holder else "another watcher"
-        super().__init__(source, key, f"{path} is already mirrored by {who}, which holds its lock in {lock_file}; "
-                         "stop that one first, or give this one other dests")  # fmt: skip
+        if whole:
+            problem = (f"{who} claims every dest in {os.path.dirname(path)} (it has more than {BULK_CLAIM} there; "
+                       f"its lock is {lock_file}): give this one another directory, or stop that one first")
+        else:
+            problem = (f"{path} is already mirrored by {who}, which holds its lock in {lock_file}; stop that one "
+                       "first, or give this one other dests")
+        super().__init__(source, key, problem)
         self.holder = holder
 
 
@@ -162,6 +175,8 @@ class DestLocks:
         self._unlockable: set[str] = set()  # directories already logged as having no lock file
         self._strays: list[int] = []  # descriptors of a lock file already open (a rename race): never closed
         self._pending = False  # some dest of the last claim went unclaimed: check() tries it again
+        self._whole: set[_Identity] = set()  # lock files locked whole (BULK_CLAIM): no byte is locked or unlocked
+        self._wanted: dict[str, int] = {}  # during claim(): lock file name -> dests this watcher will hold there
 
     def claim(self, dests: Iterable[tuple[str, str]]) -> None:
         """Claim each ``(key, dest)`` whose directory exists (others: once it does); all or nothing.
@@ -172,6 +187,10 @@ class DestLocks:
         """
         batch = list(dests)
         paths = {path for _, path in batch}
+        self._wanted = {}
+        for path in paths | self._held.keys():
+            name = _lock_name(path)
+            self._wanted[name] = self._wanted.get(name, 0) + 1
         claimed: list[str] = []
         unclaimed = False
         self._pending = True  # until this call is through
@@ -237,9 +256,10 @@ class DestLocks:
             if not self._users[identity]:
                 del self._users[identity]
                 os.close(self._files.pop(identity))  # releases its last lock too
+                self._whole.discard(identity)
             if not sharing:
                 del self._bytes[identity, offset]
-                if identity in self._files:
+                if identity in self._files and identity not in self._whole:
                     fcntl.lockf(self._files[identity], fcntl.LOCK_UN, 1, offset)
 
     def release_all(self) -> None:
@@ -261,16 +281,24 @@ class DestLocks:
                 self._close_if_unused(identity)
                 raise ConfigError(self.source, key, f"{path} is the file {self._held[other][2]} ({other}) names: "
                                   "one file cannot be the dest of two nodes")  # fmt: skip
+        whole = identity not in self._whole and self._wanted.get(lock_file, 0) > BULK_CLAIM
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+            if whole:
+                self._lock_whole(key, path, lock_file, fd, offset, (identity, offset) in self._bytes)
+                self._whole.add(identity)
+            elif identity not in self._whole:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
         except OSError as e:
             if e.errno in (errno.EACCES, errno.EAGAIN):
-                holder = _holder(fd, offset)
+                holder, whole_file = _holder(fd, offset)
                 self._close_if_unused(identity)
-                raise DestinationBusy(self.source, key, path, lock_file, holder) from None
+                raise DestinationBusy(self.source, key, path, lock_file, holder, whole_file) from None
             self._close_if_unused(identity)
             self._cannot_lock(directory, lock_file, e)
             return False
+        except ConfigError:
+            self._close_if_unused(identity)
+            raise
         self._held[path] = (identity, offset, key)
         self._bytes.setdefault((identity, offset), set()).add(path)
         self._users[identity] = self._users.get(identity, 0) + 1
@@ -282,6 +310,23 @@ class DestLocks:
             log.info("%s: locked now; the dests in %s are claimed, so a second watcher is refused", lock_file,
                      directory)  # fmt: skip
         return True
+
+    def _lock_whole(self, key: str, path: str, lock_file: str, fd: int, offset: int, byte_held: bool) -> None:
+        """Lock all of ``lock_file`` (see :data:`BULK_CLAIM`), or say why not: this dest's own holder, or
+        another watcher's dests in the same directory (raises OSError from the kernel, or ConfigError)."""
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)  # this dest's own byte first: the precise refusal
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 0, 0)  # length 0: every byte, to the end of all offsets
+        except OSError as e:
+            if e.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
+            if not byte_held:
+                fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset)
+            holder, _ = _holder(fd, 0, 0)
+            who = f"another watcher (pid {holder})" if holder else "another watcher"
+            raise ConfigError(self.source, key, f"{os.path.dirname(path)} holds dests that {who} mirrors (see "
+                              f"{lock_file}), and this watcher has more than {BULK_CLAIM} dests there, which it "
+                              "claims as a whole: give the two watchers separate directories") from None  # fmt: skip
 
     def _open(self, lock_file: str, directory: str) -> tuple[_Identity, int] | None:
         """The lock file's identity and this process's one descriptor of it, opened now if need be."""
@@ -304,6 +349,7 @@ class DestLocks:
     def _close_if_unused(self, identity: _Identity) -> None:
         if not self._users.get(identity):
             os.close(self._files.pop(identity))
+            self._whole.discard(identity)
 
     def _cannot_lock(self, directory: str, lock_file: str, error: OSError) -> None:
         if directory not in self._unlockable:
@@ -326,12 +372,15 @@ def _identity_at(path: str) -> _Identity | None:
     return status.st_dev, status.st_ino
 
 
-def _holder(fd: int, offset: int) -> int | None:
-    """The pid holding the lock at ``offset`` (F_GETLK), when the kernel tells it; None otherwise."""
-    request = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0)
+def _holder(fd: int, offset: int, length: int = 1) -> tuple[int | None, bool]:
+    """The pid holding a lock on those bytes (F_GETLK) when the kernel tells it, else None; and whether that lock
+    is on the whole file (a watcher with more than BULK_CLAIM dests there)."""
+    request = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, offset, length, 0)
     try:
         reply = fcntl.fcntl(fd, fcntl.F_GETLK, request + bytes(8))  # room for the struct's tail padding
-        kind, _, _, _, pid = struct.unpack_from(_FLOCK, reply)
+        kind, _, start, held, pid = struct.unpack_from(_FLOCK, reply)
     except (OSError, struct.error):
-        return None
-    return pid if kind != fcntl.F_UNLCK and pid > 0 else None
+        return None, False
+    if kind == fcntl.F_UNLCK:
+        return None, False
+    return (pid if pid > 0 else None), start == 0 and held == 0

@@ -221,3 +221,54 @@ def test_a_claim_that_could_not_be_made_is_made_once_the_directory_allows_it(
     assert claimed_by_another_process(f"{out}/a")
     wait_for_content(f"{out}/a", b"a")  # the write, retried meanwhile, lands too
     assert watcher.alive()
+
+
+def locks_held_on(path: str) -> int:
+    """How many record locks the kernel holds on ``path`` (from /proc/locks, by inode)."""
+    inode = os.stat(path).st_ino
+    with open("/proc/locks") as table:
+        return sum(1 for line in table if line.split()[5].split(":")[-1] == str(inode))
+
+
+@pytest.mark.timeout(120)
+def test_thousands_of_dests_in_one_directory_are_one_lock(tmp_path):
+    """A lock per dest made the kernel walk every earlier lock for each new one (50,000 dests: minutes): past
+    BULK_CLAIM dests in one directory the watcher locks the whole file once, and still refuses any second watcher."""
+    from livedata.destinations import BULK_CLAIM, LOCK_NAME, DestLocks
+
+    dests = [f"{tmp_path}/n{i}" for i in range(3000)]
+    locks = DestLocks("w.ini")
+    locks.claim([(f"nodes.n{i}.dest", dest) for i, dest in enumerate(dests)])
+    assert locks_held_on(f"{tmp_path}/{LOCK_NAME}") == 1
+    assert claimed_by_another_process(dests[1234])
+    probe = ("import sys\nfrom livedata.destinations import DestLocks\n"
+             "DestLocks('second.ini').claim([('nodes.z.dest', sys.argv[1])])\n")  # fmt: skip
+    other = subprocess.run([sys.executable, "-c", probe, f"{tmp_path}/another"], capture_output=True, text=True,
+                           timeout=20)  # fmt: skip
+    assert other.returncode == 1 and f"claims every dest in {tmp_path} (it has more than {BULK_CLAIM}" in other.stderr
+
+    locks.keep_only(dests[:BULK_CLAIM])  # the claim stays whole until the directory's last dest is released
+    assert claimed_by_another_process(dests[0]) and locks_held_on(f"{tmp_path}/{LOCK_NAME}") == 1
+    locks.release_all()
+    assert not claimed_by_another_process(dests[0])
+
+
+def test_a_watcher_with_many_dests_is_refused_a_directory_another_one_uses(tmp_path):
+    from livedata.config import ConfigError
+    from livedata.destinations import BULK_CLAIM, DestLocks
+
+    first = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom livedata.destinations import DestLocks\n"
+                              "l = DestLocks('first.ini'); l.claim([('nodes.a.dest', sys.argv[1])])\n"
+                              "print('held', flush=True); time.sleep(60)\n", f"{tmp_path}/a"],
+                             stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert first.stdout is not None and first.stdout.readline() == "held\n"
+        many = [(f"nodes.n{i}.dest", f"{tmp_path}/n{i}") for i in range(BULK_CLAIM + 1)]
+        with pytest.raises(ConfigError, match=rf"holds dests that another watcher \(pid {first.pid}\) mirrors.*"
+                           "give the two watchers separate directories"):  # fmt: skip
+            DestLocks("w.ini").claim(many)
+        assert claimed_by_another_process(f"{tmp_path}/a")
+        assert not claimed_by_another_process(f"{tmp_path}/n0")  # all or nothing
+    finally:
+        first.kill()
+        first.wait()
