@@ -482,11 +482,12 @@ def _enveloped(data: bytes, codec: str, body: bytes, max_node_size: int) -> Stor
 
 
 def _envelope_of(
-    size: int, digest: str, codec: str, body: bytes, max_node_size: int, meta: Mapping[str, Any]
+    size: int, digest: str, codec: str, body: bytes, max_node_size: int, meta: Mapping[str, Any],
+    chunked: bool = False,
 ) -> Stored:
     inline = Envelope(codec, size, digest, len(body), [], body, meta)
     node_data = inline.to_bytes()
-    if len(node_data) <= max_node_size:
+    if len(node_data) <= max_node_size and not (chunked and body):
         return Stored(node_data=node_data, envelope=inline, codec=codec, stored_size=len(body))
     pieces = [body[i : i + max_node_size] for i in range(0, len(body), max_node_size)]
     chunks = {chunk_name(piece): piece for piece in pieces}
@@ -500,15 +501,17 @@ def _envelope_of(
     return Stored(node_data=node_data, envelope=envelope, codec=codec, stored_size=len(body), chunks=chunks)
 
 
-def restamp(stored: Stored, meta: Mapping[str, Any], max_node_size: int) -> Stored:
+def restamp(stored: Stored, meta: Mapping[str, Any], max_node_size: int, chunked: bool = False) -> Stored:
     """The same stored body under a header that also carries ``meta`` (author, time, message, signature).
 
     The body is encoded once, before the writer connects; the header's provenance needs what the node holds
     now (its sequence), so it is added here.  An inline body whose header grew past ``max_node_size`` moves
-    to chunks.  Plain data (mode ``never``) has no header and is returned as it is.
+    to chunks; ``chunked`` moves any body to chunks (a kept version created in the same transaction as a
+    large write: one transaction must fit in ``jute.maxbuffer`` too).  Plain data (mode ``never``) has no
+    header and is returned as it is.
     """
     envelope = stored.envelope
     if envelope is None:
         return stored
     body = envelope.inline if not envelope.chunked else b"".join(stored.chunks[name] for name in envelope.chunk_names)
-    return _envelope_of(envelope.size, envelope.sha256, envelope.codec, body, max_node_size, meta)
+    return _envelope_of(envelope.size, envelope.sha256, envelope.codec, body, max_node_size, meta, chunked)

@@ -15,6 +15,7 @@ can drive each step against a real server.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -97,6 +98,7 @@ STDIN_LABEL = "<stdin>"
 CONNECT_TIMEOUT_FACTOR = 2.0
 
 READ_CHUNK = 1024 * 1024
+_TRANSACTION_MARGIN = 16 * 1024  # room in one transaction for the checks of its chunks, paths and headers
 DEFAULT_DIFF_LINES = 200  # a 1 MB text would otherwise print thousands of lines into a CI log
 DEFAULT_DIFF_BYTES = 64 * 1024  # and one changed line of a one-line 5 MiB JSON would print 10 MB
 FORMATS = ("auto", "json", "raw")  # auto: json for a SOURCE named *.json, raw otherwise
@@ -603,21 +605,32 @@ def stamp_write(client: KazooClient, path: str, data: bytes, stored: Stored, cur
     if stamp.signer is not None:
         record = replace(record, key=stamp.signer.public, sig=stamp.signer.sign(record.message_for(envelope)))
     stamped = restamp(stored, record.header(), stamp.max_node_size)
-    if stamp.keep <= 0:
-        entry = None
-    elif stamped.envelope is not None:
-        entry = stamped
-    else:  # stored plain (--compress never): the kept version is an envelope all the same
-        entry = restamp(encode(data, "always", stamp.max_node_size, enveloped=True), record.header(),
-                        stamp.max_node_size)  # fmt: skip
+    entry = _kept_version(path, data, stamped, record, stamp) if stamp.keep > 0 else None
     replace_entry = any(entry_version == new_version for entry_version in (e.version for e in kept))
     return Stamped(stamped, entry, replace_entry, record)
 
 
+def _kept_version(path: str, data: bytes, stamped: Stored, record: Provenance, stamp: Stamp) -> Stored | None:
+    """The history child for this write: its envelope, small enough to share one transaction with the write.
+
+    When the write's node data and an inline copy would not fit in one request together (``jute.maxbuffer``
+    bounds a whole transaction), the kept version's body goes to chunks, created before the transaction like
+    any chunk and shared by content with every other version that holds the same bytes.
+    """
+    source = stamped if stamped.envelope is not None else encode(data, "always", stamp.max_node_size, enveloped=True)
+    try:
+        entry = restamp(source, record.header(), stamp.max_node_size)
+        if len(entry.node_data) + len(stamped.node_data) > stamp.max_node_size - _TRANSACTION_MARGIN:
+            entry = restamp(source, record.header(), stamp.max_node_size, chunked=True)
+    except PayloadError as e:  # nodes too small for a header (a tiny zookeeper.max_node_size)
+        log.warning("%s: this version is not kept: %s", path, e)
+        return None
+    return entry
+
+
 def _plain_envelope(data: bytes, max_node_size: int) -> Envelope:
-    envelope = encode(data, "always", max_node_size, enveloped=True).envelope
-    assert envelope is not None
-    return envelope
+    """What a record says of plain data: its size and sha256 (nothing is encoded)."""
+    return Envelope("identity", len(data), hashlib.sha256(data).hexdigest(), len(data), [])
 
 
 def _same_form(current: Current, stored: Stored, stamp: Stamp | None, path: str) -> bool:
