@@ -28,12 +28,12 @@ from tests.payloads import (
     MiB,
     amplifying,
     chunk_children,
-    referenced_chunks,
     experiments_json,
     incompressible,
     large_data_server,
     put,
     read_bytes_under,
+    referenced_chunks,
 )
 from tests.test_writer import assert_one_line_failure, run_writer, secrets_config, write_config
 
