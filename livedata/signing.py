@@ -15,7 +15,7 @@ checked against the bytes); a refusal is a :class:`SignatureRefused`, a
 value is kept, and the next version is read as usual.
 
 The last sequence accepted per node is what refuses a replayed older version.  It is kept in memory and, with a
-``state_dir``, in ``state_dir/sequences/`` (one small file per node, written before the data is handed on),
+``state_dir``, in ``state_dir/sequences.log`` (a line appended per accepted change, before the data is handed on),
 so a restart does not forget it; ``state_dir/refused.json`` lists the nodes whose current data is refused, for
 ``livedata-watcher --check``.
 """
@@ -29,7 +29,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from livedata.payload import Envelope, PayloadError
 from livedata.provenance import Provenance
@@ -38,7 +38,7 @@ log = logging.getLogger("livedata.signing")
 
 KEY_SIZE = 32
 INSTALL_HINT = "needs the cryptography package: pip install 'livedata[signing]'"
-SEQUENCES = "sequences"
+SEQUENCES_FILE = "sequences.log"
 REFUSED_FILE = "refused.json"
 
 
@@ -137,27 +137,31 @@ class Signer:
 class SequenceStore:
     """The last accepted (sequence, sha256) of each node, and which nodes' data is refused now.
 
-    In memory always; with ``directory``, also in files there, so a restart keeps refusing replays.  A file
-    that cannot be written is logged once per reason and the memory goes on serving.
+    In memory always; with ``directory``, also in ``directory/sequences.log``, so a restart keeps refusing
+    replays: one line appended per accepted change (``seq sha256 path``, the path percent-quoted; a single
+    ``write`` on a descriptor kept open, cheap enough for thousands of nodes at start-up), the last line of a
+    node winning.  It is read, and rewritten compacted, when the store is created.  A file that cannot be
+    written is logged once per reason and the memory goes on serving.
     """
 
     def __init__(self, directory: str | None = None) -> None:
         self.directory = directory
-        self._last: dict[str, tuple[int, str] | None] = {}
+        self._last: dict[str, tuple[int, str]] = {}
         self.refused: dict[str, str] = {}  # path -> the reason its current data is refused
         self._problem: str | None = None
+        self._log: int | None = None
         if directory is not None:
+            self._last = self._load()
+            self._compact()
             self._save_refused()  # never leave an earlier run's refusals in force
 
     def last(self, path: str) -> tuple[int, str] | None:
-        if path not in self._last:
-            self._last[path] = self._load(path)
-        return self._last[path]
+        return self._last.get(path)
 
     def accept(self, path: str, seq: int, sha256: str) -> None:
-        if self.last(path) != (seq, sha256):
+        if self._last.get(path) != (seq, sha256):
             self._last[path] = (seq, sha256)
-            self._write(os.path.join(SEQUENCES, quote(path, safe="")), f"{seq} {sha256}\n")
+            self._append(f"{seq} {sha256} {quote(path, safe='/')}\n")
         if self.refused.pop(path, None) is not None:
             self._save_refused()
 
@@ -166,34 +170,59 @@ class SequenceStore:
             self.refused[path] = reason
             self._save_refused()
 
-    def _load(self, path: str) -> tuple[int, str] | None:
-        if self.directory is None:
-            return None
+    def close(self) -> None:
+        if self._log is not None:
+            os.close(self._log)
+            self._log = None
+
+    def _load(self) -> dict[str, tuple[int, str]]:
+        assert self.directory is not None
+        last: dict[str, tuple[int, str]] = {}
         try:
-            with open(os.path.join(self.directory, SEQUENCES, quote(path, safe="")), encoding="ascii") as f:
-                seq, sha256 = f.read().split()
-            return int(seq), sha256
+            with open(os.path.join(self.directory, SEQUENCES_FILE), encoding="ascii", errors="replace") as f:
+                for line in f:
+                    parts = line.split()
+                    if len(parts) == 3 and parts[0].isdigit() and line.endswith("\n"):  # a torn last line: skipped
+                        last[unquote(parts[2])] = (int(parts[0]), parts[1])
         except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as e:
-            self._report(f"cannot read the last accepted sequence of {path}: {e}")
-            return None
+            pass
+        except OSError as e:
+            self._report(f"cannot read {SEQUENCES_FILE} in {self.directory}: {e.strerror or e}")
+        return last
+
+    def _compact(self) -> None:
+        lines = "".join(f"{seq} {sha256} {quote(path, safe='/')}\n" for path, (seq, sha256) in self._last.items())
+        if self._write(SEQUENCES_FILE, lines):
+            try:
+                self._log = os.open(os.path.join(self.directory or "", SEQUENCES_FILE), os.O_WRONLY | os.O_APPEND)
+            except OSError as e:
+                self._report(f"cannot open {SEQUENCES_FILE}: {e.strerror or e}")
+
+    def _append(self, line: str) -> None:
+        if self._log is None:
+            return
+        try:
+            os.write(self._log, line.encode("ascii"))
+        except OSError as e:
+            self._report(f"cannot append to {SEQUENCES_FILE}: {e.strerror or e}")
 
     def _save_refused(self) -> None:
         self._write(REFUSED_FILE, json.dumps({"refused": self.refused}, sort_keys=True) + "\n")
 
-    def _write(self, name: str, text: str) -> None:
+    def _write(self, name: str, text: str) -> bool:
         if self.directory is None:
-            return
+            return False
         target = os.path.join(self.directory, name)
         temp = f"{target}.tmp{os.getpid()}"
         try:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.makedirs(self.directory, exist_ok=True)
             with open(temp, "w", encoding="ascii") as f:
                 f.write(text)
             os.replace(temp, target)
         except OSError as e:
             self._report(f"cannot write {target}: {e.strerror or e}")
+            return False
+        return True
 
     def _report(self, problem: str) -> None:
         if problem != self._problem:
