@@ -617,8 +617,8 @@ def _kept_version(path: str, data: bytes, stamped: Stored, record: Provenance, s
     bounds a whole transaction), the kept version's body goes to chunks, created before the transaction like
     any chunk and shared by content with every other version that holds the same bytes.
     """
-    source = stamped if stamped.envelope is not None else encode(data, "always", stamp.max_node_size, enveloped=True)
     try:
+        source = stamped if stamped.envelope is not None else encode(data, "always", stamp.max_node_size, True)
         entry = restamp(source, record.header(), stamp.max_node_size)
         if len(entry.node_data) + len(stamped.node_data) > stamp.max_node_size - _TRANSACTION_MARGIN:
             entry = restamp(source, record.header(), stamp.max_node_size, chunked=True)
