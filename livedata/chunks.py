@@ -44,12 +44,14 @@ from kazoo.exceptions import (
 
 from livedata.payload import (
     CHUNK_PREFIX,
+    HISTORY_PREFIX,
     BadChunkError,
     ChunkNotAllowedError,
     Envelope,
     MissingChunkError,
     PayloadError,
     Stored,
+    history_name,
     parse,
 )
 
@@ -249,24 +251,38 @@ def align_acls(client: KazooClient, path: str, names: Sequence[str], acl: list[A
     return changed
 
 
-def publish(client: KazooClient, path: str, stored: Stored, expected_version: int) -> tuple[int, list[str]]:
+def publish(
+    client: KazooClient, path: str, stored: Stored, expected_version: int, history: Stored | None = None,
+    replace_entry: bool = False,
+) -> tuple[int, list[str]]:
     """Write the chunks, then the envelope as a compare-and-set that also checks every chunk exists.
 
-    Returns the new version and the chunks this call created.  Raises kazoo's ``BadVersionError`` when the
-    node moved on, and whatever else ZooKeeper refused, after removing the chunks we created that nobody uses.
+    With ``history`` (the version's record, an envelope), the same transaction creates the history child of the
+    version it produces (``expected_version + 1``; ``replace_entry``: a stale child of that name is deleted
+    first), so a kept version exists exactly when the write did.  Returns the new version and the chunks this
+    call created.  Raises kazoo's ``BadVersionError`` when the node moved on, and whatever else ZooKeeper
+    refused, after removing the chunks we created that nobody uses.
     """
     created: list[str] = []
+    chunks = {**stored.chunks, **(history.chunks if history is not None else {})}
+    acl = client.get_acls(path)[0] if history is not None else None
     for _ in range(PUBLISH_ATTEMPTS):
-        created += write_chunks(client, path, stored.chunks)
+        created += write_chunks(client, path, chunks)
         transaction = client.transaction()
-        for name in sorted(stored.chunks):
+        for name in sorted(chunks):
             transaction.check(chunk_path(path, name), 0)  # chunks are never set, so always at version 0
         transaction.set_data(path, stored.node_data, expected_version)
+        written = len(chunks)  # the set_data's index in the results
+        if history is not None:
+            entry = chunk_path(path, history_name(expected_version + 1))
+            if replace_entry:
+                transaction.delete(entry)
+            transaction.create(entry, history.node_data, acl=acl)
         results = transaction.commit()
         cause, index = _first_failure(results)
         if cause is None:
-            return int(results[-1].version), sorted(set(created))
-        if isinstance(cause, NoNodeError) and index < len(results) - 1:
+            return int(results[written].version), sorted(set(created))
+        if isinstance(cause, NoNodeError) and index < written:
             log.debug("%s: a chunk was removed by a concurrent cleanup; creating it again", path)
             continue
         remove_orphans(client, path, created)
@@ -292,6 +308,28 @@ def chunk_children(client: KazooClient, path: str) -> list[str]:
     return [name for name in client.get_children(path) if name.startswith(CHUNK_PREFIX)]
 
 
+def history_references(client: KazooClient, path: str, children: Sequence[str]) -> set[str] | None:
+    """The chunk names the kept versions (history children) list; ``None`` when one does not parse.
+
+    A kept version trimmed meanwhile lists nothing any more: trimming only ever drops references.
+    """
+    entries = [name for name in children if name.startswith(HISTORY_PREFIX)]
+    referenced: set[str] = set()
+    for first in range(0, len(entries), _PIPELINE):
+        batch = entries[first : first + _PIPELINE]
+        pending = [client.get_async(chunk_path(path, name)) for name in batch]
+        for result in pending:
+            try:
+                envelope = parse(result.get()[0] or b"")
+            except NoNodeError:
+                continue
+            except PayloadError:
+                return None
+            if envelope is not None:
+                referenced.update(envelope.chunk_names)
+    return referenced
+
+
 def remove_unreferenced(client: KazooClient, path: str) -> list[str]:
     """After a successful write: delete every chunk child that the node's current envelope does not list."""
     return _remove_unlisted(client, path, None)
@@ -309,22 +347,31 @@ def _remove_unlisted(client: KazooClient, path: str, only: set[str] | None) -> l
     """Delete the chunk children (of ``only``, if given) that the node's envelope does not list, each multi
     checking the node is still at the version that envelope was read at; looked at again when it moved on.
 
-    Nothing is removed while the node holds data that does not parse (it may list chunks in a form this
-    version cannot read), nor once the node is gone (its chunks went with it).
+    Chunks a kept version (a history child) lists count as listed: a version kept for rollback keeps its
+    chunks.  A kept version is only ever created in the transaction that moves the node to a new version, so
+    the version check covers it too.  Nothing is removed while the node (or a kept version) holds data that
+    does not parse (it may list chunks in a form this version cannot read), nor once the node is gone (its
+    chunks went with it).
     """
     removed: list[str] = []
     for _ in range(CLEANUP_ATTEMPTS):
         try:
             data, stat = client.get(path)
-            names = chunk_children(client, path)
+            children = client.get_children(path)
+            kept = history_references(client, path, children)
         except NoNodeError:
             return removed
+        names = [name for name in children if name.startswith(CHUNK_PREFIX)]
         try:
             envelope = parse(data or b"")
         except PayloadError as e:
             log.debug("%s: leaving its chunks alone: its data does not parse (%s)", path, e)
             return removed
+        if kept is None:
+            log.debug("%s: leaving its chunks alone: a kept version does not parse", path)
+            return removed
         listed = set(envelope.chunk_names) if envelope is not None else set()
+        listed |= kept
         doomed = [name for name in names if name not in listed and (only is None or name in only)]
         if _delete_at_version(client, path, doomed, int(stat.version), removed):
             return removed

@@ -96,9 +96,29 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
-def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--version``, ``--log-level`` and ``--debug``, the same on every livedata command."""
-    parser.add_argument("--version", action=_VersionAction, help="show the installed version and exit")
+class _VersionOrValue(argparse.Action):
+    """``--version`` alone: the installed version, as everywhere; ``--version VALUE``: stored like any option."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs="?", default=None, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, *_: object) -> None:
+        if values is None:
+            print(f"{parser.prog} {version()}")
+            parser.exit()
+        setattr(namespace, self.dest, values)
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, version_help: str | None = None) -> None:
+    """``--version``, ``--log-level`` and ``--debug``, the same on every livedata command.
+
+    ``version_help``: ``--version`` may also take a value (``livedata-read --version K``); alone, it still
+    shows the installed version.
+    """
+    if version_help is None:
+        parser.add_argument("--version", action=_VersionAction, help="show the installed version and exit")
+    else:
+        parser.add_argument("--version", action=_VersionOrValue, dest="version_value", metavar="K", help=version_help)
     parser.add_argument(
         "--log-level", choices=LEVELS, default=None, help="least severe messages logged (default: info)"
     )

@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import threading
 from types import TracebackType
-from typing import IO, Any, Callable, Generic, Tuple, TypeVar
+from typing import IO, Any, Callable, Generic, Sequence, Tuple, TypeVar
 
 from kazoo.exceptions import NoNodeError
 from kazoo.protocol.states import KazooState
@@ -46,6 +46,7 @@ from livedata.chunks import read_decoded
 from livedata.file_watcher import ContentReader, WatchedFileNotAvailableError
 from livedata.payload import DEFAULT_MAX_PAYLOAD_SIZE
 from livedata.session import SessionKeeper
+from livedata.signing import SignatureRefused, Verifier
 
 __all__ = ["LiveNode", "WatchedFileNotAvailableError"]
 
@@ -94,6 +95,11 @@ class LiveNode(Generic[T]):
     ``max_payload_size`` bounds the decoded size of a compressed or chunked node (64 MiB by default): a
     bigger one is refused like unparsable data, before any chunk is read.
 
+    ``trusted_keys`` (base64 Ed25519 public keys; needs ``livedata[signing]``) makes the node require a
+    signature, as ``require_signature`` does for the watcher: unsigned data, a bad signature, an untrusted key,
+    data signed for another node or a sequence below the last accepted one fail that version like unparsable
+    data, and the last good value is kept.
+
     ``backoff`` and ``check_interval`` are accepted for compatibility with FileWatcher and otherwise unused:
     changes are pushed by the watch, and reads never touch ZooKeeper.
 
@@ -113,6 +119,7 @@ class LiveNode(Generic[T]):
         backoff: float | None = None,
         check_interval: float = 0.0,
         max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE,
+        trusted_keys: Sequence[str] | None = None,
     ) -> None:
         self._reader = ContentReader.from_arguments(
             "LiveNode", path, binary, encoding, newline, timeout, backoff, check_interval
@@ -121,6 +128,9 @@ class LiveNode(Generic[T]):
         self._path = path
         self._parser = parser
         self._max_payload_size = max_payload_size
+        # With trusted keys, a version is used only if signed as the watcher requires (livedata.signing); the
+        # last accepted sequence lives as long as this object.
+        self._verifier = Verifier(trusted_keys, lambda _: True) if trusted_keys is not None else None
         self._state: _State[T] = _State(None, _NOTHING_YET)
         self._lock = threading.Lock()  # guards the two flags below
         self._watch_started = False
@@ -263,6 +273,11 @@ class LiveNode(Generic[T]):
             decoded = self._client.retry(read_decoded, self._client, self._path, self._max_payload_size, data, stat)
         except Exception as exc:  # bad stored data, or the node gone while reading its chunks
             return self._failed(state, exc)
+        if self._verifier is not None:
+            try:
+                self._verifier.check(self._path, decoded.data, decoded.envelope)
+            except SignatureRefused as exc:
+                return self._failed(state, exc)
         data, stat = decoded.data, decoded.stat
         loaded = state.loaded
         if loaded is not None and data == loaded.content:

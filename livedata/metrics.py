@@ -26,6 +26,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Callable
 
 from livedata.files import Outcome
+from livedata.signing import REFUSALS as SIGNATURE_REFUSALS
 from livedata.sync import ABSENT, MirroredNode, MirroredTree, MirrorObserver
 
 if TYPE_CHECKING:
@@ -169,6 +170,15 @@ class Metrics(MirrorObserver):
             writes.add_metric([outcome], count)
         yield writes
         yield from self._failure_families(CounterMetricFamily)
+        refusals = CounterMetricFamily(
+            "livedata_signature_refusals", "Versions refused by the signature check, by reason (Unsigned, "
+            "UntrustedKey, BadSignature, OtherPath, Replayed); the file keeps the last accepted one.",
+            labels=["reason"],
+        )  # fmt: skip
+        for (step, reason), count in list(self.failures.items()):
+            if step == "read" and reason in SIGNATURE_REFUSALS:
+                refusals.add_metric([reason], count)
+        yield refusals
         yield counter(
             "livedata_resync_repairs", "Files restored without a new znode version (local edits, deletions, drift).",
             self.repairs,

@@ -15,7 +15,8 @@ Stored form (all integers big-endian)::
                           "sha256":  hex sha256 of the decoded bytes
                           "stored":  encoded size in bytes (inline body, or all chunks together)
                           "chunks":  list of chunk names, in order; empty when the body is inline
-                        other keys are ignored (room for additions within version 1)
+                        other keys are kept as :attr:`Envelope.meta` (who, when, why, signature: see
+                        :mod:`livedata.provenance`); readers that do not know them ignore them
     offset 9+H          inline body (the whole encoded body) when "chunks" is empty, else nothing
 
 A chunk is a child znode of the node, named ``.livedata-chunk-<hex sha256 of the chunk's bytes>``; the encoded
@@ -71,8 +72,10 @@ __all__ = [
     "CHUNK_PREFIX",
     "CODECS",
     "DEFAULT_MAX_PAYLOAD_SIZE",
+    "HISTORY_PREFIX",
     "MAGIC",
     "MODES",
+    "RESERVED_PREFIX",
     "VERSION",
     "BadChunkError",
     "BadEnvelopeError",
@@ -92,12 +95,18 @@ __all__ = [
     "chunk_name",
     "decode_node",
     "encode",
+    "history_name",
+    "history_version",
     "parse",
+    "restamp",
 ]
 
 MAGIC = b"\x00LDP"
 VERSION = 1
+RESERVED_PREFIX = ".livedata-"  # children livedata keeps beside a node's data: never mirrored, never a tree's child
 CHUNK_PREFIX = ".livedata-chunk-"
+HISTORY_PREFIX = ".livedata-history-"  # + the znode version a write produced, 10 digits: a kept earlier version
+_KNOWN_KEYS = ("codec", "size", "sha256", "stored", "chunks")
 CODECS = ("zlib", "identity")
 MODES = ("auto", "always", "never")
 DEFAULT_MAX_PAYLOAD_SIZE = 64 * 1024 * 1024
@@ -192,6 +201,7 @@ class Envelope:
     stored_size: int
     chunk_names: list[str]
     inline: bytes = b""
+    meta: Mapping[str, Any] = field(default_factory=dict)  # the header's other keys (provenance, signature)
 
     @property
     def chunked(self) -> bool:
@@ -226,6 +236,7 @@ class Envelope:
             "sha256": self.sha256,
             "stored": self.stored_size,
             "chunks": self.chunk_names,
+            **{key: value for key, value in self.meta.items() if key not in _KNOWN_KEYS},
         }
         raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
         return _PREFIX.pack(MAGIC, VERSION, len(raw)) + raw + self.inline
@@ -345,6 +356,7 @@ def parse(node_data: bytes) -> Envelope | None:
         stored_size=_count(header, "stored"),
         chunk_names=_chunk_names(header.get("chunks")),
         inline=node_data[end:],
+        meta={key: value for key, value in header.items() if key not in _KNOWN_KEYS},
     )
     if envelope.chunk_names and envelope.inline:
         raise BadEnvelopeError("both chunks and an inline body")
@@ -385,6 +397,17 @@ def _chunk_names(value: Any) -> list[str]:
         _hex_digest(name[len(CHUNK_PREFIX) :], "chunks")
         names.append(name)
     return names
+
+
+def history_name(version: int) -> str:
+    """The child name of the kept version that a write turned into znode version ``version``."""
+    return f"{HISTORY_PREFIX}{version:010d}"
+
+
+def history_version(name: str) -> int | None:
+    """The znode version a history child's name records; ``None`` for any other name."""
+    digits = name[len(HISTORY_PREFIX) :] if name.startswith(HISTORY_PREFIX) else ""
+    return int(digits) if digits.isdigit() and len(digits) == 10 else None
 
 
 def chunk_name(chunk: bytes) -> str:
@@ -438,13 +461,15 @@ class Stored:
         return len(self.node_data) + sum(len(chunk) for chunk in self.chunks.values())
 
 
-def encode(data: bytes, mode: str, max_node_size: int) -> Stored:
+def encode(data: bytes, mode: str, max_node_size: int, enveloped: bool = False) -> Stored:
     """Choose the stored form of ``data`` for ``mode`` (see :data:`MODES`) and nodes of ``max_node_size`` bytes.
 
     ``never`` stores plain or raises :class:`PayloadTooLargeError`; ``auto`` stores plain what fits and
     compresses (then chunks) the rest; ``always`` compresses whenever that makes the stored form smaller.
     Plain data that happens to start with :data:`MAGIC` is wrapped (``identity``) unless ``mode`` is
-    ``never``, which refuses it: stored plain, every new reader would misread it.
+    ``never``, which refuses it: stored plain, every new reader would misread it.  ``enveloped`` (the writer
+    records who, when and why in the header) stores an envelope in ``auto`` and ``always`` even for data that
+    would fit plain: zlib when that is smaller, else ``identity``; see :func:`restamp`.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}, expected one of {', '.join(MODES)}")
@@ -457,7 +482,7 @@ def encode(data: bytes, mode: str, max_node_size: int) -> Stored:
                 f"{len(data):,} bytes do not fit in a node of {max_node_size:,} bytes and compression is off"
             )
         return _plain(data)
-    fits = len(data) <= max_node_size
+    fits = len(data) <= max_node_size and not enveloped
     if mode == "auto" and fits and not ambiguous:
         return _plain(data)
     compressed = zlib.compress(data, _ZLIB_LEVEL)
@@ -476,18 +501,40 @@ def _plain(data: bytes) -> Stored:
 
 
 def _enveloped(data: bytes, codec: str, body: bytes, max_node_size: int) -> Stored:
-    digest = hashlib.sha256(data).hexdigest()
-    inline = Envelope(codec, len(data), digest, len(body), [], body)
+    return _envelope_of(len(data), hashlib.sha256(data).hexdigest(), codec, body, max_node_size, {})
+
+
+def _envelope_of(
+    size: int, digest: str, codec: str, body: bytes, max_node_size: int, meta: Mapping[str, Any],
+    chunked: bool = False,
+) -> Stored:
+    inline = Envelope(codec, size, digest, len(body), [], body, meta)
     node_data = inline.to_bytes()
-    if len(node_data) <= max_node_size:
+    if len(node_data) <= max_node_size and not (chunked and body):
         return Stored(node_data=node_data, envelope=inline, codec=codec, stored_size=len(body))
     pieces = [body[i : i + max_node_size] for i in range(0, len(body), max_node_size)]
     chunks = {chunk_name(piece): piece for piece in pieces}
-    envelope = Envelope(codec, len(data), digest, len(body), [chunk_name(piece) for piece in pieces])
+    envelope = Envelope(codec, size, digest, len(body), [chunk_name(piece) for piece in pieces], b"", meta)
     node_data = envelope.to_bytes()
     if len(node_data) > max_node_size:
         raise PayloadTooLargeError(
-            f"{len(data):,} bytes do not fit in nodes of {max_node_size:,} bytes even compressed and chunked "
-            f"(the list of {len(pieces):,} chunks alone needs {len(node_data):,} bytes)"
+            f"{size:,} bytes do not fit in nodes of {max_node_size:,} bytes even compressed and chunked "
+            f"(the list of {len(pieces):,} chunks and the header alone need {len(node_data):,} bytes)"
         )
     return Stored(node_data=node_data, envelope=envelope, codec=codec, stored_size=len(body), chunks=chunks)
+
+
+def restamp(stored: Stored, meta: Mapping[str, Any], max_node_size: int, chunked: bool = False) -> Stored:
+    """The same stored body under a header that also carries ``meta`` (author, time, message, signature).
+
+    The body is encoded once, before the writer connects; the header's provenance needs what the node holds
+    now (its sequence), so it is added here.  An inline body whose header grew past ``max_node_size`` moves
+    to chunks; ``chunked`` moves any body to chunks (a kept version created in the same transaction as a
+    large write: one transaction must fit in ``jute.maxbuffer`` too).  Plain data (mode ``never``) has no
+    header and is returned as it is.
+    """
+    envelope = stored.envelope
+    if envelope is None:
+        return stored
+    body = envelope.inline if not envelope.chunked else b"".join(stored.chunks[name] for name in envelope.chunk_names)
+    return _envelope_of(envelope.size, envelope.sha256, envelope.codec, body, max_node_size, meta, chunked)

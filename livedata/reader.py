@@ -89,13 +89,63 @@ def parse_arguments(argv: Sequence[str] | None, prog: str = PROG) -> argparse.Na
     parser = ArgumentParser(prog=prog, description="Print the decoded data of a ZooKeeper node.")
     parser.add_argument("config", metavar="CONFIG", help="INI file with a [live-data] section (zookeeper.*, secrets.*)")
     parser.add_argument("node", metavar="NODE", type=argument(znode_path), help="absolute path of the znode")
-    parser.add_argument("--stat", action="store_true", help="print how the node is stored instead of its data")
+    shown = parser.add_mutually_exclusive_group()
+    shown.add_argument("--stat", action="store_true", help="print how the node is stored instead of its data")
+    shown.add_argument("--history", action="store_true", help="list the kept versions, newest first: version, UTC "
+                       "time, author, size, sha256 prefix, message")  # fmt: skip
     parser.add_argument(
         "--max-size", type=argument(byte_size), default=DEFAULT_MAX_PAYLOAD_SIZE, metavar="BYTES",
         help="refuse data that decodes to more than this (default 64 MiB)",
     )
-    add_common_arguments(parser)
-    return parser.parse_args(argv)
+    add_common_arguments(parser, version_help="print kept version K's data (see --history); alone: show the "
+                         "installed version and exit")  # fmt: skip
+    args = parser.parse_args(argv)
+    if args.version_value is not None:
+        if args.stat or args.history:
+            parser.error("argument --version: not allowed with --stat or --history")
+        if not args.version_value.isdigit():
+            parser.error(f"argument --version: {args.version_value!r} is not a version number")
+    return args
+
+
+def history_lines(client: KazooClient, path: str) -> str:
+    """``--history``: one line per kept version, newest first, the fields separated by two spaces."""
+    from livedata.history import entries
+    from livedata.provenance import one_line
+
+    with _zookeeper_errors("list the kept versions of", path, NOTHING_PRINTED):
+        try:
+            kept = entries(client, path)
+        except NoNodeError:
+            raise ReaderError(f"{path} does not exist in ZooKeeper") from None
+    lines = []
+    for entry in kept:
+        record, envelope = entry.provenance, entry.envelope
+        if envelope is None:
+            lines.append(f"{entry.version}  (unreadable: {entry.problem})\n")
+            continue
+        time, author, message = (record.time, record.author, record.message) if record else ("-", "-", "")
+        lines.append(f"{entry.version}  {time}  {one_line(author)}  {envelope.size:,}  {envelope.sha256[:12]}  "
+                     f"{one_line(message)}".rstrip() + "\n")  # fmt: skip
+    return "".join(lines)
+
+
+def read_kept(client: KazooClient, path: str, version: int, max_size: int) -> bytes:
+    """``--version K``: a kept version's data (the current one's, when it is version K and is not kept)."""
+    from livedata.history import VersionNotKeptError, read_version
+
+    with _zookeeper_errors("read", path, NOTHING_PRINTED):
+        try:
+            return read_version(client, path, version, max_size)
+        except NoNodeError:
+            raise ReaderError(f"{path} does not exist in ZooKeeper") from None
+        except VersionNotKeptError as e:
+            stat = client.exists(path)
+            if stat is not None and stat.version == version:
+                return read(client, path, max_size).data
+            raise ReaderError(str(e)) from None
+        except PayloadError as e:
+            raise ReaderError(f"kept version {version} of {path} cannot be decoded: {e}") from None
 
 
 def run(args: argparse.Namespace, out: BinaryIO) -> None:
@@ -105,6 +155,14 @@ def run(args: argparse.Namespace, out: BinaryIO) -> None:
     check_known_keys(config)
     settings = parse_zookeeper_config(config)
     with connected_client(config, settings, NOTHING_PRINTED) as client:
+        if args.history:
+            out.write(history_lines(client, args.node).encode("utf-8"))
+            out.flush()
+            return
+        if args.version_value is not None:
+            out.write(read_kept(client, args.node, int(args.version_value), args.max_size))
+            out.flush()
+            return
         decoded = read(client, args.node, args.max_size)
     out.write(describe(args.node, decoded).encode("utf-8") if args.stat else decoded.data)
     out.flush()

@@ -55,7 +55,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import gevent
 import gevent.event
@@ -175,8 +175,13 @@ class ReadQueue:
         window: int = WINDOW,
         deadline: float | None = None,
         max_payload_size: int = MAX_PAYLOAD_SIZE,
+        verify: Callable[[str, bytes, Envelope | None], None] | None = None,
     ) -> None:
+        """``verify(path, data, envelope)``, when given, vets each decoded version before the sink gets it; a
+        :class:`~livedata.payload.PayloadError` it raises fails that version like bad stored data
+        (:class:`livedata.signing.Verifier`)."""
         self.client = client
+        self.verify = verify
         self.sink = sink
         self.window = window
         self.max_payload_size = max_payload_size
@@ -604,9 +609,15 @@ class ReadQueue:
         if self._assembling.get(id(item)) is not assembly:
             return  # given up while decoding
         del self._assembling[id(item)]
-        self._deliver(item, data, assembly.stat)
+        self._deliver(item, data, assembly.stat, assembly.envelope)
 
-    def _deliver(self, item: Any, data: bytes, stat: ZnodeStat) -> None:
+    def _deliver(self, item: Any, data: bytes, stat: ZnodeStat, envelope: Envelope | None = None) -> None:
+        if self.verify is not None:
+            try:
+                self.verify(item.path, data, envelope)
+            except PayloadError as e:
+                self._fail_for_good(item, e)
+                return
         self._missing_under.pop(id(item), None)
         self.sink.read_done(item, data, stat)
         self._finish(item)

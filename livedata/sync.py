@@ -47,7 +47,7 @@ from kazoo.protocol.states import EventType, KazooState, WatchedEvent, ZnodeStat
 
 from livedata import files
 from livedata.files import FileSpec, FileWriteError, Outcome
-from livedata.payload import CHUNK_PREFIX
+from livedata.payload import RESERVED_PREFIX, Envelope
 from livedata.reads import IDLE, MAX_PAYLOAD_SIZE, RETRY_FIRST, RETRY_MAX, ReadQueue, reset_backoff
 from livedata.session import SessionKeeper
 from livedata.zookeeper import session_timeout
@@ -281,6 +281,7 @@ class Mirror:
         refresh_credentials: Callable[[], bool] | None = None,
         max_payload_size: int = MAX_PAYLOAD_SIZE,
         publish_tree: TreePublish | None = None,
+        verify: Callable[[str, bytes, Envelope | None], None] | None = None,
     ) -> None:
         """``refresh_credentials`` re-reads the credentials and applies them, True if they changed.
 
@@ -293,7 +294,7 @@ class Mirror:
         self.client = client
         self.observer = observer or MirrorObserver()
         self.refresh_credentials = refresh_credentials
-        self.reads = ReadQueue(client, self, max_payload_size=max_payload_size)
+        self.reads = ReadQueue(client, self, max_payload_size=max_payload_size, verify=verify)
         self._publish_tree = publish_tree or _publish_tree_in_thread
         self._credentials_follower: gevent.Greenlet | None = None
         self._session_renewer: gevent.Greenlet | None = None
@@ -494,7 +495,7 @@ class Mirror:
     def children_done(self, tree: MirroredTree, names: list[str], stat: ZnodeStat) -> None:
         tree.version, tree.mzxid = stat.cversion, stat.pzxid
         tree.listed = True
-        wanted = {name for name in names if not name.startswith(CHUNK_PREFIX)}  # the source's own chunks
+        wanted = {name for name in names if not name.startswith(RESERVED_PREFIX)}  # its chunks, kept versions
         for name, child in list(tree.children.items()):
             if name not in wanted:
                 self._drop_child(child)

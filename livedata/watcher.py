@@ -36,6 +36,7 @@ from livedata.config import (
     boolean,
     byte_size,
     check_known_keys,
+    comma_list,
     file_mode,
     one_of,
     parse_config,
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
     from livedata.hooks import HookRunner
     from livedata.metrics import Metrics, MetricsServer
     from livedata.probe_state import ProbeState
+    from livedata.signing import Verifier
     from livedata.sync import Mirror, MirrorObserver, NodeConfig, TreeConfig
     from livedata.systemd import ServiceNotifier
 
@@ -83,8 +85,12 @@ NODE_SPEC = {
     "group": Optional(unix_group),
     "mode": Optional(file_mode, 0o400),
     "on_change": Optional(string),
+    "require_signature": Optional(boolean),  # None: as watcher.require_signatures says
 }
-TREE_SPEC = {**NODE_SPEC, "format": Optional(one_of("directory", "json"), "directory")}
+TREE_SPEC = {  # trees are not signed: their children are written by many services
+    **{key: rule for key, rule in NODE_SPEC.items() if key != "require_signature"},
+    "format": Optional(one_of("directory", "json"), "directory"),
+}
 WATCHER_SPEC = register({
     "watcher": {
         "heartbeat_interval": Optional(timespan, 300.0),
@@ -94,6 +100,8 @@ WATCHER_SPEC = register({
         "state_dir": Optional(absolute_path),
         "max_payload_size": Optional(byte_size, MAX_PAYLOAD_SIZE),
         "absent_is_error": Optional(boolean, False),
+        "trusted_keys": Optional(comma_list(string), []),
+        "require_signatures": Optional(boolean, False),
     },
     "nodes": DictOf(NODE_SPEC),
     "trees": DictOf(TREE_SPEC),
@@ -114,6 +122,8 @@ class WatcherConfig:
     trees: Sequence[TreeConfig] = ()
     max_payload_size: int = MAX_PAYLOAD_SIZE
     absent_is_error: bool = False  # --check fails on sources missing from ZooKeeper, the daemon logs them at ERROR
+    trusted_keys: tuple[str, ...] = ()  # base64 Ed25519 public keys whose signatures are accepted
+    signed_sources: frozenset[str] = frozenset()  # sources of the nodes that require a signature
 
     @property
     def mirrored(self) -> list[NodeConfig | TreeConfig]:
@@ -153,6 +163,7 @@ def load_config(path: str, check_dests: bool = True) -> WatcherConfig:
                           "--check which sources are absent")  # fmt: skip
     if parsed.watcher.metrics_address is not None:
         _require_metrics_library(path)
+    signed = _signed_sources(path, parsed)
     nodes = [
         NodeConfig(name, node.source, FileSpec(node.dest, node.mode, node.owner, node.group))
         for name, node in parsed.nodes.items()
@@ -178,7 +189,35 @@ def load_config(path: str, check_dests: bool = True) -> WatcherConfig:
         trees=trees,
         max_payload_size=parsed.watcher.max_payload_size,
         absent_is_error=parsed.watcher.absent_is_error,
+        trusted_keys=tuple(parsed.watcher.trusted_keys),
+        signed_sources=signed,
     )
+
+
+def _signed_sources(path: str, parsed: Any) -> frozenset[str]:
+    """The sources of the nodes that require a signature, once the keys and the library are known to be there."""
+    from livedata.signing import KeyFormatError, SigningUnavailable, decode_key, require_library
+
+    everywhere = parsed.watcher.require_signatures
+    signed = frozenset(node.source for node in parsed.nodes.values()
+                       if (everywhere if node.require_signature is None else node.require_signature))  # fmt: skip
+    keys = parsed.watcher.trusted_keys
+    if not signed and not keys:
+        return signed
+    key = "watcher.trusted_keys" if keys else "watcher.require_signatures"
+    try:
+        require_library()
+    except SigningUnavailable as e:
+        raise ConfigError(path, key, str(e)) from None
+    if not keys:
+        raise ConfigError(path, key, "nodes require signatures but watcher.trusted_keys is empty: list the public "
+                          "keys (livedata-keygen prints them) whose signatures to accept")  # fmt: skip
+    for number, text in enumerate(keys, 1):
+        try:
+            decode_key(text, f"key {number} ({text[:12]}...)" if len(text) > 12 else f"key {number} ({text!r})")
+        except KeyFormatError as e:
+            raise ConfigError(path, "watcher.trusted_keys", str(e)) from None
+    return signed
 
 
 def _check_nodes(raw: RawConfig, nodes: Mapping[str, Any], trees: Mapping[str, Any], check_dests: bool) -> None:
@@ -243,6 +282,7 @@ def check(config: WatcherConfig) -> int:
         found += health.problems(trees, config.heartbeat_interval, now, kind="trees", directory=directory)
     if config.absent_is_error:
         found += _absent_sources(config, absent)
+    found += _refused_sources(config)
     for line in found:
         print(line)
     if found:
@@ -260,6 +300,18 @@ def _absent_sources(config: WatcherConfig, absent: Mapping[str, str]) -> list[st
             "watcher.absent_is_error is set)"
             for kind, items in (("nodes", config.nodes), ("trees", config.trees))
             for item in items if absent.get(item.name) == item.file.path]  # fmt: skip
+
+
+def _refused_sources(config: WatcherConfig) -> list[str]:
+    """One line per node whose current data in ZooKeeper the daemon refuses (a signature check failed)."""
+    from livedata.signing import read_refused
+
+    if not config.signed_sources:
+        return []
+    refused = read_refused(config.state_dir)
+    return [f"{node.file.path}: the data in {node.source} is refused ({refused[node.source]}); the file keeps the "
+            f"last accepted version (nodes.{node.name})"
+            for node in config.nodes if node.source in refused and node.source in config.signed_sources]  # fmt: skip
 
 
 def alive(config: WatcherConfig) -> int:
@@ -322,15 +374,42 @@ class Daemon:
         self.absent_sources = AbsentSources(config.absent_is_error)
         parts = (self.connection_log, self.absent_sources, self.metrics, self.hooks, self.service, self.probe_state)
         observers = [part for part in parts if part is not None]
+        self.verifier: Verifier | None = None
+        self._configure_signatures(config)
         self.mirror: Mirror = Mirror(
             self.client, config.mirrored, _fan_out(observers), credentials.refresh if credentials else None,
-            max_payload_size=config.max_payload_size,
+            max_payload_size=config.max_payload_size, verify=self._verify,
         )
         if self.metrics is not None:
             self.metrics.watch(self.mirror)
         self.timers: list[Any] = []
         self.dest_locks = dest_locks or DestLocks(config.raw.source)  # run() claims them before anything else
         self.dest_taken: Any = None  # set (a gevent Event, made in start) when another watcher took a dest
+
+    def _verify(self, path: str, data: bytes, envelope: Any) -> None:
+        """The read queue's verification step (:meth:`livedata.signing.Verifier.check`), when any node is signed."""
+        if self.verifier is not None:
+            self.verifier.check(path, data, envelope)
+
+    def _configure_signatures(self, config: WatcherConfig) -> bool:
+        """Create or update the verifier; True when the keys or the signed nodes changed."""
+        from livedata.signing import SequenceStore, Verifier
+
+        if not config.signed_sources:
+            changed = self.verifier is not None
+            self.verifier = None
+            return changed
+        signed = config.signed_sources
+        if self.verifier is None:
+            if config.state_dir is None:
+                log.warning("watcher.state_dir is not set: the last accepted sequence of each signed node is "
+                            "kept in memory only, so after a restart any validly signed version is accepted once")
+            self.verifier = Verifier(config.trusted_keys, signed.__contains__, SequenceStore(self.config.state_dir))
+            return True
+        before = (self.verifier.keys, self.verifier.required)
+        self.verifier.set_keys(config.trusted_keys)
+        self.verifier.required = signed.__contains__
+        return before != (self.verifier.keys, self.verifier.required)
 
     def _make_metrics(self) -> Metrics:
         from livedata.metrics import Metrics
@@ -409,6 +488,8 @@ class Daemon:
         added, removed = self.mirror.update_nodes(new.mirrored)
         self.dest_locks.keep_only(path for _, path in new.dests())
         self.hooks.configure(new.hooks, new.hook_timeout)
+        if self._configure_signatures(new):  # a revoked key or a newly signed node: read the signed nodes again
+            self.mirror.reads.request_all(node for node in self.mirror.nodes if node.path in new.signed_sources)
         self.absent_sources.as_error = new.absent_is_error
         self.absent_sources.forget({f"{kind}.{item.name}" for kind, items in (("nodes", new.nodes),
                                     ("trees", new.trees)) for item in items})  # fmt: skip

@@ -15,6 +15,7 @@ can drive each step against a real server.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -22,7 +23,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, BinaryIO, TextIO
 
 # Only exception classes: importing them opens no socket and starts no thread, so it is safe before gevent patches.
@@ -56,22 +57,36 @@ from livedata.config import (
     RawConfig,
     byte_size,
     check_known_keys,
+    integer,
     one_of,
     parse_config,
     read_config,
     register,
     source_of,
+    string,
     znode_path,
 )
 from livedata.logs import silence_kazoo
-from livedata.payload import DEFAULT_MAX_PAYLOAD_SIZE, MODES, PayloadError, PayloadTooLargeError, Stored, encode
+from livedata.payload import (
+    DEFAULT_MAX_PAYLOAD_SIZE,
+    MODES,
+    Envelope,
+    PayloadError,
+    PayloadTooLargeError,
+    Stored,
+    encode,
+    restamp,
+)
 from livedata.payload import parse as parse_payload
+from livedata.provenance import AUTHOR_VARIABLE, MAX_MESSAGE, Provenance, default_author, next_sequence, now_utc
 from livedata.textdiff import unified_diff
 
 if TYPE_CHECKING:
     import argparse
 
     from kazoo.client import KazooClient
+
+    from livedata.signing import Signer
 
 PROG = "livedata.writer"  # the name under ``python -m``; the console script is named as the user typed it
 WRITER_KEYS = ("zookeeper.", "secrets.", "writer.")  # the keys the writer reads (and so expands $VARs in)
@@ -83,6 +98,7 @@ STDIN_LABEL = "<stdin>"
 CONNECT_TIMEOUT_FACTOR = 2.0
 
 READ_CHUNK = 1024 * 1024
+_TRANSACTION_MARGIN = 16 * 1024  # room in one transaction for the checks of its chunks, paths and headers
 DEFAULT_DIFF_LINES = 200  # a 1 MB text would otherwise print thousands of lines into a CI log
 DEFAULT_DIFF_BYTES = 64 * 1024  # and one changed line of a one-line 5 MiB JSON would print 10 MB
 FORMATS = ("auto", "json", "raw")  # auto: json for a SOURCE named *.json, raw otherwise
@@ -100,6 +116,8 @@ WRITER_SPEC = register({
     "writer": {
         "compress": Optional(one_of(*MODES), "auto"),
         "max_payload_size": Optional(byte_size, DEFAULT_MAX_PAYLOAD_SIZE),
+        "history": Optional(integer, 10),
+        "signing_key": Optional(string),
     }
 })  # fmt: skip
 
@@ -260,12 +278,15 @@ def check_size(label: str, data: bytes, limit: int) -> None:
         raise TooLargeError(label, len(data), limit)
 
 
-def stored_form(label: str, data: bytes, mode: str, max_node_size: int) -> Stored:
-    """How the data will be stored for ``mode``, decided before connecting; ``never`` keeps today's refusal."""
+def stored_form(label: str, data: bytes, mode: str, max_node_size: int, enveloped: bool = False) -> Stored:
+    """How the data will be stored for ``mode``, decided before connecting; ``never`` keeps today's refusal.
+
+    ``enveloped``: always an envelope (signed writes), even for data that would fit plain.
+    """
     if mode == "never":
         check_size(label, data, max_node_size)
     try:
-        return encode(data, mode, max_node_size)
+        return encode(data, mode, max_node_size, enveloped)
     except PayloadTooLargeError as e:
         raise UnstorableError(label, f"{e} (zookeeper.max_node_size)") from None
     except PayloadError as e:
@@ -475,18 +496,22 @@ def read_current(client: KazooClient, path: str, max_size: int) -> Current:
     return Current(decoded.node_data, decoded.stat.version, decoded.data)
 
 
-def store(client: KazooClient, path: str, stored: Stored, current: Current) -> int:
-    """Compare-and-set the stored form (chunks first), then remove chunks nothing refers to any more."""
+def store(
+    client: KazooClient, path: str, stored: Stored, current: Current, history: Stored | None = None,
+    replace_entry: bool = False, keep: int | None = None,
+) -> int:
+    """Compare-and-set the stored form (chunks first, and the kept version in the same transaction), trim the
+    kept versions to ``keep`` (``None``: leave them), then remove chunks nothing refers to any more."""
     from kazoo.exceptions import BadVersionError as ChunkedBadVersion
 
     from livedata import chunks
 
-    if not stored.chunks:
+    if not stored.chunks and history is None:
         new_version = write_node(client, path, stored.node_data, current.version)
     else:
-        with _zookeeper_errors("write chunks of", path):
+        with _zookeeper_errors("write chunks of", path), _history_rights(path, history is not None):
             try:
-                new_version, created = chunks.publish(client, path, stored, current.version)
+                new_version, created = chunks.publish(client, path, stored, current.version, history, replace_entry)
             except ChunkedBadVersion:
                 raise NodeChangedError(path, current.version) from None
             except chunks.ChunkVanishedError as e:
@@ -497,9 +522,24 @@ def store(client: KazooClient, path: str, stored: Stored, current: Current) -> i
                     "applied; check the node (tools/read_node --stat) before running again"
                 ) from None
         log.debug("%s: created %d chunks", path, len(created))
-    if stored.chunks or current.data is None or _had_chunks(current.node_data):
+    trimmed_chunks = keep is not None and _trim_history(client, path, keep)
+    if stored.chunks or current.data is None or _had_chunks(current.node_data) or trimmed_chunks:
         _remove_old_chunks(client, path, stored)
     return new_version
+
+
+@contextmanager
+def _history_rights(path: str, keeping: bool) -> Iterator[None]:
+    """Keeping a version creates a child of the node: say which rights that takes, and how to do without."""
+    try:
+        yield
+    except NoAuthError:
+        if not keeping:
+            raise
+        raise NotAllowedError(
+            "write", path, "keeping its versions (writer.history) takes the CREATE and DELETE rights on the node "
+            "besides WRITE: grant them, or set writer.history = 0; nothing written",
+        ) from None
 
 
 def _had_chunks(node_data: bytes) -> bool:
@@ -520,21 +560,129 @@ def _remove_old_chunks(client: KazooClient, path: str, stored: Stored) -> None:
     log.debug("%s: removed %d old chunks", path, len(removed))
 
 
+@dataclass(frozen=True)
+class Stamp:
+    """What a write records besides the data: who and why, how many versions to keep, the key that signs it.
+
+    ``push`` without a stamp writes the data only (the library's behaviour before provenance existed).
+    """
+
+    author: str
+    message: str = ""
+    keep: int = 10  # writer.history: kept versions, 0 for none
+    signer: Signer | None = None
+    max_node_size: int = 1047552
+
+
+@dataclass(frozen=True)
+class Stamped:
+    """A write's stored form with its record in the header, and the version the history keeps of it."""
+
+    stored: Stored
+    history: Stored | None
+    replace_entry: bool
+    record: Provenance
+
+
+def stamp_write(client: KazooClient, path: str, data: bytes, stored: Stored, current: Current, stamp: Stamp) -> Stamped:
+    """The header record of this write: its sequence comes from what the node and its kept versions hold now.
+
+    The sequence is one above the highest the current data and the kept versions carry, and at least the znode
+    version the compare-and-set produces (:func:`livedata.provenance.next_sequence`).
+    """
+    from livedata import history
+
+    with _zookeeper_errors("read the kept versions of", path):
+        kept = history.entries(client, path)
+    try:
+        current_envelope = parse_payload(current.node_data)
+    except PayloadError:
+        current_envelope = None
+    new_version = current.version + 1
+    seq = next_sequence(current_envelope, [entry.envelope for entry in kept if entry.envelope], new_version)
+    record = Provenance(stamp.author, now_utc(), stamp.message, path, seq)
+    envelope = stored.envelope if stored.envelope is not None else _plain_envelope(data, stamp.max_node_size)
+    if stamp.signer is not None:
+        record = replace(record, key=stamp.signer.public, sig=stamp.signer.sign(record.message_for(envelope)))
+    stamped = restamp(stored, record.header(), stamp.max_node_size)
+    entry = _kept_version(path, data, stamped, record, stamp) if stamp.keep > 0 else None
+    replace_entry = any(entry_version == new_version for entry_version in (e.version for e in kept))
+    return Stamped(stamped, entry, replace_entry, record)
+
+
+def _kept_version(path: str, data: bytes, stamped: Stored, record: Provenance, stamp: Stamp) -> Stored | None:
+    """The history child for this write: its envelope, small enough to share one transaction with the write.
+
+    When the write's node data and an inline copy would not fit in one request together (``jute.maxbuffer``
+    bounds a whole transaction), the kept version's body goes to chunks, created before the transaction like
+    any chunk and shared by content with every other version that holds the same bytes.
+    """
+    try:
+        source = stamped if stamped.envelope is not None else encode(data, "always", stamp.max_node_size, True)
+        entry = restamp(source, record.header(), stamp.max_node_size)
+        if len(entry.node_data) + len(stamped.node_data) > stamp.max_node_size - _TRANSACTION_MARGIN:
+            entry = restamp(source, record.header(), stamp.max_node_size, chunked=True)
+    except PayloadError as e:  # nodes too small for a header (a tiny zookeeper.max_node_size)
+        log.warning("%s: this version is not kept: %s", path, e)
+        return None
+    return entry
+
+
+def _plain_envelope(data: bytes, max_node_size: int) -> Envelope:
+    """What a record says of plain data: its size and sha256 (nothing is encoded)."""
+    return Envelope("identity", len(data), hashlib.sha256(data).hexdigest(), len(data), [])
+
+
+def _same_form(current: Current, stored: Stored, stamp: Stamp | None, path: str) -> bool:
+    """Whether the node already stores this data this way (its header's record aside): then nothing is written.
+
+    A node that must be signed and is not (or not by this key, or not for this path) is not the same form.
+    """
+    if stored.envelope is None or stamp is None:
+        return current.node_data == stored.node_data
+    try:
+        envelope = parse_payload(current.node_data)
+    except PayloadError:
+        return False
+    if envelope is None:
+        return False
+    new = stored.envelope
+    if (envelope.codec, envelope.chunk_names, envelope.inline) != (new.codec, new.chunk_names, new.inline):
+        return False
+    if stamp.signer is None:
+        return True
+    record = Provenance.of(envelope)
+    return record is not None and record.key == stamp.signer.public and record.path == path
+
+
+def _trim_history(client: KazooClient, path: str, keep: int) -> bool:
+    """Keep the newest ``keep`` versions; True when a trimmed one listed chunks (they may be unused now)."""
+    from livedata import history
+
+    try:
+        trimmed = history.trim(client, path, max(keep, 0))
+    except KazooException as e:
+        log.warning("%s: written, but old kept versions could not be removed: %s %s", path, type(e).__name__, e)
+        return False
+    return any(entry.envelope is not None and entry.envelope.chunked for entry in trimmed)
+
+
 def push(client: KazooClient, path: str, data: bytes, label: str, out: TextIO, *,
          allow_empty: bool = False, dry_run: bool = False, stored: Stored | None = None,
          max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE, diff_lines: int | None = None,
-         diff_bytes: int | None = None, as_json: bool = False) -> None:
+         diff_bytes: int | None = None, as_json: bool = False, stamp: Stamp | None = None) -> None:
     """Compare, show, and (unless ``dry_run``) compare-and-set: every refusal happens before the write.
 
     ``stored`` is the form chosen by :func:`stored_form` (plain data when not given); the comparison and the
     diff are made on decoded data, so how the node is stored never shows up as a change of its content.
-    ``diff_lines``, ``diff_bytes`` and ``as_json`` shape the diff (see :func:`render_diff`).
+    ``diff_lines``, ``diff_bytes`` and ``as_json`` shape the diff (see :func:`render_diff`).  ``stamp``
+    records who, when and why in the header (and signs it), and keeps the version in the node's history.
     """
     if stored is None:
         stored = Stored(node_data=data, envelope=None, codec="plain", stored_size=len(data))
     current = read_current(client, path, max_payload_size)
     log.debug("read %s: %d bytes at version %d", path, len(current.node_data), current.version)
-    if current.data == data and current.node_data == stored.node_data:
+    if current.data == data and _same_form(current, stored, stamp, path):
         print(NO_CHANGES, file=out)
         return
     old = current.data if current.data is not None else b""
@@ -556,10 +704,17 @@ def push(client: KazooClient, path: str, data: bytes, label: str, out: TextIO, *
             print(f"would be {describe_stored(stored)}", file=out)
         print(DRY_RUN, file=out)
         return
-    new_version = store(client, path, stored, current)
+    if stamp is None:
+        new_version = store(client, path, stored, current)
+    else:
+        stamped = stamp_write(client, path, data, stored, current, stamp)
+        stored = stamped.stored
+        new_version = store(client, path, stored, current, stamped.history, stamped.replace_entry, stamp.keep)
     log.debug("wrote %s: version %d -> %d", path, current.version, new_version)
     if stored.envelope is not None:
         print(describe_stored(stored), file=out)
+    if stamp is not None and stamp.signer is not None:
+        print(f"signed with key {stamp.signer.public}, sequence {stamped.record.seq}", file=out)
     print(WROTE, file=out)
 
 
@@ -656,8 +811,22 @@ def parse_arguments(argv: Sequence[str] | None, prog: str = PROG) -> argparse.Na
         description="Write a file's contents into an existing ZooKeeper node, showing the difference first.",
     )
     parser.add_argument("config", metavar="CONFIG", help="INI file with a [live-data] section (zookeeper.*, secrets.*)")
-    parser.add_argument("source", metavar="SOURCE", help="file whose bytes to write, or - for standard input")
-    parser.add_argument("node", metavar="NODE", type=argument(znode_path), help="absolute path of an existing znode")
+    parser.add_argument(
+        "source", metavar="SOURCE", nargs="?", help="file whose bytes to write, or - for standard input"
+    )
+    parser.add_argument(
+        "node", metavar="NODE", nargs="?", type=argument(znode_path), help="absolute path of an existing znode"
+    )
+    parser.add_argument("-m", "--message", default="", help="why: recorded with the write (and signed)")
+    parser.add_argument("--author", help=f"who: recorded with the write (default: ${AUTHOR_VARIABLE}, else user@host)")
+    parser.add_argument(
+        "--rollback", metavar="NODE", type=argument(znode_path), help="write an earlier kept version of NODE again, "
+        "as a new version (instead of SOURCE NODE); see --to",
+    )  # fmt: skip
+    parser.add_argument(
+        "--to", metavar="K", type=argument(_version_number),
+        help="with --rollback: the kept version to write again (default: the one before the current version)",
+    )  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="show the difference but write nothing")
     data_format = parser.add_mutually_exclusive_group()
     data_format.add_argument(
@@ -687,7 +856,22 @@ def parse_arguments(argv: Sequence[str] | None, prog: str = PROG) -> argparse.Na
     args = parser.parse_args(argv)
     if args.full_diff and args.diff_bytes is not None:
         parser.error("argument --diff-bytes: not allowed with argument --full-diff")
+    if args.rollback is not None and args.source is not None:
+        parser.error("argument --rollback: takes the node itself; give no SOURCE or NODE with it")
+    if args.rollback is None and args.node is None:
+        parser.error("the following arguments are required: SOURCE, NODE" if args.source is None
+                     else "the following arguments are required: NODE")  # fmt: skip
+    if args.to is not None and args.rollback is None:
+        parser.error("argument --to: only with --rollback")
+    if len(args.message) > MAX_MESSAGE:
+        parser.error(f"argument -m/--message: at most {MAX_MESSAGE} characters (it is {len(args.message)})")
     return args
+
+
+def _version_number(text: str) -> int:
+    if not text.isdigit():
+        raise ValueError(f"{text!r} is not a version number")
+    return int(text)
 
 
 def _positive(text: str) -> int:
@@ -705,6 +889,32 @@ def _positive_size(text: str) -> int:
     return size
 
 
+def load_signer(config: RawConfig, name: str, mode: str) -> Signer:
+    """The private key named by ``writer.signing_key``, checked before connecting.
+
+    No ``cryptography`` package, or ``--compress never`` (plain data has no header to carry a signature): a
+    configuration problem, exit 2.  A missing or malformed secret: exit 1, like a credential.
+    """
+    from livedata.secrets import SecretsError, secrets_store_from_config
+    from livedata.signing import KeyFormatError, Signer, SigningUnavailable, decode_key, require_library
+
+    source = source_of(config)
+    try:
+        require_library()
+    except SigningUnavailable as e:
+        raise ConfigError(source, "writer.signing_key", str(e)) from None
+    if mode == "never":
+        raise ConfigError(source, "writer.signing_key", "signed data is stored as an envelope, which --compress "
+                          "never (or writer.compress = never) refuses: use auto or always")  # fmt: skip
+    try:
+        private = decode_key(secrets_store_from_config(config).get_simple(name), f"the secret {name}")
+    except SecretsError as e:
+        raise WriterError(f"writer.signing_key: {e}; nothing written") from None
+    except KeyFormatError as e:
+        raise WriterError(f"writer.signing_key: {e} (livedata-keygen prints one); nothing written") from None
+    return Signer(private)
+
+
 def run(args: argparse.Namespace, out: TextIO) -> None:
     """Every check that needs no server comes first, so a bad input never costs a connection."""
     from livedata.zookeeper import parse_zookeeper_config
@@ -714,8 +924,15 @@ def run(args: argparse.Namespace, out: TextIO) -> None:
     check_known_keys(config)
     settings = parse_zookeeper_config(config)
     writer = parse_config(config, WRITER_SPEC).writer
-    label = source_label(args.source)
+    if writer.history < 0:
+        raise ConfigError(source_of(config), "writer.history", "must be 0 (keep no versions) or more")
     mode = args.compress or writer.compress
+    signer = load_signer(config, writer.signing_key, mode) if writer.signing_key else None
+    stamp = Stamp(args.author or default_author(), args.message, writer.history, signer, settings.max_node_size)
+    if args.rollback is not None:
+        rollback(args, out, config, settings, writer, stamp, mode)
+        return
+    label = source_label(args.source)
     if mode == "never":  # stored as it is: one node's worth is all that may be read
         data = read_source(args.source, settings.max_node_size)
     else:
@@ -723,13 +940,53 @@ def run(args: argparse.Namespace, out: TextIO) -> None:
     as_json = wants_json_validation(args.source, args.format)
     if as_json and data:  # empty input is refused (or allowed) as empty, whatever its format
         validate_json(label, data)
-    stored = stored_form(label, data, mode, settings.max_node_size)
+    stored = stored_form(label, data, mode, settings.max_node_size, enveloped=signer is not None)
     with connected_client(config, settings) as client:
         push(
             client, args.node, data, label, out, allow_empty=args.allow_empty, dry_run=args.dry_run,
             stored=stored, max_payload_size=writer.max_payload_size,
             diff_lines=None if args.full_diff else args.diff_lines,
             diff_bytes=None if args.full_diff else args.diff_bytes or DEFAULT_DIFF_BYTES, as_json=as_json,
+            stamp=stamp,
+        )
+
+
+def rollback(
+    args: argparse.Namespace, out: TextIO, config: RawConfig, settings: ConfigNamespace, writer: ConfigNamespace,
+    stamp: Stamp, mode: str,
+) -> None:
+    """``--rollback NODE [--to K]``: version K's bytes written as a new version, like any write (diff,
+    compare-and-set, guards, history, signature); the message says it is a rollback to K."""
+    from livedata import history
+
+    path = args.rollback
+    with connected_client(config, settings) as client:
+        with _zookeeper_errors("read the kept versions of", path):
+            current = client.exists(path)
+            if current is None:
+                raise NodeMissingError(path)
+            kept = sorted(history.entry_names(client, path), reverse=True)
+            target = args.to
+            if target is None:
+                earlier = [version for version in kept if version < current.version]
+                if not earlier:
+                    raise WriterError(f"{path} keeps no version before its current one (version "
+                                      f"{current.version}); nothing written")  # fmt: skip
+                target = earlier[0]
+            try:
+                data = history.read_version(client, path, target, writer.max_payload_size)
+            except history.VersionNotKeptError as e:
+                raise WriterError(f"{e}; nothing written") from None
+            except PayloadError as e:
+                raise WriterError(f"kept version {target} of {path} cannot be decoded: {e}; nothing written") from None
+        label = f"{path}@{target}"
+        stored = stored_form(label, data, mode, settings.max_node_size, enveloped=stamp.signer is not None)
+        why = f"rollback to version {target}" + (f": {args.message}" if args.message else "")
+        push(
+            client, path, data, label, out, allow_empty=args.allow_empty, dry_run=args.dry_run, stored=stored,
+            max_payload_size=writer.max_payload_size, diff_lines=None if args.full_diff else args.diff_lines,
+            diff_bytes=None if args.full_diff else args.diff_bytes or DEFAULT_DIFF_BYTES,
+            stamp=replace(stamp, message=why),
         )
 
 

@@ -211,6 +211,17 @@ def chunk_children(client: KazooClient, path: str) -> list[str]:
     return sorted(name for name in client.get_children(path) if name.startswith(CHUNK_PREFIX))
 
 
+def referenced_chunks(client: KazooClient, path: str) -> list[str]:
+    """The chunks the node's envelope and its kept versions (history children) list: all a node may keep."""
+    from livedata.chunks import history_references
+    from livedata.payload import parse
+
+    envelope = parse(client.get(path)[0] or b"")
+    kept = history_references(client, path, client.get_children(path))
+    assert kept is not None
+    return sorted(set(envelope.chunk_names if envelope else []) | kept)
+
+
 def large_data_server() -> Iterator[ZooKeeperServer]:
     """A server for a module of megabyte-sized tests (use it to override ``zk_server``, module-scoped).
 

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(60)
 def flags(zk: KazooClient) -> str:
     """The demo's node, created as tools/dev creates it (the demo's own first version)."""
     if zk.exists(dev_demo.FLAGS):
-        zk.delete(dev_demo.FLAGS)
+        zk.delete(dev_demo.FLAGS, recursive=True)  # with its kept versions
     zk.create(dev_demo.FLAGS, json.dumps({"greeting": "hello", "counter": 0}).encode(), makepath=True)
     return dev_demo.FLAGS
 

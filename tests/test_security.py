@@ -451,7 +451,7 @@ def test_writer_over_tls(pki, tls_server, workdir):
         assert result.returncode == 0, result.stderr
         assert admin.get("/tls-writer")[0] == b"written over tls"
     finally:
-        admin.delete("/tls-writer")
+        admin.delete("/tls-writer", recursive=True)  # its kept versions are children
         admin.stop()
 
 
