@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from livedata.config import ConfigError, read_config
 from livedata.payload import CHUNK_PREFIX, MAGIC, Envelope, PayloadError, chunk_name, decode_node, parse
-from livedata.snapshots import child_name_problem
+from livedata.snapshots import DATA_LINK, TreePublisher, TreeSpec, child_name_problem
+from livedata.snapshots import cleanup as tree_cleanup
 
 LIMIT = 1 << 20
 
@@ -154,3 +155,89 @@ def test_a_child_name_is_refused_or_makes_exactly_one_plain_file(name: str) -> N
         with open(path, "x"):
             pass
         assert os.listdir(directory) == [name]
+
+
+# --- the tree publisher against a model ----------------------------------------------------------------------
+
+
+child_names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_-", min_size=1, max_size=10)
+trees = st.dictionaries(child_names, st.binary(max_size=48), max_size=10)
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("publish"), trees),
+        st.tuples(st.just("foreign"), st.sampled_from(["top", "snapshot", "dotted"])),
+        st.tuples(st.just("killed"), trees, st.integers(0, 2000)),
+        st.tuples(st.just("restart"), st.just(None)),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+def visible(dest: str) -> dict[str, bytes]:
+    """What a reader finds through the visible names (each a link through ``..data``), read the documented way."""
+    snapshot = os.readlink(os.path.join(dest, DATA_LINK))
+    names = sorted(os.listdir(os.path.join(dest, snapshot)))
+    assert sorted(n for n in os.listdir(dest) if not n.startswith(".")) == names, "visible names differ from ..data"
+    result = {}
+    for name in names:
+        with open(os.path.join(dest, name), "rb") as f:
+            result[name] = f.read()
+    return result
+
+
+def killed_publish(spec: TreeSpec, children: dict[str, bytes], after_us: int) -> None:
+    """A run killed at a random moment of its publish (a fork SIGKILLed, as a crash or an OOM kill would)."""
+    import signal
+    import time
+
+    pid = os.fork()
+    if pid == 0:  # the child publishes and never returns to the test
+        try:
+            TreePublisher(spec).publish(children)
+        finally:
+            os._exit(0)
+    time.sleep(after_us / 1e6)  # a random moment of the child's run, not a synchronisation
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps)
+def test_a_tree_dest_always_holds_exactly_one_published_snapshot(script) -> None:
+    """Any sequence of publishes, foreign files and killed runs: the directory always holds exactly the last
+    snapshot published (or, after a killed run, the one before or the one it was publishing), never a mix;
+    after a restart's cleanup nothing else is left in it."""
+    with tempfile.TemporaryDirectory() as top:
+        spec = TreeSpec(os.path.join(top, "tree"), mode=0o444)
+        publisher = TreePublisher(spec)
+        model: dict[str, bytes] | None = None
+        for step in script:
+            kind = step[0]
+            if kind == "publish":
+                publisher.publish(step[1])
+                model = dict(step[1])
+            elif kind == "foreign" and model is not None:
+                where = {"top": spec.dest, "dotted": spec.dest,
+                         "snapshot": os.path.join(spec.dest, os.readlink(os.path.join(spec.dest, DATA_LINK)))}
+                name = ".stray" if step[1] == "dotted" else "stray-file"
+                with open(os.path.join(where[step[1]], name), "wb") as f:
+                    f.write(b"not livedata's")
+                if step[1] == "snapshot":
+                    model = None  # a foreign file inside the snapshot: what readers see until the next publish
+            elif kind == "killed":
+                before = None if not os.path.lexists(os.path.join(spec.dest, DATA_LINK)) else visible(spec.dest)
+                killed_publish(spec, step[1], step[2])
+                tree_cleanup(spec)
+                after = visible(spec.dest) if os.path.lexists(os.path.join(spec.dest, DATA_LINK)) else None
+                assert after in (before, step[1]), "a killed run left neither the old nor the new snapshot"
+                publisher, model = TreePublisher(spec), after  # the next run starts afresh
+            elif kind == "restart" and model is not None:
+                tree_cleanup(spec)
+                publisher = TreePublisher(spec)
+                assert visible(spec.dest) == model
+                current = os.readlink(os.path.join(spec.dest, DATA_LINK))
+                assert sorted(os.listdir(spec.dest)) == sorted([DATA_LINK, current, *model]), "cleanup left debris"
+            if model is not None and kind != "foreign":
+                assert visible(spec.dest) == model
