@@ -133,6 +133,21 @@ class Signer:
     def sign(self, message: bytes) -> str:
         return b64(self._key.sign(message))
 
+    def signed(self, path: str, envelope: Envelope) -> bool:
+        """Whether ``envelope`` carries this key's valid signature made for ``path``: what the writer checks
+        before signing a kept version's bytes again (a rollback), since history children are writable by
+        anyone with ZooKeeper rights on the node."""
+        from cryptography.exceptions import InvalidSignature
+
+        record = Provenance.of(envelope)
+        if record is None or record.key != self.public or record.path != path:
+            return False
+        try:
+            self._key.public_key().verify(base64.b64decode(record.sig, validate=True), record.message_for(envelope))
+        except (InvalidSignature, binascii.Error, ValueError):
+            return False
+        return True
+
 
 class SequenceStore:
     """The last accepted (sequence, sha256) of each node, and which nodes' data is refused now.

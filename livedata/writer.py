@@ -129,6 +129,18 @@ class WriterError(CommandError):
         super().__init__(message, EXIT_FAILURE)
 
 
+class UnsignedVersionError(WriterError):
+    """A signing writer re-signs only a kept version its own key signed for this node: a history child is
+    writable by anyone with ZooKeeper rights on the node, and signing its bytes would launder a forgery."""
+
+    def __init__(self, path: str, version: int) -> None:
+        super().__init__(
+            f"kept version {version} of {path} is not signed by this writer's key for this node (planted by "
+            f"someone with ZooKeeper rights, or written before signing or by another key): review it "
+            f"(livedata-read --version {version}) and write it as a new version; nothing written"
+        )
+
+
 class SourceUnreadableError(WriterError):
     def __init__(self, source: str, reason: object) -> None:
         super().__init__(f"cannot read {source}: {reason}; nothing written")
@@ -974,11 +986,13 @@ def rollback(
                                       f"{current.version}); nothing written")  # fmt: skip
                 target = earlier[0]
             try:
-                data = history.read_version(client, path, target, writer.max_payload_size)
+                data, envelope = history.read_entry(client, path, target, writer.max_payload_size)
             except history.VersionNotKeptError as e:
                 raise WriterError(f"{e}; nothing written") from None
             except PayloadError as e:
                 raise WriterError(f"kept version {target} of {path} cannot be decoded: {e}; nothing written") from None
+        if stamp.signer is not None and not stamp.signer.signed(path, envelope):
+            raise UnsignedVersionError(path, target)
         label = f"{path}@{target}"
         stored = stored_form(label, data, mode, settings.max_node_size, enveloped=stamp.signer is not None)
         why = f"rollback to version {target}" + (f": {args.message}" if args.message else "")

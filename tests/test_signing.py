@@ -221,3 +221,42 @@ def test_signed_writes_through_the_command_line(tmp_path, zk_server, zk, zk_path
                              "never"], cwd=tmp_path, capture_output=True, encoding="utf-8", timeout=60)  # fmt: skip
     assert result.returncode == 2 and "writer.signing_key" in result.stderr and result.stderr.count("\n") == 1
     assert Path(tmp_path / "in.txt").read_text() == "signed\n"
+
+
+@pytest.mark.timeout(60)
+def test_rollback_never_signs_a_kept_version_the_key_did_not_sign(tmp_path, zk_server, zk, zk_path, keys):
+    """A forger who plants a kept version (history child) cannot get the writer to sign its bytes by --rollback."""
+    from livedata.payload import history_name
+    from livedata.signing import SequenceStore, Verifier
+
+    private, public = keys
+    node = f"{zk_path}/flags"
+    zk.create(node, b"")
+    signed_write(zk, node, b"v1\n", private)
+    signed_write(zk, node, b"v2\n", private)
+    version = zk.exists(node).version
+    kept = f"{node}/{history_name(version - 1)}"  # what --rollback takes by default
+    real = parse(zk.get(kept)[0])
+    assert real is not None
+    forged = restamp(stored_form("x", b"evil\n", "always", LIMIT, enveloped=True), real.meta, LIMIT)
+    unsigned = restamp(stored_form("x", b"evil\n", "always", LIMIT, enveloped=True), {}, LIMIT)
+    secrets = tmp_path / "secrets.json"
+    secrets.write_text(json.dumps({"secrets": {"k": {"type": "simple", "value": private}}}))
+    write_ini(str(tmp_path), {"zookeeper.hosts": zk_server.address, "secrets.path": str(secrets),
+                              "writer.signing_key": "k"}, "writer.ini")  # fmt: skip
+    for planted in (forged.node_data, unsigned.node_data):
+        zk.set(kept, planted)
+        result = subprocess.run([sys.executable, "-m", "livedata.writer", "writer.ini", "--rollback", node],
+                                cwd=tmp_path, capture_output=True, encoding="utf-8", timeout=60)  # fmt: skip
+        assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+        assert "not signed by this writer's key" in result.stderr and "nothing written" in result.stderr
+        assert zk.exists(node).version == version
+    # A genuine kept version still rolls back, signed anew.
+    zk.set(kept, real.to_bytes())
+    result = subprocess.run([sys.executable, "-m", "livedata.writer", "writer.ini", "--rollback", node],
+                            cwd=tmp_path, capture_output=True, encoding="utf-8", timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    verifier = Verifier([public], lambda _: True, SequenceStore())
+    envelope = parse(zk.get(node)[0])
+    verifier.check(node, b"", envelope)
+    assert envelope is not None and envelope.sha256 == hashlib.sha256(b"v1\n").hexdigest()
