@@ -32,7 +32,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from livedata.payload import Envelope, PayloadError
-from livedata.provenance import Provenance
+from livedata.provenance import Provenance, real_path
 
 log = logging.getLogger("livedata.signing")
 
@@ -266,9 +266,10 @@ class Verifier:
     """
 
     def __init__(self, trusted_keys: Iterable[str], required: Callable[[str], bool],
-                 store: SequenceStore | None = None) -> None:  # fmt: skip
+                 store: SequenceStore | None = None, chroot: str | None = None) -> None:  # fmt: skip
         require_library()
         self.required = required
+        self.chroot = chroot  # the session's chroot: a signature names the node from the ensemble's root
         self.store = store or SequenceStore()
         self._keys: dict[str, Any] = {}
         self.set_keys(trusted_keys)
@@ -308,8 +309,8 @@ class Verifier:
             key.verify(base64.b64decode(record.sig, validate=True), record.message_for(envelope))
         except (InvalidSignature, binascii.Error, ValueError):
             raise BadSignature("the signature does not match the data and its header") from None
-        if record.path != path:
-            raise OtherPath(f"signed for {record.path}, not for this node")
+        if record.path != real_path(self.chroot, path):
+            raise OtherPath(f"signed for {record.path}, not for this node ({real_path(self.chroot, path)})")
         last = self.store.last(path)
         if last is not None:
             seq, sha256 = last

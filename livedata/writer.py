@@ -78,7 +78,15 @@ from livedata.payload import (
     restamp,
 )
 from livedata.payload import parse as parse_payload
-from livedata.provenance import AUTHOR_VARIABLE, MAX_MESSAGE, Provenance, default_author, next_sequence, now_utc
+from livedata.provenance import (
+    AUTHOR_VARIABLE,
+    MAX_MESSAGE,
+    Provenance,
+    default_author,
+    next_sequence,
+    now_utc,
+    real_path,
+)
 from livedata.textdiff import unified_diff
 
 if TYPE_CHECKING:
@@ -612,7 +620,7 @@ def stamp_write(client: KazooClient, path: str, data: bytes, stored: Stored, cur
         current_envelope = None
     new_version = current.version + 1
     seq = next_sequence(current_envelope, [entry.envelope for entry in kept if entry.envelope], new_version)
-    record = Provenance(stamp.author, now_utc(), stamp.message, path, seq)
+    record = Provenance(stamp.author, now_utc(), stamp.message, real_path(client.chroot, path), seq)
     envelope = stored.envelope if stored.envelope is not None else _plain_envelope(data, stamp.max_node_size)
     if stamp.signer is not None:
         record = replace(record, key=stamp.signer.public, sig=stamp.signer.sign(record.message_for(envelope)))
@@ -694,7 +702,7 @@ def push(client: KazooClient, path: str, data: bytes, label: str, out: TextIO, *
         stored = Stored(node_data=data, envelope=None, codec="plain", stored_size=len(data))
     current = read_current(client, path, max_payload_size)
     log.debug("read %s: %d bytes at version %d", path, len(current.node_data), current.version)
-    if current.data == data and _same_form(current, stored, stamp, path):
+    if current.data == data and _same_form(current, stored, stamp, real_path(client.chroot, path)):
         print(NO_CHANGES, file=out)
         return
     old = current.data if current.data is not None else b""
@@ -991,7 +999,7 @@ def rollback(
                 raise WriterError(f"{e}; nothing written") from None
             except PayloadError as e:
                 raise WriterError(f"kept version {target} of {path} cannot be decoded: {e}; nothing written") from None
-        if stamp.signer is not None and not stamp.signer.signed(path, envelope):
+        if stamp.signer is not None and not stamp.signer.signed(real_path(client.chroot, path), envelope):
             raise UnsignedVersionError(path, target)
         label = f"{path}@{target}"
         stored = stored_form(label, data, mode, settings.max_node_size, enveloped=stamp.signer is not None)

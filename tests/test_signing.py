@@ -260,3 +260,36 @@ def test_rollback_never_signs_a_kept_version_the_key_did_not_sign(tmp_path, zk_s
     envelope = parse(zk.get(node)[0])
     verifier.check(node, b"", envelope)
     assert envelope is not None and envelope.sha256 == hashlib.sha256(b"v1\n").hexdigest()
+
+
+@pytest.mark.timeout(90)
+def test_the_signed_path_is_the_real_node_whatever_the_chroot(zk_server, zk, zk_path, keys, start_watcher, workdir):
+    """A chroot is part of the node: a write through a chroot is accepted by a watcher without one (and back),
+    and a version signed for /flags under another chroot (another environment) is refused as OtherPath."""
+    private, public = keys
+    zk.create(f"{zk_path}/flags", b"")
+    zk.create(f"{zk_path}/staging/flags", b"", makepath=True)
+    prod, staging = make_client(zk_server.address + zk_path), make_client(f"{zk_server.address}{zk_path}/staging")
+    try:
+        signed_write(prod, "/flags", b"through the chroot\n", private)
+        dest = os.path.join(workdir, "flags")
+        settings = {**base_settings(zk_server, trusted_keys=public, require_signatures="true"),
+                    **node_settings("flags", f"{zk_path}/flags", dest)}  # fmt: skip
+        watcher = start_watcher(settings)
+        wait_for_content(dest, b"through the chroot\n")
+        for _ in range(3):  # staging ahead of prod: a copy would not be refused as a replay
+            signed_write(staging, "/flags", b"staging\n" * (_ + 1), private)
+        zk.set(f"{zk_path}/flags", zk.get(f"{zk_path}/staging/flags")[0])
+        watcher.wait_for_log(f"flags: cannot read {zk_path}/flags: OtherPath")
+        assert read_bytes(dest) == b"through the chroot\n"
+        watcher.stop()
+        settings = {**base_settings(zk_server, trusted_keys=public, require_signatures="true"),
+                    **node_settings("flags", "/flags", dest), "zookeeper.hosts": zk_server.address + zk_path}
+        watcher = start_watcher(settings)
+        watcher.wait_for_log("flags: cannot read /flags: OtherPath")  # the chrooted watcher refuses it too
+        signed_write(zk, f"{zk_path}/flags", b"without a chroot\n", private)
+        wait_for_content(dest, b"without a chroot\n")
+    finally:
+        for client in (prod, staging):
+            client.stop()
+            client.close()
