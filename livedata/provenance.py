@@ -35,6 +35,7 @@ __all__ = ["Provenance", "default_author", "next_sequence", "now_utc", "real_pat
 SIGNATURE_LABEL = b"livedata-signature-v1\n"  # a signature over one kind of message is never valid as another
 MAX_MESSAGE = 4096  # characters: a reason, not a document (every host reads it with every change)
 AUTHOR_VARIABLE = "LIVEDATA_AUTHOR"
+MAX_SEQUENCE = 2**63 - 1  # a signed 64-bit integer: any language's reader holds it, and a header cannot grow it
 
 
 def default_author() -> str:
@@ -79,7 +80,7 @@ def next_sequence(current: Envelope | None, kept: Iterable[Envelope], new_versio
 
 def _sequence(envelope: Envelope) -> int | None:
     seq = envelope.meta.get("seq")
-    return seq if type(seq) is int and seq >= 0 else None
+    return seq if type(seq) is int and 0 <= seq <= MAX_SEQUENCE else None
 
 
 def signed_message(path: str, sha256: str, size: int, time: str, author: str, message: str, seq: int) -> bytes:
@@ -126,7 +127,7 @@ class Provenance:
     def from_meta(cls, meta: Mapping[str, Any]) -> Provenance | None:
         strings = [meta.get(key, "") for key in ("author", "time", "message", "path", "key", "sig")]
         seq = meta.get("seq")
-        if not all(isinstance(value, str) for value in strings) or type(seq) is not int or seq < 0:
+        if not all(isinstance(value, str) for value in strings) or type(seq) is not int or not 0 <= seq <= MAX_SEQUENCE:
             return None
         author, time, message, path, key, sig = strings
         return cls(author, time, message, path, seq, key, sig)

@@ -608,7 +608,9 @@ def stamp_write(client: KazooClient, path: str, data: bytes, stored: Stored, cur
     """The header record of this write: its sequence comes from what the node and its kept versions hold now.
 
     The sequence is one above the highest the current data and the kept versions carry, and at least the znode
-    version the compare-and-set produces (:func:`livedata.provenance.next_sequence`).
+    version the compare-and-set produces (:func:`livedata.provenance.next_sequence`).  A signing writer counts
+    only the versions its own key signed for this node: a header anyone with ZooKeeper rights planted must not
+    choose the sequence the key signs (a huge one would make later writes wrap past the bound and be refused).
     """
     from livedata import history
 
@@ -619,8 +621,11 @@ def stamp_write(client: KazooClient, path: str, data: bytes, stored: Stored, cur
     except PayloadError:
         current_envelope = None
     new_version = current.version + 1
-    seq = next_sequence(current_envelope, [entry.envelope for entry in kept if entry.envelope], new_version)
-    record = Provenance(stamp.author, now_utc(), stamp.message, real_path(client.chroot, path), seq)
+    signed_path = real_path(client.chroot, path)
+    counted = [envelope for envelope in (current_envelope, *(entry.envelope for entry in kept))
+               if envelope is not None and (stamp.signer is None or stamp.signer.signed(signed_path, envelope))]
+    seq = next_sequence(None, counted, new_version)
+    record = Provenance(stamp.author, now_utc(), stamp.message, signed_path, seq)
     envelope = stored.envelope if stored.envelope is not None else _plain_envelope(data, stamp.max_node_size)
     if stamp.signer is not None:
         record = replace(record, key=stamp.signer.public, sig=stamp.signer.sign(record.message_for(envelope)))

@@ -293,3 +293,29 @@ def test_the_signed_path_is_the_real_node_whatever_the_chroot(zk_server, zk, zk_
         for client in (prod, staging):
             client.stop()
             client.close()
+
+
+@pytest.mark.timeout(60)
+def test_sequences_a_forger_plants_do_not_steer_the_signers(zk, zk_path, keys):
+    """The next sequence counts only what this key signed: a planted unsigned header with a huge sequence
+    neither makes the writer sign it (a later wrap past any bound would freeze the node) nor crashes it."""
+    import struct
+
+    from livedata.payload import MAGIC, history_name
+
+    private, _ = keys
+    node = f"{zk_path}/flags"
+    zk.create(node, b"")
+    signed_write(zk, node, b"v1\n", private)
+    inflated = restamp(stored_form("x", b"junk\n", "always", LIMIT, enveloped=True), {"seq": 10**18}, LIMIT)
+    zk.set(node, inflated.node_data)
+    zk.create(f"{node}/{history_name(9)}", inflated.node_data)
+    signed_write(zk, node, b"v2\n", private)
+    envelope = parse(zk.get(node)[0])
+    assert envelope is not None and envelope.meta["seq"] == zk.exists(node).version
+    header = b'{"codec":"identity","size":0,"sha256":"%s","stored":0,"chunks":[],"seq":%s}' % (
+        hashlib.sha256(b"").hexdigest().encode(), b"9" * 4300)
+    zk.set(node, MAGIC + struct.pack(">BI", 1, len(header)) + header)  # one digit short of Python's int limit
+    signed_write(zk, node, b"v3\n", private)
+    envelope = parse(zk.get(node)[0])
+    assert envelope is not None and envelope.meta["seq"] == zk.exists(node).version
