@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import quote, unquote
@@ -40,6 +41,7 @@ KEY_SIZE = 32
 INSTALL_HINT = "needs the cryptography package: pip install 'livedata[signing]'"
 SEQUENCES_FILE = "sequences.log"
 REFUSED_FILE = "refused.json"
+REWRITE_RETRY = 5.0  # seconds between attempts to rewrite sequences.log after an append failed
 
 
 class SigningUnavailable(Exception):
@@ -165,6 +167,8 @@ class SequenceStore:
         self.refused: dict[str, str] = {}  # path -> the reason its current data is refused
         self._problem: str | None = None
         self._log: int | None = None
+        self._torn = False  # an append failed or was cut short: the next one rewrites the log whole
+        self._retry_at = 0.0  # while torn, when the next rewrite may be tried
         if directory is not None:
             self._last = self._load()
             self._compact()
@@ -186,6 +190,13 @@ class SequenceStore:
             self._save_refused()
 
     def close(self) -> None:
+        if self._torn:  # a last try, so that what the failed appends held reaches the next start
+            self._torn = False
+            self._close_log()
+            self._compact()
+        self._close_log()
+
+    def _close_log(self) -> None:
         if self._log is not None:
             os.close(self._log)
             self._log = None
@@ -214,12 +225,27 @@ class SequenceStore:
                 self._report(f"cannot open {SEQUENCES_FILE}: {e.strerror or e}")
 
     def _append(self, line: str) -> None:
+        """Append one line; after a failed or short write (a full disk), rewrite the whole log instead, once
+        it can be: appending after a torn line would glue the next one to it, and what failed would be lost."""
+        if self._torn:
+            if time.monotonic() >= self._retry_at:  # not on every line: a rewrite costs every node's line
+                self._close_log()
+                self._compact()
+                self._torn = self._log is None
+                self._retry_at = time.monotonic() + REWRITE_RETRY
+            return
         if self._log is None:
             return
+        raw = line.encode("ascii")
         try:
-            os.write(self._log, line.encode("ascii"))
+            written = os.write(self._log, raw)
         except OSError as e:
+            written = -1
             self._report(f"cannot append to {SEQUENCES_FILE}: {e.strerror or e}")
+        if written != len(raw):
+            if written >= 0:
+                self._report(f"cannot append to {SEQUENCES_FILE}: short write (disk full?)")
+            self._torn = True
 
     def _save_refused(self) -> None:
         self._write(REFUSED_FILE, json.dumps({"refused": self.refused}, sort_keys=True) + "\n")

@@ -27,6 +27,7 @@ from livedata.testing.zookeeper import free_ports, wait_for
 from livedata.writer import Stamp, push, stored_form
 from tests.conftest import make_client
 from tests.payloads import chunk_children, incompressible
+from tests.test_faults import fill, tiny_tmpfs  # noqa: F401 (a fixture)
 
 LIMIT = 1047552
 
@@ -319,3 +320,23 @@ def test_sequences_a_forger_plants_do_not_steer_the_signers(zk, zk_path, keys):
     signed_write(zk, node, b"v3\n", private)
     envelope = parse(zk.get(node)[0])
     assert envelope is not None and envelope.meta["seq"] == zk.exists(node).version
+
+
+@pytest.mark.timeout(60)
+def test_accepted_sequences_survive_a_full_disk_once_there_is_room_again(tiny_tmpfs):  # noqa: F811
+    """An append to sequences.log that the full disk cut short (or refused) must not lose that sequence, or the
+    next ones, for the next start: the log is rewritten whole once it can be."""
+    from livedata.signing import SequenceStore
+
+    state = os.path.join(tiny_tmpfs, "state")
+    long_path = "/" + "a" * 5000  # a line longer than a page: the append needs a page the full disk lacks
+    store = SequenceStore(state)
+    store.accept(long_path, 1, "1" * 64)
+    filler = fill(tiny_tmpfs)
+    store.accept(long_path, 5, "5" * 64)  # short write or ENOSPC
+    os.remove(filler)
+    store.accept("/b", 1, "b" * 64)
+    store.close()
+    reloaded = SequenceStore(state)
+    assert (reloaded.last(long_path), reloaded.last("/b")) == ((5, "5" * 64), (1, "b" * 64))
+    reloaded.close()
