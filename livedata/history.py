@@ -75,6 +75,12 @@ def entries(client: KazooClient, path: str) -> list[Entry]:
 
 def read_version(client: KazooClient, path: str, version: int, max_size: int) -> bytes:
     """The decoded bytes of kept version ``version`` (its chunks read from the node, each verified)."""
+    return read_entry(client, path, version, max_size)[0]
+
+
+def read_entry(client: KazooClient, path: str, version: int, max_size: int) -> tuple[bytes, Envelope]:
+    """Kept version ``version``: its decoded bytes and its envelope (whose record a rollback must verify first:
+    anyone with ZooKeeper rights on the node can create or replace its history children)."""
     names = entry_names(client, path)
     if version not in names:
         raise VersionNotKeptError(path, version, sorted(names, reverse=True))
@@ -82,7 +88,7 @@ def read_version(client: KazooClient, path: str, version: int, max_size: int) ->
     decoded, envelope = decode(client, path, data or b"", max_size)
     if envelope is None:
         raise PayloadError(f"kept version {version} is not an envelope")
-    return decoded
+    return decoded, envelope
 
 
 def trim(client: KazooClient, path: str, keep: int) -> list[Entry]:

@@ -130,7 +130,9 @@ class LiveNode(Generic[T]):
         self._max_payload_size = max_payload_size
         # With trusted keys, a version is used only if signed as the watcher requires (livedata.signing); the
         # last accepted sequence lives as long as this object.
-        self._verifier = Verifier(trusted_keys, lambda _: True) if trusted_keys is not None else None
+        self._verifier = (
+            Verifier(trusted_keys, lambda _: True, chroot=client.chroot) if trusted_keys is not None else None
+        )
         self._state: _State[T] = _State(None, _NOTHING_YET)
         self._lock = threading.Lock()  # guards the two flags below
         self._watch_started = False

@@ -7,7 +7,7 @@ these keys as :attr:`~livedata.payload.Envelope.meta`; readers that predate them
 ``author``  who wrote it: ``--author``, else ``$LIVEDATA_AUTHOR``, else ``user@host``
 ``time``    when, UTC, RFC 3339 to the second (``2026-11-26T03:12:05Z``)
 ``message`` why (``-m``); empty when none was given
-``path``    the node written (as the writer's session sees it, chroot included)
+``path``    the node written, chroot included (:func:`real_path`): the same node whatever chroot a reader uses
 ``seq``     the node's sequence: grows by at least one with every write, see :func:`next_sequence`
 ``key``     signed writes: the signer's Ed25519 public key (standard base64 of the raw 32 bytes)
 ``sig``     signed writes: the signature (standard base64) of :func:`signed_message`
@@ -30,11 +30,12 @@ from typing import Any
 
 from livedata.payload import Envelope
 
-__all__ = ["Provenance", "default_author", "next_sequence", "now_utc", "signed_message"]
+__all__ = ["Provenance", "default_author", "next_sequence", "now_utc", "real_path", "signed_message"]
 
 SIGNATURE_LABEL = b"livedata-signature-v1\n"  # a signature over one kind of message is never valid as another
 MAX_MESSAGE = 4096  # characters: a reason, not a document (every host reads it with every change)
 AUTHOR_VARIABLE = "LIVEDATA_AUTHOR"
+MAX_SEQUENCE = 2**63 - 1  # a signed 64-bit integer: any language's reader holds it, and a header cannot grow it
 
 
 def default_author() -> str:
@@ -47,6 +48,15 @@ def default_author() -> str:
     except (KeyError, OSError):  # no name for this uid (a container): the number still says who
         user = str(os.getuid())
     return f"{user}@{socket.gethostname()}"
+
+
+def real_path(chroot: str | None, path: str) -> str:
+    """The node's path from the ensemble's root: what a signature names, so that a version signed for ``/flags``
+    under one chroot (say another environment's) is never valid for ``/flags`` under another, and a reader
+    with a chroot and one without agree on the same node."""
+    if not chroot:
+        return path
+    return chroot if path == "/" else chroot + path
 
 
 def now_utc() -> str:
@@ -70,7 +80,7 @@ def next_sequence(current: Envelope | None, kept: Iterable[Envelope], new_versio
 
 def _sequence(envelope: Envelope) -> int | None:
     seq = envelope.meta.get("seq")
-    return seq if type(seq) is int and seq >= 0 else None
+    return seq if type(seq) is int and 0 <= seq <= MAX_SEQUENCE else None
 
 
 def signed_message(path: str, sha256: str, size: int, time: str, author: str, message: str, seq: int) -> bytes:
@@ -117,7 +127,7 @@ class Provenance:
     def from_meta(cls, meta: Mapping[str, Any]) -> Provenance | None:
         strings = [meta.get(key, "") for key in ("author", "time", "message", "path", "key", "sig")]
         seq = meta.get("seq")
-        if not all(isinstance(value, str) for value in strings) or type(seq) is not int or seq < 0:
+        if not all(isinstance(value, str) for value in strings) or type(seq) is not int or not 0 <= seq <= MAX_SEQUENCE:
             return None
         author, time, message, path, key, sig = strings
         return cls(author, time, message, path, seq, key, sig)

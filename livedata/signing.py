@@ -27,12 +27,13 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import quote, unquote
 
 from livedata.payload import Envelope, PayloadError
-from livedata.provenance import Provenance
+from livedata.provenance import Provenance, real_path
 
 log = logging.getLogger("livedata.signing")
 
@@ -40,6 +41,7 @@ KEY_SIZE = 32
 INSTALL_HINT = "needs the cryptography package: pip install 'livedata[signing]'"
 SEQUENCES_FILE = "sequences.log"
 REFUSED_FILE = "refused.json"
+REWRITE_RETRY = 5.0  # seconds between attempts to rewrite sequences.log after an append failed
 
 
 class SigningUnavailable(Exception):
@@ -133,6 +135,21 @@ class Signer:
     def sign(self, message: bytes) -> str:
         return b64(self._key.sign(message))
 
+    def signed(self, path: str, envelope: Envelope) -> bool:
+        """Whether ``envelope`` carries this key's valid signature made for ``path``: what the writer checks
+        before signing a kept version's bytes again (a rollback), since history children are writable by
+        anyone with ZooKeeper rights on the node."""
+        from cryptography.exceptions import InvalidSignature
+
+        record = Provenance.of(envelope)
+        if record is None or record.key != self.public or record.path != path:
+            return False
+        try:
+            self._key.public_key().verify(base64.b64decode(record.sig, validate=True), record.message_for(envelope))
+        except (InvalidSignature, binascii.Error, ValueError):
+            return False
+        return True
+
 
 class SequenceStore:
     """The last accepted (sequence, sha256) of each node, and which nodes' data is refused now.
@@ -150,6 +167,8 @@ class SequenceStore:
         self.refused: dict[str, str] = {}  # path -> the reason its current data is refused
         self._problem: str | None = None
         self._log: int | None = None
+        self._torn = False  # an append failed or was cut short: the next one rewrites the log whole
+        self._retry_at = 0.0  # while torn, when the next rewrite may be tried
         if directory is not None:
             self._last = self._load()
             self._compact()
@@ -171,6 +190,13 @@ class SequenceStore:
             self._save_refused()
 
     def close(self) -> None:
+        if self._torn:  # a last try, so that what the failed appends held reaches the next start
+            self._torn = False
+            self._close_log()
+            self._compact()
+        self._close_log()
+
+    def _close_log(self) -> None:
         if self._log is not None:
             os.close(self._log)
             self._log = None
@@ -199,12 +225,27 @@ class SequenceStore:
                 self._report(f"cannot open {SEQUENCES_FILE}: {e.strerror or e}")
 
     def _append(self, line: str) -> None:
+        """Append one line; after a failed or short write (a full disk), rewrite the whole log instead, once
+        it can be: appending after a torn line would glue the next one to it, and what failed would be lost."""
+        if self._torn:
+            if time.monotonic() >= self._retry_at:  # not on every line: a rewrite costs every node's line
+                self._close_log()
+                self._compact()
+                self._torn = self._log is None
+                self._retry_at = time.monotonic() + REWRITE_RETRY
+            return
         if self._log is None:
             return
+        raw = line.encode("ascii")
         try:
-            os.write(self._log, line.encode("ascii"))
+            written = os.write(self._log, raw)
         except OSError as e:
+            written = -1
             self._report(f"cannot append to {SEQUENCES_FILE}: {e.strerror or e}")
+        if written != len(raw):
+            if written >= 0:
+                self._report(f"cannot append to {SEQUENCES_FILE}: short write (disk full?)")
+            self._torn = True
 
     def _save_refused(self) -> None:
         self._write(REFUSED_FILE, json.dumps({"refused": self.refused}, sort_keys=True) + "\n")
@@ -251,9 +292,10 @@ class Verifier:
     """
 
     def __init__(self, trusted_keys: Iterable[str], required: Callable[[str], bool],
-                 store: SequenceStore | None = None) -> None:  # fmt: skip
+                 store: SequenceStore | None = None, chroot: str | None = None) -> None:  # fmt: skip
         require_library()
         self.required = required
+        self.chroot = chroot  # the session's chroot: a signature names the node from the ensemble's root
         self.store = store or SequenceStore()
         self._keys: dict[str, Any] = {}
         self.set_keys(trusted_keys)
@@ -293,8 +335,8 @@ class Verifier:
             key.verify(base64.b64decode(record.sig, validate=True), record.message_for(envelope))
         except (InvalidSignature, binascii.Error, ValueError):
             raise BadSignature("the signature does not match the data and its header") from None
-        if record.path != path:
-            raise OtherPath(f"signed for {record.path}, not for this node")
+        if record.path != real_path(self.chroot, path):
+            raise OtherPath(f"signed for {record.path}, not for this node ({real_path(self.chroot, path)})")
         last = self.store.last(path)
         if last is not None:
             seq, sha256 = last

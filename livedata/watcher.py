@@ -404,7 +404,8 @@ class Daemon:
             if config.state_dir is None:
                 log.warning("watcher.state_dir is not set: the last accepted sequence of each signed node is "
                             "kept in memory only, so after a restart any validly signed version is accepted once")
-            self.verifier = Verifier(config.trusted_keys, signed.__contains__, SequenceStore(self.config.state_dir))
+            self.verifier = Verifier(config.trusted_keys, signed.__contains__, SequenceStore(self.config.state_dir),
+                                     self.client.chroot)  # fmt: skip
             return True
         before = (self.verifier.keys, self.verifier.required)
         self.verifier.set_keys(config.trusted_keys)

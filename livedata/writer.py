@@ -78,7 +78,15 @@ from livedata.payload import (
     restamp,
 )
 from livedata.payload import parse as parse_payload
-from livedata.provenance import AUTHOR_VARIABLE, MAX_MESSAGE, Provenance, default_author, next_sequence, now_utc
+from livedata.provenance import (
+    AUTHOR_VARIABLE,
+    MAX_MESSAGE,
+    Provenance,
+    default_author,
+    next_sequence,
+    now_utc,
+    real_path,
+)
 from livedata.textdiff import unified_diff
 
 if TYPE_CHECKING:
@@ -127,6 +135,18 @@ class WriterError(CommandError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, EXIT_FAILURE)
+
+
+class UnsignedVersionError(WriterError):
+    """A signing writer re-signs only a kept version its own key signed for this node: a history child is
+    writable by anyone with ZooKeeper rights on the node, and signing its bytes would launder a forgery."""
+
+    def __init__(self, path: str, version: int) -> None:
+        super().__init__(
+            f"kept version {version} of {path} is not signed by this writer's key for this node (planted by "
+            f"someone with ZooKeeper rights, or written before signing or by another key): review it "
+            f"(livedata-read --version {version}) and write it as a new version; nothing written"
+        )
 
 
 class SourceUnreadableError(WriterError):
@@ -588,7 +608,9 @@ def stamp_write(client: KazooClient, path: str, data: bytes, stored: Stored, cur
     """The header record of this write: its sequence comes from what the node and its kept versions hold now.
 
     The sequence is one above the highest the current data and the kept versions carry, and at least the znode
-    version the compare-and-set produces (:func:`livedata.provenance.next_sequence`).
+    version the compare-and-set produces (:func:`livedata.provenance.next_sequence`).  A signing writer counts
+    only the versions its own key signed for this node: a header anyone with ZooKeeper rights planted must not
+    choose the sequence the key signs (a huge one would make later writes wrap past the bound and be refused).
     """
     from livedata import history
 
@@ -599,8 +621,11 @@ def stamp_write(client: KazooClient, path: str, data: bytes, stored: Stored, cur
     except PayloadError:
         current_envelope = None
     new_version = current.version + 1
-    seq = next_sequence(current_envelope, [entry.envelope for entry in kept if entry.envelope], new_version)
-    record = Provenance(stamp.author, now_utc(), stamp.message, path, seq)
+    signed_path = real_path(client.chroot, path)
+    counted = [envelope for envelope in (current_envelope, *(entry.envelope for entry in kept))
+               if envelope is not None and (stamp.signer is None or stamp.signer.signed(signed_path, envelope))]
+    seq = next_sequence(None, counted, new_version)
+    record = Provenance(stamp.author, now_utc(), stamp.message, signed_path, seq)
     envelope = stored.envelope if stored.envelope is not None else _plain_envelope(data, stamp.max_node_size)
     if stamp.signer is not None:
         record = replace(record, key=stamp.signer.public, sig=stamp.signer.sign(record.message_for(envelope)))
@@ -682,7 +707,7 @@ def push(client: KazooClient, path: str, data: bytes, label: str, out: TextIO, *
         stored = Stored(node_data=data, envelope=None, codec="plain", stored_size=len(data))
     current = read_current(client, path, max_payload_size)
     log.debug("read %s: %d bytes at version %d", path, len(current.node_data), current.version)
-    if current.data == data and _same_form(current, stored, stamp, path):
+    if current.data == data and _same_form(current, stored, stamp, real_path(client.chroot, path)):
         print(NO_CHANGES, file=out)
         return
     old = current.data if current.data is not None else b""
@@ -974,11 +999,13 @@ def rollback(
                                       f"{current.version}); nothing written")  # fmt: skip
                 target = earlier[0]
             try:
-                data = history.read_version(client, path, target, writer.max_payload_size)
+                data, envelope = history.read_entry(client, path, target, writer.max_payload_size)
             except history.VersionNotKeptError as e:
                 raise WriterError(f"{e}; nothing written") from None
             except PayloadError as e:
                 raise WriterError(f"kept version {target} of {path} cannot be decoded: {e}; nothing written") from None
+        if stamp.signer is not None and not stamp.signer.signed(real_path(client.chroot, path), envelope):
+            raise UnsignedVersionError(path, target)
         label = f"{path}@{target}"
         stored = stored_form(label, data, mode, settings.max_node_size, enveloped=stamp.signer is not None)
         why = f"rollback to version {target}" + (f": {args.message}" if args.message else "")

@@ -27,6 +27,7 @@ from livedata.testing.zookeeper import free_ports, wait_for
 from livedata.writer import Stamp, push, stored_form
 from tests.conftest import make_client
 from tests.payloads import chunk_children, incompressible
+from tests.test_faults import fill, tiny_tmpfs  # noqa: F401 (a fixture)
 
 LIMIT = 1047552
 
@@ -221,3 +222,121 @@ def test_signed_writes_through_the_command_line(tmp_path, zk_server, zk, zk_path
                              "never"], cwd=tmp_path, capture_output=True, encoding="utf-8", timeout=60)  # fmt: skip
     assert result.returncode == 2 and "writer.signing_key" in result.stderr and result.stderr.count("\n") == 1
     assert Path(tmp_path / "in.txt").read_text() == "signed\n"
+
+
+@pytest.mark.timeout(60)
+def test_rollback_never_signs_a_kept_version_the_key_did_not_sign(tmp_path, zk_server, zk, zk_path, keys):
+    """A forger who plants a kept version (history child) cannot get the writer to sign its bytes by --rollback."""
+    from livedata.payload import history_name
+    from livedata.signing import SequenceStore, Verifier
+
+    private, public = keys
+    node = f"{zk_path}/flags"
+    zk.create(node, b"")
+    signed_write(zk, node, b"v1\n", private)
+    signed_write(zk, node, b"v2\n", private)
+    version = zk.exists(node).version
+    kept = f"{node}/{history_name(version - 1)}"  # what --rollback takes by default
+    real = parse(zk.get(kept)[0])
+    assert real is not None
+    forged = restamp(stored_form("x", b"evil\n", "always", LIMIT, enveloped=True), real.meta, LIMIT)
+    unsigned = restamp(stored_form("x", b"evil\n", "always", LIMIT, enveloped=True), {}, LIMIT)
+    secrets = tmp_path / "secrets.json"
+    secrets.write_text(json.dumps({"secrets": {"k": {"type": "simple", "value": private}}}))
+    write_ini(str(tmp_path), {"zookeeper.hosts": zk_server.address, "secrets.path": str(secrets),
+                              "writer.signing_key": "k"}, "writer.ini")  # fmt: skip
+    for planted in (forged.node_data, unsigned.node_data):
+        zk.set(kept, planted)
+        result = subprocess.run([sys.executable, "-m", "livedata.writer", "writer.ini", "--rollback", node],
+                                cwd=tmp_path, capture_output=True, encoding="utf-8", timeout=60)  # fmt: skip
+        assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+        assert "not signed by this writer's key" in result.stderr and "nothing written" in result.stderr
+        assert zk.exists(node).version == version
+    # A genuine kept version still rolls back, signed anew.
+    zk.set(kept, real.to_bytes())
+    result = subprocess.run([sys.executable, "-m", "livedata.writer", "writer.ini", "--rollback", node],
+                            cwd=tmp_path, capture_output=True, encoding="utf-8", timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    verifier = Verifier([public], lambda _: True, SequenceStore())
+    envelope = parse(zk.get(node)[0])
+    verifier.check(node, b"", envelope)
+    assert envelope is not None and envelope.sha256 == hashlib.sha256(b"v1\n").hexdigest()
+
+
+@pytest.mark.timeout(90)
+def test_the_signed_path_is_the_real_node_whatever_the_chroot(zk_server, zk, zk_path, keys, start_watcher, workdir):
+    """A chroot is part of the node: a write through a chroot is accepted by a watcher without one (and back),
+    and a version signed for /flags under another chroot (another environment) is refused as OtherPath."""
+    private, public = keys
+    zk.create(f"{zk_path}/flags", b"")
+    zk.create(f"{zk_path}/staging/flags", b"", makepath=True)
+    prod, staging = make_client(zk_server.address + zk_path), make_client(f"{zk_server.address}{zk_path}/staging")
+    try:
+        signed_write(prod, "/flags", b"through the chroot\n", private)
+        dest = os.path.join(workdir, "flags")
+        settings = {**base_settings(zk_server, trusted_keys=public, require_signatures="true"),
+                    **node_settings("flags", f"{zk_path}/flags", dest)}  # fmt: skip
+        watcher = start_watcher(settings)
+        wait_for_content(dest, b"through the chroot\n")
+        for _ in range(3):  # staging ahead of prod: a copy would not be refused as a replay
+            signed_write(staging, "/flags", b"staging\n" * (_ + 1), private)
+        zk.set(f"{zk_path}/flags", zk.get(f"{zk_path}/staging/flags")[0])
+        watcher.wait_for_log(f"flags: cannot read {zk_path}/flags: OtherPath")
+        assert read_bytes(dest) == b"through the chroot\n"
+        watcher.stop()
+        settings = {**base_settings(zk_server, trusted_keys=public, require_signatures="true"),
+                    **node_settings("flags", "/flags", dest), "zookeeper.hosts": zk_server.address + zk_path}
+        watcher = start_watcher(settings)
+        watcher.wait_for_log("flags: cannot read /flags: OtherPath")  # the chrooted watcher refuses it too
+        signed_write(zk, f"{zk_path}/flags", b"without a chroot\n", private)
+        wait_for_content(dest, b"without a chroot\n")
+    finally:
+        for client in (prod, staging):
+            client.stop()
+            client.close()
+
+
+@pytest.mark.timeout(60)
+def test_sequences_a_forger_plants_do_not_steer_the_signers(zk, zk_path, keys):
+    """The next sequence counts only what this key signed: a planted unsigned header with a huge sequence
+    neither makes the writer sign it (a later wrap past any bound would freeze the node) nor crashes it."""
+    import struct
+
+    from livedata.payload import MAGIC, history_name
+
+    private, _ = keys
+    node = f"{zk_path}/flags"
+    zk.create(node, b"")
+    signed_write(zk, node, b"v1\n", private)
+    inflated = restamp(stored_form("x", b"junk\n", "always", LIMIT, enveloped=True), {"seq": 10**18}, LIMIT)
+    zk.set(node, inflated.node_data)
+    zk.create(f"{node}/{history_name(9)}", inflated.node_data)
+    signed_write(zk, node, b"v2\n", private)
+    envelope = parse(zk.get(node)[0])
+    assert envelope is not None and envelope.meta["seq"] == zk.exists(node).version
+    header = b'{"codec":"identity","size":0,"sha256":"%s","stored":0,"chunks":[],"seq":%s}' % (
+        hashlib.sha256(b"").hexdigest().encode(), b"9" * 4300)
+    zk.set(node, MAGIC + struct.pack(">BI", 1, len(header)) + header)  # one digit short of Python's int limit
+    signed_write(zk, node, b"v3\n", private)
+    envelope = parse(zk.get(node)[0])
+    assert envelope is not None and envelope.meta["seq"] == zk.exists(node).version
+
+
+@pytest.mark.timeout(60)
+def test_accepted_sequences_survive_a_full_disk_once_there_is_room_again(tiny_tmpfs):  # noqa: F811
+    """An append to sequences.log that the full disk cut short (or refused) must not lose that sequence, or the
+    next ones, for the next start: the log is rewritten whole once it can be."""
+    from livedata.signing import SequenceStore
+
+    state = os.path.join(tiny_tmpfs, "state")
+    long_path = "/" + "a" * 5000  # a line longer than a page: the append needs a page the full disk lacks
+    store = SequenceStore(state)
+    store.accept(long_path, 1, "1" * 64)
+    filler = fill(tiny_tmpfs)
+    store.accept(long_path, 5, "5" * 64)  # short write or ENOSPC
+    os.remove(filler)
+    store.accept("/b", 1, "b" * 64)
+    store.close()
+    reloaded = SequenceStore(state)
+    assert (reloaded.last(long_path), reloaded.last("/b")) == ((5, "5" * 64), (1, "b" * 64))
+    reloaded.close()
