@@ -68,9 +68,17 @@ def entry_names(client: KazooClient, path: str) -> dict[int, str]:
     return names
 
 
-def entries(client: KazooClient, path: str) -> list[Entry]:
-    """Every kept version, newest first (reads pipelined; one trimmed meanwhile is left out)."""
-    return sorted(entries_at(client, path, entry_names(client, path)), key=lambda e: e.version, reverse=True)
+LIST_LIMIT = 100  # kept versions --history reads at most: anyone with CREATE on the node can plant thousands
+
+
+def entries(client: KazooClient, path: str, newest: int = LIST_LIMIT) -> tuple[list[Entry], int]:
+    """The newest ``newest`` kept versions, newest first (reads pipelined; one trimmed meanwhile is left out),
+    and how many older ones were not read: each may hold up to a node's size, so a node with thousands of
+    planted history children must not cost a writer or ``--history`` gigabytes."""
+    names = entry_names(client, path)
+    chosen = sorted(names, reverse=True)[: max(newest, 0)]
+    found = entries_at(client, path, {version: names[version] for version in chosen})
+    return sorted(found, key=lambda e: e.version, reverse=True), len(names) - len(chosen)
 
 
 def read_version(client: KazooClient, path: str, version: int, max_size: int) -> bytes:
@@ -91,24 +99,26 @@ def read_entry(client: KazooClient, path: str, version: int, max_size: int) -> t
     return decoded, envelope
 
 
-def trim(client: KazooClient, path: str, keep: int) -> list[Entry]:
-    """Delete the kept versions beyond the newest ``keep``; returns those deleted (their chunks may be unused now).
+def trim(client: KazooClient, path: str, keep: int) -> list[int]:
+    """Delete the kept versions beyond the newest ``keep``; returns the versions deleted (their chunks may be
+    unused now: the caller's chunk cleanup reads what is still kept and removes what nothing lists).
 
-    Another writer trimming at the same time is harmless: a version already gone is skipped.
+    The doomed versions are deleted unread: there may be thousands (planted by anyone with CREATE on the
+    node), each up to a node's size. Another writer trimming at the same time is harmless: a version already
+    gone is skipped.
     """
     names = entry_names(client, path)
     doomed = sorted(names, reverse=True)[keep:]
-    if not doomed:
-        return []
-    removed = entries_at(client, path, {version: names[version] for version in doomed})
-    pending = [(entry, client.delete_async(chunk_path(path, names[entry.version]))) for entry in removed]
     deleted = []
-    for entry, result in pending:
-        try:
-            result.get()
-            deleted.append(entry)
-        except NoNodeError:
-            pass
+    for first in range(0, len(doomed), _PIPELINE):
+        pending = [(version, client.delete_async(chunk_path(path, names[version])))
+                   for version in doomed[first : first + _PIPELINE]]  # fmt: skip
+        for version, result in pending:
+            try:
+                result.get()
+                deleted.append(version)
+            except NoNodeError:
+                pass
     log.debug("%s: trimmed %d kept versions", path, len(deleted))
     return deleted
 

@@ -110,14 +110,17 @@ def parse_arguments(argv: Sequence[str] | None, prog: str = PROG) -> argparse.Na
 
 def history_lines(client: KazooClient, path: str) -> str:
     """``--history``: one line per kept version, newest first, the fields separated by two spaces."""
-    from livedata.history import entries
+    from livedata.history import LIST_LIMIT, entries
     from livedata.provenance import one_line
 
     with _zookeeper_errors("list the kept versions of", path, NOTHING_PRINTED):
         try:
-            kept = entries(client, path)
+            kept, older = entries(client, path)
         except NoNodeError:
             raise ReaderError(f"{path} does not exist in ZooKeeper") from None
+    if older:
+        print(f"{program_name(PROG)}: {path}: {older:,} older kept versions not listed, only the newest "
+              f"{LIST_LIMIT}", file=sys.stderr)
     lines = []
     for entry in kept:
         record, envelope = entry.provenance, entry.envelope

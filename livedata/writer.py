@@ -615,7 +615,7 @@ def stamp_write(client: KazooClient, path: str, data: bytes, stored: Stored, cur
     from livedata import history
 
     with _zookeeper_errors("read the kept versions of", path):
-        kept = history.entries(client, path)
+        kept, _ = history.entries(client, path, newest=stamp.keep + 1)  # what a trim leaves, and this write's own
     try:
         current_envelope = parse_payload(current.node_data)
     except PayloadError:
@@ -681,7 +681,7 @@ def _same_form(current: Current, stored: Stored, stamp: Stamp | None, path: str)
 
 
 def _trim_history(client: KazooClient, path: str, keep: int) -> bool:
-    """Keep the newest ``keep`` versions; True when a trimmed one listed chunks (they may be unused now)."""
+    """Keep the newest ``keep`` versions; True when some were trimmed (chunks they listed may be unused now)."""
     from livedata import history
 
     try:
@@ -689,7 +689,7 @@ def _trim_history(client: KazooClient, path: str, keep: int) -> bool:
     except KazooException as e:
         log.warning("%s: written, but old kept versions could not be removed: %s %s", path, type(e).__name__, e)
         return False
-    return any(entry.envelope is not None and entry.envelope.chunked for entry in trimmed)
+    return bool(trimmed)
 
 
 def push(client: KazooClient, path: str, data: bytes, label: str, out: TextIO, *,

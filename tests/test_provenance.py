@@ -84,7 +84,7 @@ def test_history_lists_who_when_why_and_a_rollback_reaches_the_watchers_file(
     assert result.returncode == 0, result.stderr
     assert b"-v2 broken\n+v1\n" in result.stdout  # the same diff as any write
     wait_for_content(dest, b"v1\n")
-    newest = history.entries(zk, node)[0]
+    newest = history.entries(zk, node)[0][0]
     assert newest.version == 3 and newest.provenance is not None
     assert newest.provenance.message == "rollback to version 1: v2 breaks checkout"
 
@@ -100,7 +100,7 @@ def test_history_zero_keeps_nothing_and_a_missing_version_is_one_line(tmp_path, 
     write(tmp_path, node, b"v1\n")
     write_config(tmp_path, zk_server.address, **{"writer.history": 0})
     write(tmp_path, node, b"v2\n")
-    assert history.entries(zk, node) == []  # turning it off removes what was kept
+    assert history.entries(zk, node)[0] == []  # turning it off removes what was kept
     result = run(tmp_path, "livedata.reader", "writer.ini", node, "--version", "1")
     assert result.returncode == 1 and result.stderr.decode().count("\n") == 1
     assert b"version 1 of" in result.stderr and b"is not kept" in result.stderr
@@ -120,7 +120,7 @@ def test_kept_versions_keep_their_chunks_until_trimmed(tmp_path, zk_server, zk, 
     assert hashlib.sha256(run(tmp_path, "livedata.reader", "writer.ini", node, "--version", "1").stdout).digest() \
         == hashlib.sha256(big).digest()
     write(tmp_path, node, b"smaller\n")  # version 1 is trimmed: its chunks go
-    assert [entry.version for entry in history.entries(zk, node)] == [3, 2]
+    assert [entry.version for entry in history.entries(zk, node)[0]] == [3, 2]
     assert not big_chunks & set(chunk_children(zk, node))
     assert chunk_children(zk, node) == referenced_chunks(zk, node)
 
@@ -158,7 +158,7 @@ def test_racing_writers_keep_a_consistent_history(zk_server, zk, node):
         thread.join(80)
     current = zk.exists(node)
     assert len(written) == writers * rounds and current.version == writers * rounds
-    kept = history.entries(zk, node)
+    kept = history.entries(zk, node)[0]
     assert [entry.version for entry in kept] == list(range(current.version, 0, -1))  # one per version, no gap
     sequences = []
     for entry in kept:
@@ -175,7 +175,38 @@ def test_plain_writes_stay_plain_and_keep_their_record_in_the_history(zk, node):
     """``auto`` stores small data byte for byte as before (readers that predate the envelope keep working)."""
     push(zk, node, b"plain\n", "x", io.StringIO(), stored=encode(b"plain\n", "auto", LIMIT), stamp=Stamp("bob", "why"))
     assert zk.get(node)[0] == b"plain\n"
-    (entry,) = history.entries(zk, node)
+    (entry,) = history.entries(zk, node)[0]
     record = Provenance.of(entry.envelope)
     assert record is not None and (record.author, record.message, record.path) == ("bob", "why", node)
     assert all(name.startswith((CHUNK_PREFIX, HISTORY_PREFIX)) for name in zk.get_children(node))
+
+
+@pytest.mark.timeout(90)
+def test_thousands_of_planted_history_children_cost_a_write_and_a_listing_only_the_kept_ones(
+    tmp_path, zk_server, zk, node
+):
+    """Anyone with CREATE on the node can plant history children of up to a node's size each: a write reads
+    only the versions it keeps (the planted ones are trimmed unread) and --history lists the newest 100."""
+    from livedata.payload import history_name
+    from tests.payloads import read_bytes_under
+
+    write_config(tmp_path, zk_server.address)
+    write(tmp_path, node, b"v1\n")
+    planted = b"\0" * 100_000
+    for first in range(0, 400, 100):
+        for result in [zk.create_async(f"{node}/{history_name(version)}", planted)
+                       for version in range(1000 + first, 1100 + first)]:  # fmt: skip
+            result.get(timeout=30)
+    listing = run(tmp_path, "livedata.reader", "writer.ini", node, "--history")
+    assert listing.returncode == 0, listing.stderr
+    assert len(listing.stdout.decode().splitlines()) == 100
+    assert "301 older kept versions not listed, only the newest 100" in listing.stderr.decode()
+
+    namespace = node.strip("/").split("/")[0]
+    before = read_bytes_under(zk_server.client_port, namespace)
+    write(tmp_path, node, b"v2\n")
+    read = read_bytes_under(zk_server.client_port, namespace) - before
+    # The versions kept (read for the sequence, and by the chunk cleanup): about 21 planted bodies, not 400.
+    assert read < 30 * len(planted), f"the write read {read:,} bytes: more than the versions it keeps"
+    kept = history.entry_names(zk, node)
+    assert len(kept) == 10 and max(kept) == 1399  # the newest ten by version: the planted ones outrank the write
