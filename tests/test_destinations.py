@@ -160,3 +160,33 @@ def test_releasing_a_dest_through_a_bind_mount_keeps_the_others_claim(bind_mount
     assert claimed_by_another_process(f"{bind_mount}/b/x")
     locks.release_all()
     assert not claimed_by_another_process(f"{bind_mount}/a/x")
+
+
+def test_many_dests_in_one_directory_claim_it_whole(tmp_path):
+    """The kernel checks each new lock against all on the file: past a threshold, one lock covers the directory."""
+    from livedata.destinations import DestinationBusy, DestLocks
+
+    many = [(f"nodes.n{i}.dest", f"{tmp_path}/n{i}") for i in range(4)]
+    locks = DestLocks("w.ini", whole_directory_at=3)
+    locks.claim(many[:2])  # two: one byte each, a neighbour may share the directory
+    assert not claimed_by_another_process(f"{tmp_path}/other")
+    locks.claim(many)  # a reload brings four: the directory is this watcher's alone
+    assert claimed_by_another_process(f"{tmp_path}/other")
+    locks.keep_only([path for _, path in many[:1]])
+    assert claimed_by_another_process(f"{tmp_path}/n0")
+    locks.release_all()
+    assert not claimed_by_another_process(f"{tmp_path}/other")
+
+    # A neighbour already there: taking the directory whole is refused, naming the directory and the holder.
+    neighbour = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom livedata.destinations import "
+                                  "DestLocks\nDestLocks('n.ini').claim([('nodes.z.dest', sys.argv[1])])\n"
+                                  "print('held', flush=True)\ntime.sleep(60)\n", f"{tmp_path}/z"],
+                                 stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert neighbour.stdout is not None and neighbour.stdout.readline() == "held\n"
+        with pytest.raises(DestinationBusy, match=rf"more than 3 dests in {tmp_path}, so it claims that directory "
+                           rf"whole, but another watcher \(pid {neighbour.pid}\) holds dests there"):  # fmt: skip
+            DestLocks("w.ini", whole_directory_at=3).claim(many)
+    finally:
+        neighbour.kill()
+        neighbour.wait(10)
