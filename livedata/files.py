@@ -158,6 +158,9 @@ def sync_files(
     one needless replacement.
     """
     known = previous or {}
+    if len(items) == 1:  # one node's change: the same steps, without a batch's bookkeeping
+        spec, data = items[0]
+        return [_sync_one(spec, data, known.get(spec.path))]
     jobs = [_Job(spec, data, _differs(known.get(spec.path), data)) for spec, data in items]
     _reject_duplicate_paths(jobs)
     for job in jobs:
@@ -177,6 +180,26 @@ def sync_files(
             _discard_temp(job)
     _sync_directories(jobs, directories.created_parents)
     return [job.result() for job in jobs]
+
+
+def _sync_one(spec: FileSpec, data: bytes, previous: bytes | None) -> SyncResult:
+    """``sync_files`` for one dest: inspect, temp (fsynced), rename, directory fsync if a name appeared."""
+    job = _Job(spec, data, _differs(previous, data))
+    if not job.replaces:
+        _inspect(job)
+    directories = _Directories()
+    try:
+        if job.error is None and job.outcome is None:
+            _attempt(job, _write_temp, job, _PER_FILE, directories)
+        elif job.outcome is Outcome.METADATA_FIXED and job.error is None:
+            job.step = "flushing to disk"
+            _attempt(job, _fsync_file, spec.path)
+        if job.temp is not None and job.error is None:
+            _attempt(job, _publish, job)
+    finally:
+        _discard_temp(job)
+    _sync_directories([job], directories.created_parents)
+    return job.result()
 
 
 def matches(spec: FileSpec, data: bytes) -> bool:
@@ -483,6 +506,9 @@ class _Durability:
         for fd in self._fds.values():
             _close(fd)
         self._fds.clear()
+
+
+_PER_FILE = _Durability(1)  # no syncfs, nothing to close: a few files fsync each temp as it is written
 
 
 # -------------------------------------------------------------------------------------- single-file steps
