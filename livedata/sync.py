@@ -6,38 +6,31 @@ read again.  ZooKeeper watches are one-shot and carry no data, so every event
 is answered with a fresh read, which also means a burst of changes collapses
 into one or two reads and the file ends on the last value.
 
-Three greenlets do all the work:
+The data path, top-down, and the room of each step:
 
-* the read queue's (:class:`livedata.reads.ReadQueue`) is the only one that
-  sends requests to ZooKeeper.  Watch events and replies, which arrive in
-  kazoo's callback greenlet and the hub, only record the wanted state and ask
-  for reads: a callback that issued requests itself could wedge kazoo's queue
-  (see :mod:`livedata.reads`).
-* the writer greenlet (:meth:`Mirror._write_loop`) takes every node marked
-  dirty since its last pass and hands them to :mod:`livedata.files` as one
-  batch; large batches (start-up, resync) run in gevent's thread pool so the
-  hub keeps answering ZooKeeper pings while thousands of files are written.
-* a follower of the secrets file re-applies changed credentials.
+1. watch event: :meth:`MirroredNode.on_watch <livedata.mirrored.MirroredNode.on_watch>` (or a tree child's)
+   asks for a read; nothing else happens in kazoo's callback greenlet.
+2. read queue: :class:`livedata.reads.ReadQueue`'s greenlet is the only one that sends requests to
+   ZooKeeper (a callback that issued requests itself could wedge kazoo's queue), and decodes what it reads
+   (:mod:`livedata.payload`).
+3. wanted state: :class:`WantedState` (here) turns each result into what the file should hold: bytes,
+   ABSENT, or for a tree the consistent picture once every read of it has settled.
+4. schedule: :class:`livedata.schedule.WriteSchedule`'s writer greenlet takes the nodes marked dirty,
+   gathering a burst of reads into one batch, and retries failed writes.
+5. publish: :class:`livedata.publish.Publisher` writes files through :mod:`livedata.files` (a tree: a
+   snapshot through its publisher, :meth:`Mirror._publish`) and records each outcome.
+6. reader: the application reads the file (:class:`livedata.file_watcher.FileWatcher`).
 
-The connection is followed, not trusted: every (re)connection re-reads
-everything, and a :class:`livedata.session.SessionKeeper` starts a new
-session whenever kazoo's own connection routine has ended for good, so the
-mirror never sits in LOST.
-
-If the reader or the writer greenlet ever dies, :attr:`Mirror.died` is set:
-the daemon exits non-zero rather than stay alive with files no longer
-followed (a supervisor restarts it).
+:class:`Mirror` ties them together, with :class:`livedata.following.ConnectionFollower` following the
+connection (re-read everything on each connection, new sessions, credentials).  If the reader or the
+writer greenlet ever dies, :attr:`Mirror.died` is set: the daemon exits non-zero rather than stay alive
+with files no longer followed (a supervisor restarts it).
 """
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import gc
 import logging
-import os
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 import gevent
@@ -46,158 +39,22 @@ from kazoo.client import KazooClient
 from kazoo.protocol.states import EventType, KazooState, WatchedEvent, ZnodeStat
 
 from livedata import files
-from livedata.files import FileSpec, FileWriteError, Outcome
+from livedata.files import FileWriteError, Outcome
+from livedata.following import ConnectionFollower
+from livedata.mirrored import ABSENT, MirroredNode, MirrorObserver, NodeConfig, TreeConfig, _Absent
 from livedata.payload import RESERVED_PREFIX, Envelope
-from livedata.reads import IDLE, MAX_PAYLOAD_SIZE, RETRY_FIRST, RETRY_MAX, ReadQueue, reset_backoff
-from livedata.session import SessionKeeper
-from livedata.zookeeper import session_timeout
+from livedata.publish import Publisher
+from livedata.reads import IDLE, MAX_PAYLOAD_SIZE, RETRY_FIRST, RETRY_MAX, ReadQueue
+from livedata.schedule import InitialSync, WriteSchedule
 
 if TYPE_CHECKING:  # the tree writer is imported by the first tree only: a config of plain nodes never loads it
-    from livedata.snapshots import ChildNameError, TreePublisher, TreeSpec
+    from livedata.session import SessionKeeper
+    from livedata.snapshots import ChildNameError, TreePublisher
+
+__all__ = ["ABSENT", "Mirror", "MirrorObserver", "MirroredNode", "MirroredTree", "NodeConfig", "TreeChild",
+           "TreeConfig", "WantedState"]  # fmt: skip
 
 log = logging.getLogger("livedata.sync")
-
-INLINE_BATCH = 16  # batches up to this size are written in the hub: cheaper than a thread hand-off
-CHUNK = 2000  # files per thread-pool job, so memory and hub latency stay bounded on huge batches
-GATHER_MAX = 0.1  # longest a write waits for a burst of reads in flight to land, to share one flush with them
-CREDENTIALS_POLL = 1.0  # seconds between looks at the secrets file for changed zookeeper.credentials
-NAMED_FAILURES = 5  # failing nodes named in the initial sync's summary line
-
-
-@dataclass(frozen=True, slots=True)
-class NodeConfig:
-    """One ``nodes.<name>.*`` entry: which znode goes to which file, with which ownership."""
-
-    name: str
-    source: str
-    file: FileSpec
-
-
-@dataclass(frozen=True, slots=True)
-class TreeConfig:
-    """One ``trees.<name>.*`` entry: whose children go to which directory (or JSON file), with which ownership.
-
-    ``file`` holds the dest and the metadata of every file (and, for ``directory``, of the directories
-    livedata makes), so hooks, probes and metrics read a tree's dest as they read a node's.
-    """
-
-    name: str
-    source: str
-    file: FileSpec
-    format: str = "directory"  # or "json": one file holding {child name: child data as text}; "memory": LiveTree
-
-    @property
-    def spec(self) -> TreeSpec:
-        from livedata.snapshots import TreeSpec
-
-        return TreeSpec(self.file.path, self.file.mode, self.file.owner, self.file.group)
-
-
-class _Absent:
-    """The wanted state of a node that does not exist: its file must not exist either."""
-
-    def __repr__(self) -> str:
-        return "ABSENT"
-
-
-ABSENT = _Absent()
-
-
-def release_memory() -> None:
-    """Hand the start-up burst's garbage back to the OS.
-
-    Reading config and thousands of nodes at once leaves a heap full of
-    freed objects that glibc keeps around; a sidecar lives on every host for
-    months, so its resident size should be what it holds, not what it once
-    touched.
-    """
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).malloc_trim(0)
-
-
-class MirrorObserver:
-    """Hooks for metrics, change hooks and readiness.  Called in the hub: implementations must not block."""
-
-    def state_changed(self, state: str) -> None:
-        """The client moved to CONNECTED, SUSPENDED or LOST (LOST: the session expired or was closed)."""
-
-    def written(self, node: MirroredNode, outcome: Outcome, repaired: bool) -> None:
-        """A node's file now matches ZooKeeper; ``repaired``: it was fixed without a new znode version."""
-
-    def failed(self, node: MirroredNode, step: str, reason: str) -> None:
-        """Reading (``step="read"``), writing (``"write"``) or touching (``"touch"``) a node's file failed."""
-
-    def heartbeat(self, touched: int) -> None:
-        """A heartbeat pass touched ``touched`` files."""
-
-
-class MirroredNode:
-    """Everything the mirror knows about one node; plain attributes, one object per node (thousands of them)."""
-
-    __slots__ = (
-        "active",
-        "config",
-        "dirty",
-        "failure",
-        "in_sync",
-        "last_written",
-        "mirror",
-        "mzxid",
-        "read_delay",
-        "read_state",
-        "reread",
-        "retry_at",
-        "retry_delay",
-        "touch_failure",
-        "version",
-        "wanted",
-        "writing",
-        "written_at",
-        "written_version",
-    )
-    lists_children = False
-
-    def __init__(self, config: NodeConfig | TreeConfig) -> None:
-        self.config = config
-        self.wanted: bytes | dict[str, bytes] | _Absent | None = None
-        self.version = -1
-        self.mzxid = -1
-        self.in_sync = False  # the file is known to equal `wanted`: heartbeats may vouch for it
-        self.dirty = False
-        self.writing = False  # its write is under way (the thread pool, say): a settled read must not vouch yet
-        self.failure: str | None = None  # why the last read or write failed, until one succeeds
-        self.touch_failure: str | None = None  # why the last heartbeat touch failed, until one succeeds
-        self.retry_delay = RETRY_FIRST  # backoff of the next write retry
-        self.retry_at = 0.0
-        self.written_at = 0.0  # wall-clock time of the last successful write or confirmation
-        self.written_version: int | None = None  # znode version the file last matched
-        self.last_written: bytes | None = None  # the bytes our last successful write left in the file
-        self.active = True  # False once removed from the configuration: late callbacks are ignored
-        self.read_state = IDLE  # the read queue's bookkeeping (see livedata.reads)
-        self.reread = False
-        self.read_delay = RETRY_FIRST
-        self.mirror: Mirror | None = None
-
-    # kazoo's watch callback.  A bound method rather than a stored closure: a node costs a few hundred
-    # bytes less (it matters at 50,000 nodes), and two bound methods of one node compare equal, so kazoo's
-    # per-path watcher set never holds, or fires, the same node's watch twice.
-    def on_watch(self, event: WatchedEvent) -> None:
-        # NONE: the connection state changed, and every node is re-read on reconnection anyway.
-        if event.type != EventType.NONE and self.active and self.mirror is not None:
-            self.mirror.reads.request(self)
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def path(self) -> str:
-        return self.config.source
-
-    def quiet(self) -> bool:
-        """Nothing read is waiting to be taken into account."""
-        return self.read_state == IDLE
 
 
 class MirroredTree(MirroredNode):
@@ -270,200 +127,18 @@ class TreeChild:
             self.tree.mirror._request_child(self)
 
 
-class Mirror:
-    """Mirror znodes into files: start it once, then it follows the client through reconnects and expiry."""
+class WantedState:
+    """The read queue's sink (:class:`livedata.reads.ReadSink`): what each read result means for a file.
 
-    def __init__(
-        self,
-        client: KazooClient,
-        nodes: Sequence[NodeConfig | TreeConfig],
-        observer: MirrorObserver | None = None,
-        refresh_credentials: Callable[[], bool] | None = None,
-        max_payload_size: int = MAX_PAYLOAD_SIZE,
-        publish_tree: TreePublish | None = None,
-        verify: Callable[[str, bytes, Envelope | None], None] | None = None,
-    ) -> None:
-        """``refresh_credentials`` re-reads the credentials and applies them, True if they changed.
+    Hub callbacks, in the order ZooKeeper answered: a node's bytes or absence become its ``wanted`` state; a
+    tree's listing and children settle into one consistent picture.  Whatever may now differ from its file is
+    marked dirty for the schedule.  Never blocks, never sends a request itself (the read queue does).
+    """
 
-        ``publish_tree`` replaces where a tree's consistent pictures go (on disk, by default, in gevent's
-        thread pool); :class:`livedata.live_tree.LiveTree` keeps them in memory instead.
-
-        It is called every CREDENTIALS_POLL seconds, so fixing or rotating the
-        credentials in the secrets file is all it takes (see _follow_credentials).
-        """
-        self.client = client
-        self.observer = observer or MirrorObserver()
-        self.refresh_credentials = refresh_credentials
-        self.reads = ReadQueue(client, self, max_payload_size=max_payload_size, verify=verify)
-        self._publish_tree = publish_tree or _publish_tree_in_thread
-        self._credentials_follower: gevent.Greenlet | None = None
-        self._session_renewer: gevent.Greenlet | None = None
-        self.session: SessionKeeper | None = None  # held from start() to stop()
-        self.nodes = [self._new_node(config) for config in nodes]
-        self._dirty: dict[int, MirroredNode] = {}  # written on the writer's next pass
-        self._retrying: dict[int, MirroredNode] = {}  # failed writes waiting for their retry_at
-        self._wakeup = gevent.event.Event()
-        self._batch_ready = gevent.event.Event()  # no reads pending, or a full chunk is waiting
-        self._writer: gevent.Greenlet | None = None
-        self._reader: gevent.Greenlet | None = None
-        self.died = gevent.event.Event()  # a core greenlet died: the process must not go on without it
-        self.initial_sync = gevent.event.Event()  # set once every node has been written or has failed once
-        self._pending_initial = {id(node) for node in self.nodes}
-        self.started_at = time.monotonic()
-        self.resyncs = 0  # resync passes started
-
-    def _new_node(self, config: NodeConfig | TreeConfig) -> MirroredNode:
-        node = MirroredTree(config) if isinstance(config, TreeConfig) else MirroredNode(config)
-        node.mirror = self
-        return node
-
-    # --- lifecycle -------------------------------------------------------------------------------
-
-    def start(self) -> None:
-        """Begin mirroring; call before or after the client connects, reads start on every (re)connection."""
-        self._clean_up_after_earlier_runs(self.nodes)
-        self.session = SessionKeeper.acquire(self.client)
-        self._writer = gevent.spawn(self._write_loop)
-        self._reader = self.reads.start()
-        for greenlet in (self._writer, self._reader):
-            greenlet.link_exception(self._core_died)
-        if self.refresh_credentials is not None:
-            self._credentials_follower = gevent.spawn(self._follow_credentials)
-        self.client.add_listener(self._on_state)
-        if self.client.state == KazooState.CONNECTED:
-            self._read_everything()
-
-    @staticmethod
-    def _clean_up_after_earlier_runs(nodes: Sequence[MirroredNode]) -> None:
-        """Temporary files (and, in trees, unfinished snapshots) that a killed run left behind."""
-        removed = files.cleanup_stale_temp_files(node.config.file.path for node in nodes)
-        for path in removed:
-            log.info("removed temporary file left by an earlier run: %s", path)
-        for node in nodes:
-            if isinstance(node, MirroredTree) and node.tree_config.format == "directory":
-                node.publisher.cleanup()
-
-    def _core_died(self, greenlet: gevent.Greenlet) -> None:
-        log.critical("internal error: the %s greenlet died (%r); exiting so that a supervisor restarts the watcher",
-                     "writer" if greenlet is self._writer else "reader", greenlet.exception)  # fmt: skip
-        self.died.set()
-
-    def update_nodes(self, configs: Sequence[NodeConfig | TreeConfig]) -> tuple[list[str], list[str]]:
-        """Adopt a new node list (a reloaded config); returns the names (added, removed).
-
-        A node whose settings changed counts as removed and added again, so
-        it is re-read and written to its (possibly new) dest.  Files of
-        removed nodes are left where they are: deleting data on a config
-        typo would be worse than leaving a stale file.
-        """
-        current = {node.name: node for node in self.nodes}
-        wanted = {config.name: config for config in configs}
-        removed = [name for name, node in current.items() if wanted.get(name) != node.config]
-        added = [name for name, config in wanted.items() if name not in current or name in removed]
-        for name in removed:
-            gone = current[name]
-            self.reads.forget(gone)
-            if isinstance(gone, MirroredTree):
-                for child in gone.children.values():
-                    self.reads.forget(child)
-            self._dirty.pop(id(current[name]), None)
-            self._retrying.pop(id(current[name]), None)
-        new_nodes = [self._new_node(wanted[name]) for name in added]
-        self.nodes = [node for node in self.nodes if node.active] + new_nodes
-        if not self.initial_sync.is_set():
-            # Before the first full sync, readiness follows the new list: never wait for a removed node.
-            self._pending_initial -= {id(current[name]) for name in removed}
-            self._pending_initial |= {id(node) for node in new_nodes}
-            if not self._pending_initial:
-                self._initial_sync_done()
-        if new_nodes:
-            self._clean_up_after_earlier_runs(new_nodes)
-            self.reads.request_all(new_nodes)
-        return added, removed
-
-    def stop(self) -> None:
-        self.client.remove_listener(self._on_state)
-        for greenlet in (self._writer, self._reader):
-            if greenlet is not None:
-                greenlet.unlink(self._core_died)
-        self.reads.stop()
-        for greenlet in (self._writer, self._credentials_follower, self._session_renewer):
-            if greenlet is not None:
-                greenlet.kill(block=True, timeout=1)
-        if self.session is not None:
-            self.session.release()
-            self.session = None
-
-    # --- following the connection -----------------------------------------------------------------
-
-    def _on_state(self, state: str) -> None:
-        """Every (re)connection re-reads every node: kazoo drops client-side watches on any disconnect."""
-        self.observer.state_changed(state)
-        if state == KazooState.CONNECTED:
-            if self._session_renewer is not None:
-                self._session_renewer.kill(block=False)
-                self._session_renewer = None
-            self._read_everything()
-        elif state == KazooState.SUSPENDED and self._session_renewer is None:
-            self._session_renewer = gevent.spawn(self._renew_session_when_cut_off)
-
-    def _read_everything(self) -> None:
-        """Re-read every node (and tree child), and vouch for none until it is: it may have changed meanwhile."""
-        for node in self.nodes:
-            node.in_sync = False
-            self.reads.request(node)
-            if isinstance(node, MirroredTree):
-                for child in node.children.values():
-                    self._request_child(child)
-        self.reads.wake()
-
-    def _request_child(self, child: TreeChild) -> None:
-        """Read a tree's child again; until it is, the tree is not complete (no snapshot is taken)."""
-        if child.settled:
-            child.settled = False
-            child.tree.unsettled += 1
-        self.reads.request(child)
-
-    def _renew_session_when_cut_off(self) -> None:
-        """Start a new session once cut off from every server for longer than the session timeout.
-
-        kazoo, like ZooKeeper's own client, offers the old session to every
-        server it reaches, forever.  A server in read-only mode (a partitioned
-        minority with ``readonlymode.enabled``) refuses to take such a session
-        back, so without this the mirror would never read from it.  After a
-        session timeout without contact the quorum has expired the session, or
-        will the moment it sees it, and the mirror owns nothing in it: no
-        ephemeral nodes, and its watches are re-created on every connection.
-        So dropping it costs nothing.
-        """
-        timeout = session_timeout(self.client)
-        gevent.sleep(timeout)
-        self._session_renewer = None  # from here on, a state change must not kill this greenlet
-        if self.client.state == KazooState.CONNECTED:
-            return
-        if self.session is not None:
-            self.session.renew(f"no ZooKeeper server took our session back within {timeout:.1f}s")
-
-    def _follow_credentials(self) -> None:
-        """Apply changed credentials within a second, through a new session that re-reads every node.
-
-        Every node, not only those refused so far: ZooKeeper drops a watch
-        event whose node the session may no longer read, so after an ACL
-        change any node may have changed unseen.  A new session, never the
-        live one: see :class:`livedata.zookeeper.CredentialsRefresher`.  The
-        check is one stat of the secrets file, cheap enough to run all the time.
-        """
-        assert self.refresh_credentials is not None
-        while True:
-            gevent.sleep(CREDENTIALS_POLL)
-            try:
-                changed = self.refresh_credentials()
-            except Exception:
-                log.exception("cannot re-read zookeeper.credentials; will try again")
-                continue
-            if changed and self.session is not None:
-                reset_backoff(self.nodes)  # refused reads are retried as soon as the new session is up
-                self.session.renew("zookeeper.credentials changed")
+    reads: ReadQueue
+    observer: MirrorObserver
+    schedule: WriteSchedule
+    initial: InitialSync
 
     # --- read results (livedata.reads.ReadSink; hub callbacks) -------------------------------------
 
@@ -564,7 +239,7 @@ class Mirror:
         node.failure = reason
         node.in_sync = False
         self.observer.failed(node, "read", reason)
-        self._initial_done(node)
+        self.initial.node_done(node)
 
     def read_settled(self, node: MirroredNode | TreeChild) -> None:
         """The file may be vouched for once what was read is written (a write can finish first)."""
@@ -590,7 +265,7 @@ class Mirror:
         self._want(tree, picture)
 
     def reads_idle(self) -> None:
-        self._batch_ready.set()
+        self.schedule.reads_idle()
 
     def _want(self, node: MirroredNode, wanted: bytes | dict[str, bytes] | _Absent) -> None:
         if wanted != node.wanted:
@@ -599,76 +274,15 @@ class Mirror:
         self._mark_dirty(node)
 
     def _mark_dirty(self, node: MirroredNode) -> None:
-        node.dirty = True
-        self._dirty[id(node)] = node
-        self._wakeup.set()
-        if len(self._dirty) >= CHUNK:
-            self._batch_ready.set()
+        self.schedule.mark_dirty(node)
 
-    # --- writing files (the writer greenlet) ------------------------------------------------------
 
-    def _write_loop(self) -> None:
-        while True:
-            self._wakeup.wait(timeout=self._next_retry_in())
-            self._gather()
-            self._wakeup.clear()
-            self._requeue_due_retries()
-            batch, self._dirty = list(self._dirty.values()), {}
-            for start in range(0, len(batch), CHUNK):
-                self._write_batch_safely(batch[start : start + CHUNK])
+class Mirror(WantedState):
+    """Mirror znodes into files: start it once, then it follows the client through reconnects and expiry.
 
-    def _gather(self) -> None:
-        """While a burst of reads is in flight (start-up, reconnection, resync), let their results pile up.
-
-        Files are cheap to write but expensive to make durable: one flush for
-        2,000 files costs about what one costs alone.  A lone change has no
-        reads pending behind it and is written at once.
-        """
-        if self.reads.pending() > 0 and len(self._dirty) < CHUNK:
-            self._batch_ready.clear()
-            self._batch_ready.wait(timeout=GATHER_MAX)
-
-    def _write_batch_safely(self, batch: list[MirroredNode]) -> None:
-        """One batch's unexpected error fails that batch's nodes (retried later), never the writer itself."""
-        try:
-            self._write_batch(batch)
-        except Exception as e:
-            log.exception("internal error while writing %d files; they will be retried", len(batch))
-            reason = f"internal error: {type(e).__name__}: {e}"
-            for node in batch:
-                if node.active:
-                    self._written(node, FileWriteError(node.config.file.path, reason))
-        finally:
-            for node in batch:
-                node.writing = False  # also for nodes no result was reported for (inactive, nothing to write)
-
-    def _write_batch(self, batch: list[MirroredNode]) -> None:
-        batch = [node for node in batch if node.active]
-        for node in batch:
-            node.dirty = False
-            node.writing = True  # until _written
-        trees = [node for node in batch if isinstance(node, MirroredTree)]
-        if trees:
-            batch = [node for node in batch if not isinstance(node, MirroredTree)]
-            for tree in trees:
-                self._publish(tree)
-        items = [(node, node.config.file, node.wanted) for node in batch if isinstance(node.wanted, bytes)]
-        present = [node for node, _, _ in items]
-        absent = [node for node in batch if node.wanted is ABSENT]
-        writes = [(spec, data) for _, spec, data in items]
-        # What we last wrote there: a dest known to hold other bytes is replaced without reading it back first.
-        previous = {node.config.file.path: node.last_written for node in present if node.last_written is not None}
-        if len(writes) <= INLINE_BATCH:
-            results: list[Outcome | FileWriteError] = files.sync_files(writes, previous)
-        else:
-            results = gevent.get_hub().threadpool.apply(files.sync_files, (writes, previous))
-        for (node, _, data), result in zip(items, results):
-            node.last_written = None if isinstance(result, FileWriteError) else data
-            if node.active:  # removed by a reload while its file was written: no hook, no bookkeeping
-                self._written(node, result)
-        for node in absent:
-            node.last_written = None
-            self._written(node, self._remove(node))
+    The wiring of the rooms (see the module docstring), the node list and its reloads, and what is done to
+    every node at once: re-read (each connection, resync), heartbeat.
+    """
 
     def _publish(self, tree: MirroredTree) -> None:
         """One snapshot of a tree (in the thread pool: a big tree takes a while, pings must keep flowing)."""
@@ -682,92 +296,10 @@ class Mirror:
         if tree.active:
             self._written(tree, result)
 
-    def _remove(self, node: MirroredNode) -> Outcome | FileWriteError:
-        try:
-            return Outcome.WRITTEN if files.remove_file(node.config.file.path) else Outcome.UNCHANGED
-        except OSError as e:
-            return FileWriteError(node.config.file.path, e.strerror or str(e), step="removing")
-        except FileWriteError as e:
-            return e
-
     def _written(self, node: MirroredNode, result: Outcome | FileWriteError) -> None:
-        node.writing = False
-        if isinstance(result, FileWriteError):
-            if node.failure != str(result):
-                kept = "the file there is left as it was" if os.path.lexists(result.path) else "no file is there yet"
-                log.error("%s: %s; will retry, %s", node.name, result, kept)
-            node.failure = str(result)
-            node.in_sync = False
-            self.observer.failed(node, "write", result.reason)
-            self._schedule_write_retry(node)
-        else:
-            if node.failure is not None:
-                log.info("%s: recovered (%s)", node.name, node.config.file.path)
-            node.failure = None
-            node.retry_delay = RETRY_FIRST
-            # A newer value may have arrived while we wrote, or a re-read may be under way (reconnection).
-            node.in_sync = not node.dirty and node.quiet()
-            node.written_at = time.time()
-            repaired = result is not Outcome.UNCHANGED and node.written_version == node.version
-            node.written_version = node.version
-            if result is not Outcome.UNCHANGED and self.initial_sync.is_set():
-                self._log_write(node, result, repaired)
-            self.observer.written(node, result, repaired)
-        self._initial_done(node)
+        self.publisher.written(node, result)
 
-    def _log_write(self, node: MirroredNode, result: Outcome, repaired: bool) -> None:
-        if isinstance(node, MirroredTree) and node.tree_config.format == "memory":
-            return  # an in-process tree (LiveTree): no file, nothing an operator needs per change
-        path = node.config.file.path
-        if result is Outcome.METADATA_FIXED:
-            log.info("%s: fixed mode/ownership of %s", node.name, path)
-        elif isinstance(node.wanted, dict):
-            log.info("%s: published %d children to %s", node.name, len(node.wanted), path)
-        elif node.wanted is ABSENT:
-            log.info("%s: node is absent: removed %s", node.name, path)
-        elif isinstance(node.wanted, bytes):
-            what = "restored" if repaired else "wrote"
-            log.info("%s: %s %d bytes to %s (version %d)", node.name, what, len(node.wanted), path, node.version)
-
-    # --- write retries ---------------------------------------------------------------------------
-
-    def _schedule_write_retry(self, node: MirroredNode) -> None:
-        node.retry_at = time.monotonic() + node.retry_delay
-        node.retry_delay = min(node.retry_delay * 2, RETRY_MAX)
-        self._retrying[id(node)] = node
-
-    def _next_retry_in(self) -> float | None:
-        if not self._retrying:
-            return None
-        return max(0.0, min(node.retry_at for node in self._retrying.values()) - time.monotonic())
-
-    def _requeue_due_retries(self) -> None:
-        now = time.monotonic()
-        for key, node in list(self._retrying.items()):
-            if node.retry_at <= now:
-                del self._retrying[key]
-                self._mark_dirty(node)
-
-    # --- start-up bookkeeping, heartbeat and resync ----------------------------------------------
-
-    def _initial_done(self, node: MirroredNode) -> None:
-        if self._pending_initial:
-            self._pending_initial.discard(id(node))
-            if not self._pending_initial:
-                self._pending_initial = set()  # a set never shrinks its table: 0.5 MB at 5,000 nodes
-                self._initial_sync_done()
-                release_memory()
-
-    def _initial_sync_done(self) -> None:
-        failed = [node.name for node in self.nodes if node.failure]
-        absent = sum(1 for node in self.nodes if node.wanted is ABSENT)
-        named = ", ".join(failed[:NAMED_FAILURES]) + (f" and {len(failed) - NAMED_FAILURES} more"
-                                                       if len(failed) > NAMED_FAILURES else "")  # fmt: skip
-        log.info(
-            "initial sync of %d nodes done in %.2fs: %d absent, %d failed%s",
-            len(self.nodes), time.monotonic() - self.started_at, absent, len(failed), f" ({named})" if failed else "",
-        )  # fmt: skip
-        self.initial_sync.set()
+    # --- every node at once: heartbeat and resync --------------------------------------------------
 
     def connected(self) -> bool:
         return bool(self.client.state == KazooState.CONNECTED)
@@ -824,6 +356,132 @@ class Mirror:
 
     def out_of_sync(self) -> Iterable[MirroredNode]:
         return (node for node in self.nodes if not node.in_sync)
+
+    # --- the wiring, and the node list -------------------------------------------------------------
+
+    def __init__(
+        self,
+        client: KazooClient,
+        nodes: Sequence[NodeConfig | TreeConfig],
+        observer: MirrorObserver | None = None,
+        refresh_credentials: Callable[[], bool] | None = None,
+        max_payload_size: int = MAX_PAYLOAD_SIZE,
+        publish_tree: TreePublish | None = None,
+        verify: Callable[[str, bytes, Envelope | None], None] | None = None,
+    ) -> None:
+        """``refresh_credentials`` re-reads the credentials and applies them, True if they changed.
+
+        ``publish_tree`` replaces where a tree's consistent pictures go (on disk, by default, in gevent's
+        thread pool); :class:`livedata.live_tree.LiveTree` keeps them in memory instead.
+
+        It is called every CREDENTIALS_POLL seconds, so fixing or rotating the
+        credentials in the secrets file is all it takes (see :mod:`livedata.following`).
+        """
+        self.client = client
+        self.observer = observer or MirrorObserver()
+        self.reads = ReadQueue(client, self, max_payload_size=max_payload_size, verify=verify)
+        self._publish_tree = publish_tree or _publish_tree_in_thread
+        self.nodes = [self._new_node(config) for config in nodes]
+        self.initial = InitialSync(self.nodes)
+        self.initial_sync = self.initial.done  # set once every node has been written or has failed once
+        self.publisher = Publisher(self.observer, self.initial, self._publish)  # type: ignore[arg-type]
+        self.schedule = WriteSchedule(self.reads, self.publisher.write_batch)
+        self.publisher.schedule = self.schedule
+        self.following = ConnectionFollower(client, self.observer, self._read_everything, lambda: self.nodes,
+                                            refresh_credentials)  # fmt: skip
+        self._writer: gevent.Greenlet | None = None
+        self._reader: gevent.Greenlet | None = None
+        self.died = gevent.event.Event()  # a core greenlet died: the process must not go on without it
+        self.started_at = self.initial.started_at
+        self.resyncs = 0  # resync passes started
+
+    def _new_node(self, config: NodeConfig | TreeConfig) -> MirroredNode:
+        node = MirroredTree(config) if isinstance(config, TreeConfig) else MirroredNode(config)
+        node.mirror = self
+        return node
+
+    def start(self) -> None:
+        """Begin mirroring; call before or after the client connects, reads start on every (re)connection."""
+        self._clean_up_after_earlier_runs(self.nodes)
+        self._writer = self.schedule.start()
+        self._reader = self.reads.start()
+        for greenlet in (self._writer, self._reader):
+            greenlet.link_exception(self._core_died)
+        self.following.start()
+
+    def stop(self) -> None:
+        self.following.stop()
+        for greenlet in (self._writer, self._reader):
+            if greenlet is not None:
+                greenlet.unlink(self._core_died)
+        self.reads.stop()
+        if self._writer is not None:
+            self._writer.kill(block=True, timeout=1)
+        self.following.stop_greenlets()
+
+    @property
+    def session(self) -> SessionKeeper | None:
+        """The client's :class:`livedata.session.SessionKeeper`, held from start() to stop()."""
+        return self.following.session
+
+    @staticmethod
+    def _clean_up_after_earlier_runs(nodes: Sequence[MirroredNode]) -> None:
+        """Temporary files (and, in trees, unfinished snapshots) that a killed run left behind."""
+        removed = files.cleanup_stale_temp_files(node.config.file.path for node in nodes)
+        for path in removed:
+            log.info("removed temporary file left by an earlier run: %s", path)
+        for node in nodes:
+            if isinstance(node, MirroredTree) and node.tree_config.format == "directory":
+                node.publisher.cleanup()
+
+    def _core_died(self, greenlet: gevent.Greenlet) -> None:
+        log.critical("internal error: the %s greenlet died (%r); exiting so that a supervisor restarts the watcher",
+                     "writer" if greenlet is self._writer else "reader", greenlet.exception)  # fmt: skip
+        self.died.set()
+
+    def update_nodes(self, configs: Sequence[NodeConfig | TreeConfig]) -> tuple[list[str], list[str]]:
+        """Adopt a new node list (a reloaded config); returns the names (added, removed).
+
+        A node whose settings changed counts as removed and added again, so
+        it is re-read and written to its (possibly new) dest.  Files of
+        removed nodes are left where they are: deleting data on a config
+        typo would be worse than leaving a stale file.
+        """
+        current = {node.name: node for node in self.nodes}
+        wanted = {config.name: config for config in configs}
+        removed = [name for name, node in current.items() if wanted.get(name) != node.config]
+        added = [name for name, config in wanted.items() if name not in current or name in removed]
+        for name in removed:
+            gone = current[name]
+            self.reads.forget(gone)
+            if isinstance(gone, MirroredTree):
+                for child in gone.children.values():
+                    self.reads.forget(child)
+            self.schedule.forget(gone)
+        new_nodes = [self._new_node(wanted[name]) for name in added]
+        self.nodes = [node for node in self.nodes if node.active] + new_nodes
+        self.initial.follow(self.nodes, [current[name] for name in removed], new_nodes)
+        if new_nodes:
+            self._clean_up_after_earlier_runs(new_nodes)
+            self.reads.request_all(new_nodes)
+        return added, removed
+
+    def _read_everything(self) -> None:
+        """Re-read every node (and tree child), and vouch for none until it is: it may have changed meanwhile."""
+        for node in self.nodes:
+            node.in_sync = False
+            self.reads.request(node)
+            if isinstance(node, MirroredTree):
+                for child in node.children.values():
+                    self._request_child(child)
+        self.reads.wake()
+
+    def _request_child(self, child: TreeChild) -> None:
+        """Read a tree's child again; until it is, the tree is not complete (no snapshot is taken)."""
+        if child.settled:
+            child.settled = False
+            child.tree.unsettled += 1
+        self.reads.request(child)
 
 
 def _child_data_problem(tree: MirroredTree, data: bytes) -> str | None:

@@ -33,7 +33,7 @@ import gevent.event  # noqa: E402
 from gevent.fileobject import FileObjectPosix  # noqa: E402
 from kazoo.protocol.states import KazooState  # noqa: E402
 
-import livedata.sync  # noqa: E402
+import livedata.schedule  # noqa: E402
 from livedata.files import Outcome  # noqa: E402
 from livedata.sync import Mirror, MirroredNode, MirrorObserver  # noqa: E402
 from livedata.zookeeper import zookeeper_client_from_config  # noqa: E402
@@ -45,7 +45,7 @@ _STOP_GRACE = 5.0  # seconds one session may take to close before the worker giv
 # daemon alone in its process.  Here hundreds of mirrors share one interpreter, so each of those collections
 # would walk every other host's objects too, stalling the hub for seconds at start-up (long enough for
 # sessions to time out).  One host, one process, one collection is the real cost; the bench skips it.
-livedata.sync.release_memory = lambda: None
+livedata.schedule.release_memory = lambda: None
 
 
 class Host(MirrorObserver):
