@@ -116,7 +116,10 @@ def forget_in_flight(path: str) -> None:
 
 
 def cleanup_stale_temp_files(paths: Iterable[str]) -> list[str]:
-    """Remove temps of these dests that no running writer will ever rename; return the removed paths.
+    """Remove the temps in these dests' directories that no running writer will ever rename; return them.
+
+    Every livedata temp of the directory is looked at, not only those of the dests given: a node removed
+    from the configuration while a killed run was writing it would otherwise leave its temp for good.
 
     The rule: a temp is stale when the pid in its name is not a running process, or is our own pid and no
     write of this process has it in flight. The second case is a previous incarnation that had our pid,
@@ -126,17 +129,13 @@ def cleanup_stale_temp_files(paths: Iterable[str]) -> list[str]:
     a small leak is better than destroying a live writer's file.) Failures are logged, not raised: cleanup
     is housekeeping and must not stop the daemon from starting.
     """
-    bases_by_directory: dict[str, set[str]] = {}
-    for path in paths:
-        directory, base = os.path.split(path)
-        bases_by_directory.setdefault(directory, set()).add(_temp_base(base))
     removed: list[str] = []
-    for directory, bases in bases_by_directory.items():
-        removed.extend(_remove_stale_temps(directory, bases))
+    for directory in dict.fromkeys(os.path.dirname(path) for path in paths):
+        removed.extend(_remove_stale_temps(directory))
     return removed
 
 
-def _remove_stale_temps(directory: str, bases: set[str]) -> list[str]:
+def _remove_stale_temps(directory: str) -> list[str]:
     try:
         names = os.listdir(directory)
     except (FileNotFoundError, NotADirectoryError):
@@ -148,7 +147,7 @@ def _remove_stale_temps(directory: str, bases: set[str]) -> list[str]:
     for name in names:
         parsed = _parse_temp_name(name)
         path = os.path.join(directory, name)
-        if parsed is None or parsed[0] not in bases or not _is_stale(path, parsed[1]):
+        if parsed is None or not _is_stale(path, parsed[1]):
             continue
         try:
             os.unlink(path)
