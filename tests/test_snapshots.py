@@ -37,6 +37,7 @@ from livedata.snapshots import (
     touch,
 )
 from livedata.testing.zookeeper import wait_for
+from livedata.tree_layout import CHANGES_LINK
 from livedata.tree_watcher import TreeWatcher
 from tests.tree_publisher_process import consistency_problem, generation
 
@@ -78,13 +79,14 @@ def spares(dest: str) -> list[str]:
 
 
 def assert_clean(dest: str, children: dict[str, bytes]) -> None:
-    """dest holds exactly ..data, the snapshot it names, at most one spare snapshot, and one correct visible
+    """dest holds exactly ..data, ..changes, the snapshot it names, at most one spare snapshot, and one correct visible
     symlink per child."""
     snapshot = os.readlink(os.path.join(dest, DATA_LINK))
     assert is_snapshot_name(snapshot)
     spare = spares(dest)
     assert len(spare) <= 1, spare
-    assert sorted(os.listdir(dest)) == sorted([DATA_LINK, snapshot, *spare, *children])
+    assert sorted(os.listdir(dest)) == sorted([DATA_LINK, CHANGES_LINK, snapshot, *spare, *children])
+    assert os.readlink(os.path.join(dest, CHANGES_LINK)).startswith(f"{snapshot}/"), "..changes describes ..data"
     for name, data in children.items():
         visible = os.path.join(dest, name)
         assert os.readlink(visible) == f"{DATA_LINK}/{name}"
@@ -249,7 +251,8 @@ def test_a_spare_checked_after_the_switch_still_notices_what_is_planted_later(sp
     # The listing counts only a timestamp tick (20 ms) after the directory's last change.
     wait_for(lambda: time.time_ns() - os.stat(first).st_ctime_ns > 30_000_000, 5, "the snapshot to age a tick")
     publisher.publish({"a": b"1", "b": b"2"})
-    assert publisher._spare is not None and publisher._spare.verified is not None, "the spare was listed"
+    spare = publisher.state.spare
+    assert spare is not None and spare.seen is not None, "the spare is known as left"
     with open(os.path.join(first, "intruder"), "w") as f:
         f.write("x")
     os.unlink(os.path.join(first, "a"))
@@ -527,8 +530,8 @@ def test_cleanup_removes_debris_of_dead_writers_and_repairs_names(spec: TreeSpec
     assert sorted(removed) == sorted(
         os.path.join(spec.dest, name) for name in [unfinished, f"...data.livedata-tmp.{pid}.{tag}{'cd' * 4}"]
     )
-    assert sorted(os.listdir(spec.dest)) == sorted([DATA_LINK, os.readlink(os.path.join(spec.dest, DATA_LINK)),
-                                                   alive, "a", "b"])
+    assert sorted(os.listdir(spec.dest)) == sorted([DATA_LINK, CHANGES_LINK,
+                                                    os.readlink(os.path.join(spec.dest, DATA_LINK)), alive, "a", "b"])
     os.rmdir(os.path.join(spec.dest, alive))
     assert_clean(spec.dest, {"a": b"1", "b": b"2"})
     assert cleanup(TreeSpec(os.path.join(spec.dest + "-missing"))) == []
