@@ -309,17 +309,37 @@ class TreeWatcher(Generic[T]):
         if told is None:
             return None
         count, names = told
-        children = dict(previous.children)
-        plain = dict(previous.plain)
-        added = changed = False
+        # The records are updated in place (a copy would cost the tree), and put back if this load fails.
+        children = previous.children
+        undo = {name: children.get(name) for name in names}
+        try:
+            loaded = self._apply_changes(fd, snapshot, previous, names, count, now_ns)
+        except BaseException:
+            loaded = None
+            raise
+        finally:
+            if loaded is None:
+                for name, child in undo.items():
+                    if child is None:
+                        children.pop(name, None)
+                    else:
+                        children[name] = child
+        return loaded
+
+    def _apply_changes(
+        self, fd: int, snapshot: str, previous: _Loaded[T], names: list[str], count: int, now_ns: int
+    ) -> _Loaded[T] | None:
+        children = previous.children
+        updated: dict[str, T | None] = {}  # the values that changed (None: the child is gone)
+        added = False
         for name in names:
             known = children.get(name)
             try:
                 child = self._read_child(fd, name, known, now_ns)
             except _Moved:  # no such file: the child is gone (or the snapshot moved: the caller finds out)
                 if known is not None:
-                    del children[name], plain[name]
-                    changed = True
+                    del children[name]
+                    updated[name] = None
                 continue
             except OSError as exc:
                 if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
@@ -328,12 +348,17 @@ class TreeWatcher(Generic[T]):
             children[name] = child
             if known is None or child.value is not known.value:
                 added |= known is None
-                changed = True
-                plain[name] = child.value
+                updated[name] = child.value
         if len(children) != count:
             return None  # something we did not expect is (or was) in a snapshot: look at all of it
-        if not changed:
+        if not updated:
             return _Loaded(snapshot, children, previous.mtime, previous.plain, previous.value)
+        plain = previous.plain.copy()  # the mapping served so far stays as it is: callers may hold it
+        for name, value in updated.items():
+            if name in children:
+                plain[name] = value  # type: ignore[assignment]
+            else:
+                del plain[name]
         if added:
             plain = {name: plain[name] for name in sorted(plain)}
         return _Loaded(snapshot, children, os.fstat(fd).st_mtime, plain)

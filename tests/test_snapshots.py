@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -198,6 +199,47 @@ def test_random_changes_through_the_spare_read_back_exactly_and_keep_unchanged_i
         if outcome.switched:
             assert spares(spec.dest) == [current], "the replaced snapshot is the spare"
             assert os.stat(os.path.join(spec.dest, DATA_LINK)).st_ino == spare, "the spare was reused"
+
+
+@pytest.mark.timeout(90)
+def test_three_thousand_children_follow_changes_handed_over_alone_and_readers_parse_only_those(spec: TreeSpec) -> None:
+    """The daemon's path: publish_changes gets only what changed; TreeWatcher, told by ..changes, reads and
+    parses only those children, and still serves exactly the tree, sorted; a file planted in the current
+    snapshot is in neither the next snapshot nor what the reader serves."""
+    rng = random.Random(23)
+    publisher = TreePublisher(spec)
+    children = {f"c{i:05d}": f"v0-{i}".encode() for i in range(3000)}
+    publisher.publish(children)
+    parsed: list[bytes] = []
+
+    def parse(f: IO[bytes]) -> bytes:
+        parsed.append(f.read())
+        return parsed[-1]
+
+    watcher = TreeWatcher(spec.dest, parse, binary=True)
+    for turn in range(1, 16):
+        changes: dict[str, bytes | None] = {name: f"v{turn}".encode() for name in rng.sample(sorted(children), 4)}
+        changes.update(dict.fromkeys(rng.sample(sorted(children.keys() - changes.keys()), 2)))
+        changes[f"new{turn:02d}"] = b"new"
+        for name, data in changes.items():
+            if data is None:
+                del children[name]
+            else:
+                children[name] = data
+        parsed.clear()
+        outcome = publisher.publish_changes(changes)
+        assert outcome.switched and len(outcome.written) == 5 and len(outcome.removed) == 2
+        data = watcher.get_data()
+        assert dict(data) == children and list(data) == sorted(children)
+        assert len(parsed) == 5, "only the children written were read and parsed"
+    current = os.path.join(spec.dest, os.readlink(os.path.join(spec.dest, DATA_LINK)))
+    with open(os.path.join(current, "planted"), "wb") as f:
+        f.write(b"x")
+    publisher.publish_changes({"c00000": b"last"})
+    children["c00000"] = b"last"
+    assert dict(watcher.get_data()) == children
+    assert read_tree(spec.dest) == children
+    assert_clean(spec.dest, children)
 
 
 @pytest.mark.timeout(60)

@@ -92,7 +92,11 @@ def _timed_publish(
     """Publish in a thread while this one sleeps on inotify, to time the ``..data`` rename (when readers see
     the change) apart from the whole publish (which then tidies dest)."""
     result: list[Any] = []
-    thread = threading.Thread(target=lambda: result.append(publisher.publish(children)))
+    # What the daemon does: hand over only the child that changed, where the publisher takes changes.
+    changes = getattr(publisher, "publish_changes", None)
+    work = (lambda: changes({"child000000": children["child000000"]})) if changes else (
+        lambda: publisher.publish(children))
+    thread = threading.Thread(target=lambda: result.append(work()))
     start = time.perf_counter()
     thread.start()
     switched = None
