@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from livedata import files
 from livedata.files import FileSpec
-from livedata.tree_apply import TreeDir, fix_directory, flock, lock_for, remove_tree_at, seen
+from livedata.tree_apply import TreeDir, fine_timestamps, fix_directory, flock, lock_for, remove_tree_at, seen
 from livedata.tree_build import build, make_spare_after_build
 from livedata.tree_errors import ChildNameError, TreeRenderError, TreeWriteError, tree_error
 from livedata.tree_layout import DATA_LINK, DIR_FLAGS, TreeSpec, child_name_problem, is_snapshot_name
@@ -183,8 +183,7 @@ class TreePublisher:
 
 
 def _probe(tree: TreeDir) -> bool:
-    from livedata.tree_apply import fine_timestamps
-
+    """Once per publisher: can dest's directories be trusted by their ctime alone? (tree_apply.fine_timestamps)"""
     return fine_timestamps(tree.fd, tree.dest)
 
 

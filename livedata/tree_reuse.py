@@ -13,7 +13,7 @@ import os
 
 from livedata.tree_apply import TreeDir, fix_directory, seen
 from livedata.tree_layout import changes_target, current_snapshot
-from livedata.tree_plan import Changes, Published, PublisherState, Switched, plan_changes
+from livedata.tree_plan import Changes, Published, PublisherState, Spare, Switched, plan_changes
 from livedata.tree_spare import Update, bring_up_to_date, left_behind, unchanged, verify
 from livedata.tree_tidy import place_links, tidy, tidy_known
 
@@ -85,8 +85,6 @@ def _take(
     links: dict[str, int], new_seen: tuple[int, int] | None,
 ) -> None:
     """After the switch: the records follow, in place (a few entries); the replaced snapshot is the spare."""
-    from livedata.tree_plan import Spare
-
     differs = left_behind(published, update)
     state.spare = Spare(published.name, published.metadata, differs, published.seen if state.fine else None)
     pending = state.pending or {}

@@ -20,7 +20,7 @@ from typing import IO
 
 import pytest
 
-from livedata import files
+from livedata import files, snapshots
 from livedata.files import FileWriteError, Outcome, is_temp_name
 from livedata.snapshots import (
     DATA_LINK,
@@ -102,6 +102,15 @@ def spec(tmp_path: Path) -> TreeSpec:
     return TreeSpec(os.path.join(tmp_path, "tree"), 0o444)
 
 
+@pytest.fixture(params=["fine", "coarse"])
+def timestamps(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways a publisher knows its directories hold what it left: their ctime alone (file systems whose
+    timestamps tell every change apart), or listings after each switch (coarse timestamps)."""
+    if request.param == "coarse":
+        monkeypatch.setattr(snapshots, "_probe", lambda tree: False)
+    return str(request.param)
+
+
 # ---------------------------------------------------------------------------------------------- content
 
 
@@ -171,6 +180,7 @@ def test_ten_thousand_children_then_one_change_writes_one_file(spec: TreeSpec) -
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.usefixtures("timestamps")
 def test_random_changes_through_the_spare_read_back_exactly_and_keep_unchanged_inodes(spec: TreeSpec) -> None:
     """Model check of the spare's reuse: changes, additions, removals and changes undone, 300 publishes."""
     rng = random.Random(2026)
@@ -202,6 +212,7 @@ def test_random_changes_through_the_spare_read_back_exactly_and_keep_unchanged_i
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.usefixtures("timestamps")
 def test_three_thousand_children_follow_changes_handed_over_alone_and_readers_parse_only_those(spec: TreeSpec) -> None:
     """The daemon's path: publish_changes gets only what changed; TreeWatcher, told by ..changes, reads and
     parses only those children, and still serves exactly the tree, sorted; a file planted in the current
@@ -259,6 +270,7 @@ def test_a_one_child_change_touches_only_that_child(spec: TreeSpec) -> None:
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.usefixtures("timestamps")
 def test_entries_planted_in_the_spare_never_become_visible(tmp_path: Path, spec: TreeSpec) -> None:
     outside = os.path.join(tmp_path, "outside")
     os.mkdir(outside)
@@ -284,6 +296,7 @@ def test_entries_planted_in_the_spare_never_become_visible(tmp_path: Path, spec:
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.usefixtures("timestamps")
 def test_a_spare_checked_after_the_switch_still_notices_what_is_planted_later(spec: TreeSpec) -> None:
     """The spare is listed after the switch that made it the spare; the next publish only compares its
     directory's ctime, which any entry planted since moves."""
@@ -305,6 +318,7 @@ def test_a_spare_checked_after_the_switch_still_notices_what_is_planted_later(sp
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.usefixtures("timestamps")
 def test_a_file_replaced_in_the_current_snapshot_is_not_linked_into_the_next(spec: TreeSpec) -> None:
     publisher = TreePublisher(spec)
     publisher.publish({"a": b"1", "b": b"1"})
@@ -489,6 +503,7 @@ def test_a_symlink_at_dest_is_replaced_by_a_directory(tmp_path: Path, spec: Tree
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.usefixtures("timestamps")
 def test_foreign_entries_are_removed_at_the_next_snapshot(spec: TreeSpec) -> None:
     publisher = TreePublisher(spec)
     publisher.publish({"a": b"1"})
