@@ -37,9 +37,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from livedata import files
-from livedata.files import FileSpec
+from livedata.files import FileSpec, FileWriteError
 from livedata.tree_apply import TreeDir, fine_timestamps, fix_directory, flock, lock_for, remove_tree_at, seen
-from livedata.tree_build import build, make_spare_after_build
+from livedata.tree_build import build, discard_staged, make_spare_after_build, stage
 from livedata.tree_errors import ChildNameError, TreeRenderError, TreeWriteError, tree_error
 from livedata.tree_layout import DATA_LINK, DIR_FLAGS, TreeSpec, child_name_problem, is_snapshot_name
 from livedata.tree_plan import PublisherState, check_names, differences
@@ -107,6 +107,24 @@ class TreePublisher:
         with self._dest() as tree:
             self.state.pending = {**(self.state.pending or {}), **changes}
             return self._publish(tree)
+
+    def stage(self, children: Mapping[str, bytes]) -> None:
+        """Write these children's files ahead, while the rest of a first tree is still being read: the first
+        publish then switches to that directory, rewriting only what changed since. Only into a dest that
+        holds no snapshot yet; failures are logged and leave the work to the publish."""
+        state = self.state
+        if state.published is not None or state.staging_off:
+            return
+        try:
+            with self._dest() as tree:
+                try:
+                    stage(tree, state, children)
+                except OSError:
+                    discard_staged(tree, state)
+                    raise
+        except (OSError, FileWriteError) as exc:
+            state.staging_off = True
+            log.info("cannot write tree %r ahead (the first publish writes it all): %s", self.spec.dest, exc)
 
     def cleanup(self) -> list[str]:
         """See the module-level ``cleanup``."""

@@ -53,6 +53,7 @@ log = logging.getLogger("livedata.sync")
 
 INLINE_BATCH = 16  # batches up to this size are written in the hub: cheaper than a thread hand-off
 CHUNK = 2000  # files per thread-pool job, so memory and hub latency stay bounded on huge batches
+STAGE_BATCH = 2000  # children of a first tree picture written ahead per thread-pool job
 GATHER_MAX = 0.1  # longest a write waits for a burst of reads in flight to land, to share one flush with them
 CREDENTIALS_POLL = 1.0  # seconds between looks at the secrets file for changed zookeeper.credentials
 NAMED_FAILURES = 5  # failing nodes named in the initial sync's summary line
@@ -209,7 +210,9 @@ class MirroredTree(MirroredNode):
     out (see :meth:`Mirror._child_unreadable`).
     """
 
-    __slots__ = ("changed", "children", "listed", "logged_names", "pending", "publisher", "unreadable", "unsettled")
+    __slots__ = (
+        "changed", "children", "listed", "logged_names", "pending", "publisher", "staging", "unreadable", "unsettled",
+    )  # fmt: skip
     lists_children = True
 
     def __init__(self, config: TreeConfig) -> None:
@@ -222,6 +225,9 @@ class MirroredTree(MirroredNode):
         self.unreadable = 0  # children whose last read failed (the livedata_tree_unreadable_children metric)
         self.changed: set[str] = set()  # children read with other bytes, or dropped, since the last picture
         self.pending: dict[str, bytes | None] = {}  # changes of the picture not yet handed to the publisher
+        # Before the first picture: children read, to be written ahead (TreePublisher.stage) while the rest
+        # of the tree is read, so that a first sync costs about the reads, not the reads and then the writes.
+        self.staging: dict[str, bytes] = {}
 
     @property
     def tree_config(self) -> TreeConfig:
@@ -469,9 +475,14 @@ class Mirror:
 
     def read_done(self, node: MirroredNode | TreeChild, data: bytes, stat: ZnodeStat) -> None:
         if isinstance(node, TreeChild):
+            tree = node.tree
             if node.data is None or (node.data is not data and node.data != data):
-                node.tree.changed.add(node.name)  # taken into the picture once every read of the tree has settled
+                tree.changed.add(node.name)  # taken into the picture once every read of the tree has settled
             node.data = data
+            if tree.wanted is None and tree.tree_config.format == "directory":
+                tree.staging[node.name] = data
+                if len(tree.staging) >= STAGE_BATCH:
+                    self._mark_dirty(tree)
             if node.unreadable is not None:
                 self._child_readable(node)
             return
@@ -601,6 +612,7 @@ class Mirror:
                 elif picture.get(name) != data:
                     picture[name] = changes[name] = data
         tree.changed = set()
+        tree.staging = {}  # the publish writes what was not written ahead
         tree.wanted = picture
         if not changes and not first and not tree.dirty and tree.failure is None:
             if not tree.writing:  # else the publish of this picture under way vouches for it when it ends
@@ -695,6 +707,9 @@ class Mirror:
     def _publish(self, tree: MirroredTree) -> None:
         """One snapshot of a tree (in the thread pool: a big tree takes a while, pings must keep flowing)."""
         if not isinstance(tree.wanted, dict):
+            if tree.staging:  # a first picture is still being read: write what is read so far ahead
+                batch, tree.staging = tree.staging, {}
+                gevent.get_hub().threadpool.apply(tree.publisher.stage, (batch,))
             return
         changes, tree.pending = tree.pending, {}  # the publisher keeps what a failed publish did not publish
         result, skipped = self._publish_tree(tree, changes)

@@ -60,13 +60,15 @@ class TreeDir:
     # ------------------------------------------------------------------------------- building a snapshot
 
     @contextlib.contextmanager
-    def new_snapshot(self) -> Iterator[str]:
-        """A fresh snapshot name, in flight (no cleanup takes it) while the block builds and switches to it.
+    def new_snapshot(self, staged: str | None = None) -> Iterator[str]:
+        """A fresh snapshot name (or ``staged``, one already in flight), in flight (no cleanup takes it) while
+        the block builds and switches to it.
 
-        Both ways of building one (from scratch, or from the spare) end the same way: an OSError in the
-        block discards whatever was built under the name and becomes one TreeWriteError naming ``self.step``.
+        Every way of building one (from scratch, from the spare, from a staged directory) ends the same way:
+        an OSError in the block discards whatever was built under the name and becomes one TreeWriteError
+        naming ``self.step``.
         """
-        name = new_snapshot_name()
+        name = staged or new_snapshot_name()
         path = os.path.join(self.dest, name)
         files.note_in_flight(path)
         try:

@@ -57,6 +57,17 @@ class Spare:
 
 
 @dataclass
+class Staged:
+    """A first snapshot written ahead while its children are still being read (``TreePublisher.stage``): the
+    full build that follows switches to it, rewriting only the children whose bytes changed since."""
+
+    name: str
+    data: dict[str, bytes] = field(default_factory=dict)
+    inodes: dict[str, int] = field(default_factory=dict)
+    links: dict[str, int] = field(default_factory=dict)  # visible names made ahead (dangling: no ..data yet)
+
+
+@dataclass
 class PublisherState:
     """What a TreePublisher remembers between publishes."""
 
@@ -66,6 +77,8 @@ class PublisherState:
     keeps_spare: bool = True  # False for the stateless ``publish``: nobody would reuse it
     fine: bool | None = None  # does dest's file system stamp every change apart? (tree_apply.fine_timestamps)
     dest_seen: Seen | None = None  # dest after our last change to it, if fine: while the same, as we left it
+    staged: Staged | None = None  # a first snapshot being written ahead (no snapshot in dest yet)
+    staging_off: bool = False  # dest had a snapshot already, or staging failed: the build does it all
 
 
 @dataclass(frozen=True)

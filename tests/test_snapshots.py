@@ -254,6 +254,27 @@ def test_three_thousand_children_follow_changes_handed_over_alone_and_readers_pa
 
 
 @pytest.mark.timeout(60)
+def test_a_first_tree_written_ahead_switches_with_exactly_the_children_asked_for(spec: TreeSpec) -> None:
+    """stage() writes children while the rest of a first tree is read: the first publish switches to that
+    directory, keeping staged files whose bytes still hold, rewriting changed ones, dropping children gone."""
+    publisher = TreePublisher(spec)
+    publisher.stage({f"c{i:04d}": b"early" for i in range(2500)})
+    publisher.stage({"c0001": b"changed early", "..bad": b"x", "late": b"1"})
+    staged = [name for name in os.listdir(spec.dest) if is_snapshot_name(name)]
+    assert len(staged) == 1 and not os.path.lexists(os.path.join(spec.dest, DATA_LINK)), "nothing visible yet"
+    kept_inode = os.stat(os.path.join(spec.dest, staged[0], "c0002")).st_ino
+    children = {f"c{i:04d}": b"early" for i in range(2, 2500)}
+    children.update({"c0001": b"final", "late": b"1", "fresh": b"2"})
+    outcome = publisher.publish(children)
+    assert outcome.snapshot == staged[0] and outcome.switched
+    assert read_tree(spec.dest) == children
+    assert os.stat(os.path.join(spec.dest, "c0002")).st_ino == kept_inode, "a staged file is not rewritten"
+    assert_clean(spec.dest, children)
+    publisher.stage({"c0002": b"too late"})  # once a snapshot is published, staging does nothing
+    assert read_tree(spec.dest) == children and len(spares(spec.dest)) == 1
+
+
+@pytest.mark.timeout(60)
 def test_a_one_child_change_touches_only_that_child(spec: TreeSpec) -> None:
     """Unchanged children keep inode and ctime: no link count moves, so a FileWatcher does not even re-read."""
     publisher = TreePublisher(spec)
