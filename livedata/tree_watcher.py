@@ -68,6 +68,9 @@ _Key = Tuple[int, int, int, int]
 _Fast = Tuple[float, bytes, Mapping[str, T], float]
 
 
+_ReadChild = Callable[[int, str, "_Child[T] | None", int], "_Child[T]"]
+
+
 class _Moved(Exception):
     """The snapshot being read was replaced (its directory is being reused or deleted): start over."""
 
@@ -268,7 +271,7 @@ class TreeWatcher(Generic[T]):
             raise _Moved() from None
         try:
             if previous is not None:
-                loaded = self._load_changes(fd, snapshot, previous, now_ns)
+                loaded = _load_changes(self._changes, self._read_child, fd, snapshot, previous, now_ns)
                 if loaded is not None:
                     return loaded
             changed = updated = False
@@ -298,70 +301,6 @@ class TreeWatcher(Generic[T]):
             # Same values: keep the very mapping served so far (callers may cache on its identity).
             return _Loaded(snapshot, children if updated else old, previous.mtime, previous.plain, previous.value)
         return _Loaded(snapshot, children, mtime)
-
-    def _load_changes(self, fd: int, snapshot: str, previous: _Loaded[T], now_ns: int) -> _Loaded[T] | None:
-        """Read only the children ``..changes`` names, if it describes the switch from ``previous``; None to
-        list the snapshot instead. The caller checks that ``..data`` still names ``snapshot`` afterwards."""
-        try:
-            told = parse_changes(os.readlink(self._changes), snapshot, previous.snapshot)
-        except OSError:
-            return None
-        if told is None:
-            return None
-        count, names = told
-        # The records are updated in place (a copy would cost the tree), and put back if this load fails.
-        children = previous.children
-        undo = {name: children.get(name) for name in names}
-        try:
-            loaded = self._apply_changes(fd, snapshot, previous, names, count, now_ns)
-        except BaseException:
-            loaded = None
-            raise
-        finally:
-            if loaded is None:
-                for name, child in undo.items():
-                    if child is None:
-                        children.pop(name, None)
-                    else:
-                        children[name] = child
-        return loaded
-
-    def _apply_changes(
-        self, fd: int, snapshot: str, previous: _Loaded[T], names: list[str], count: int, now_ns: int
-    ) -> _Loaded[T] | None:
-        children = previous.children
-        updated: dict[str, T | None] = {}  # the values that changed (None: the child is gone)
-        added = False
-        for name in names:
-            known = children.get(name)
-            try:
-                child = self._read_child(fd, name, known, now_ns)
-            except _Moved:  # no such file: the child is gone (or the snapshot moved: the caller finds out)
-                if known is not None:
-                    del children[name]
-                    updated[name] = None
-                continue
-            except OSError as exc:
-                if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
-                    return None  # not a regular file: what a listing would skip
-                raise
-            children[name] = child
-            if known is None or child.value is not known.value:
-                added |= known is None
-                updated[name] = child.value
-        if len(children) != count:
-            return None  # something we did not expect is (or was) in a snapshot: look at all of it
-        if not updated:
-            return _Loaded(snapshot, children, previous.mtime, previous.plain, previous.value)
-        plain = previous.plain.copy()  # the mapping served so far stays as it is: callers may hold it
-        for name, value in updated.items():
-            if name in children:
-                plain[name] = value  # type: ignore[assignment]
-            else:
-                del plain[name]
-        if added:
-            plain = {name: plain[name] for name in sorted(plain)}
-        return _Loaded(snapshot, children, os.fstat(fd).st_mtime, plain)
 
     def _read_child(self, dir_fd: int, name: str, old: _Child[T] | None, now_ns: int) -> _Child[T]:
         try:
@@ -402,6 +341,76 @@ class TreeWatcher(Generic[T]):
         else:
             logger.debug("%s: not available yet: %s", where, error)
         return _State(seen, state.loaded, error)
+
+
+def _load_changes(
+    changes_link: str, read_child: _ReadChild[T], fd: int, snapshot: str, previous: _Loaded[T], now_ns: int
+) -> _Loaded[T] | None:
+    """Read only the children ``..changes`` names, if it describes the switch from ``previous``; None to
+    list the snapshot instead. The caller checks that ``..data`` still names ``snapshot`` afterwards."""
+    try:
+        told = parse_changes(os.readlink(changes_link), snapshot, previous.snapshot)
+    except OSError:
+        return None
+    if told is None:
+        return None
+    count, names = told
+    # The records are updated in place (a copy would cost the tree), and put back if this load fails.
+    children = previous.children
+    undo = {name: children.get(name) for name in names}
+    try:
+        loaded = _apply_changes(read_child, fd, snapshot, previous, names, count, now_ns)
+    except BaseException:
+        loaded = None
+        raise
+    finally:
+        if loaded is None:
+            for name, child in undo.items():
+                if child is None:
+                    children.pop(name, None)
+                else:
+                    children[name] = child
+    return loaded
+
+
+def _apply_changes(
+    read_child: _ReadChild[T], fd: int, snapshot: str, previous: _Loaded[T], names: list[str], count: int,
+    now_ns: int,
+) -> _Loaded[T] | None:
+    """Read ``names`` into ``previous``'s records (in place); the new load, or None to list the snapshot."""
+    children = previous.children
+    updated: dict[str, T | None] = {}  # the values that changed (None: the child is gone)
+    added = False
+    for name in names:
+        known = children.get(name)
+        try:
+            child = read_child(fd, name, known, now_ns)
+        except _Moved:  # no such file: the child is gone (or the snapshot moved: the caller finds out)
+            if known is not None:
+                del children[name]
+                updated[name] = None
+            continue
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+                return None  # not a regular file: what a listing would skip
+            raise
+        children[name] = child
+        if known is None or child.value is not known.value:
+            added |= known is None
+            updated[name] = child.value
+    if len(children) != count:
+        return None  # something we did not expect is (or was) in a snapshot: look at all of it
+    if not updated:
+        return _Loaded(snapshot, children, previous.mtime, previous.plain, previous.value)
+    plain = previous.plain.copy()  # the mapping served so far stays as it is: callers may hold it
+    for name, value in updated.items():
+        if name in children:
+            plain[name] = value  # type: ignore[assignment]
+        else:
+            del plain[name]
+    if added:
+        plain = {name: plain[name] for name in sorted(plain)}
+    return _Loaded(snapshot, children, os.fstat(fd).st_mtime, plain)
 
 
 class _ParseError(Exception):
