@@ -49,6 +49,7 @@ import re
 import stat
 import time
 from dataclasses import dataclass
+from typing import Optional, Tuple
 
 from livedata import files
 from livedata.files import FileSpec
@@ -66,7 +67,7 @@ _SNAPSHOT = re.compile(r"\.\.\d{4}(?:_\d\d){5}\.\d{9}\.(?P<pid>[1-9][0-9]{0,9})\
 # What a znode name may not hold (ZooKeeper's own rules), plus '/', which a single name never holds.
 _UNSAFE_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f/\ud800-\uf8ff\ufff0-\uffff]")
 
-Metadata = tuple[int, int | None, int | None]
+Metadata = Tuple[int, Optional[int], Optional[int]]  # (typing: evaluated at import, Python 3.9)
 
 
 @dataclass(frozen=True)

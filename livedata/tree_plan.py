@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
 
 from livedata import files
 from livedata.tree_apply import Seen, TreeDir, fix_directory
@@ -43,7 +44,7 @@ class Changes:
 
 
 # child -> (inode of its entry in the spare, None: no entry; bytes it holds, None: unknown)
-Differs = dict[str, tuple[int | None, bytes | None]]
+Differs = Dict[str, Tuple[Optional[int], Optional[bytes]]]
 
 
 @dataclass

@@ -123,7 +123,10 @@ def load_revision(revision: str, workdir: str) -> ModuleType:
         sys.exit(f"tree_publish: cannot read livedata/ at {revision!r}: {archive.stderr.decode().strip()}")
     root = os.path.join(workdir, "baseline")
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-        tar.extractall(root, filter="data")
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(root, filter="data")
+        else:  # Python before 3.9.17: our own repository's files
+            tar.extractall(root)
     package = os.path.join(root, "baseline_livedata")
     os.rename(os.path.join(root, "livedata"), package)
     for directory, _dirs, names in os.walk(package):
