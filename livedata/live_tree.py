@@ -128,8 +128,10 @@ class LiveTree(Generic[T]):
             raise WatchedFileNotAvailableError(self._path, error) from error
         raise WatchedFileNotAvailableError(self._path, error)
 
-    def _publish(self, tree: MirroredTree, children: dict[str, bytes]) -> PublishResult:
+    def _publish(self, tree: MirroredTree, changes: dict[str, bytes | None]) -> PublishResult:
         """The mirror's publisher: parse what changed, then swap the snapshot in one assignment."""
+        assert isinstance(tree.wanted, dict), "called with a complete picture"
+        children = tree.wanted  # the whole picture (in the hub, as this runs)
         previous = self._snapshot
         old_content: Mapping[str, bytes] = previous.content if previous is not None else {}
         values: dict[str, T] = {}

@@ -56,21 +56,28 @@ __all__ = ["ABSENT", "Mirror", "MirrorObserver", "MirroredNode", "MirroredTree",
 
 log = logging.getLogger("livedata.sync")
 
+STAGE_BATCH = 2000  # children of a first tree picture written ahead per thread-pool job
+
+
 
 class MirroredTree(MirroredNode):
     """A tree: its source's children (each a :class:`TreeChild`), published as one snapshot once all are read.
 
     ``wanted`` is the last *complete* picture, {child: bytes}: taken only when the listing and every
-    child's read have settled, with no read pending.  Replies are handled behind the watch events that
-    came before them (see ``ReadQueue._completed``), so a change of several children in one ZooKeeper
-    transaction is either wholly in a snapshot or not at all.
+    child's read have settled, with no read pending.  It is kept up to date in place from ``changed`` (the
+    children read with new bytes, or gone, since), and what it gained since the last publish waits in
+    ``pending`` ({child: bytes, or None if gone}): a change of one child costs one child, whatever the tree.
+    Replies are handled behind the watch events that came before them (see ``ReadQueue._completed``), so a
+    change of several children in one ZooKeeper transaction is either wholly in a snapshot or not at all.
 
     A child that cannot be read (no permission: another service's node with its own ACL; bad stored data)
     settles all the same, so it never holds the tree back: it keeps the bytes last read, if any, or is left
     out (see :meth:`Mirror._child_unreadable`).
     """
 
-    __slots__ = ("children", "listed", "logged_names", "publisher", "unreadable", "unsettled")
+    __slots__ = (
+        "changed", "children", "listed", "logged_names", "pending", "publisher", "staging", "unreadable", "unsettled",
+    )  # fmt: skip
     lists_children = True
 
     def __init__(self, config: TreeConfig) -> None:
@@ -81,6 +88,11 @@ class MirroredTree(MirroredNode):
         self.publisher = _new_publisher(config)
         self.logged_names: set[str] = set()  # unsafe child names already logged
         self.unreadable = 0  # children whose last read failed (the livedata_tree_unreadable_children metric)
+        self.changed: set[str] = set()  # children read with other bytes, or dropped, since the last picture
+        self.pending: dict[str, bytes | None] = {}  # changes of the picture not yet handed to the publisher
+        # Before the first picture: children read, to be written ahead (TreePublisher.stage) while the rest
+        # of the tree is read, so that a first sync costs about the reads, not the reads and then the writes.
+        self.staging: dict[str, bytes] = {}
 
     @property
     def tree_config(self) -> TreeConfig:
@@ -148,7 +160,14 @@ class WantedState:
             if problem is not None:
                 self._child_unreadable(node, problem)  # its data watch is in place: its next change is read
                 return
-            node.data = data  # taken into the tree's picture once every read of the tree has settled
+            tree = node.tree
+            if node.data is None or (node.data is not data and node.data != data):
+                tree.changed.add(node.name)  # taken into the picture once every read of the tree has settled
+            node.data = data
+            if tree.wanted is None and tree.tree_config.format == "directory":
+                tree.staging[node.name] = data
+                if len(tree.staging) >= STAGE_BATCH:
+                    self._mark_dirty(tree)
             if node.unreadable is not None:
                 self._child_readable(node)
             return
@@ -186,6 +205,8 @@ class WantedState:
         tree = child.tree
         if tree.children.get(child.name) is child:
             del tree.children[child.name]
+            if child.data is not None:
+                tree.changed.add(child.name)
         if child.active and not child.settled:
             tree.unsettled -= 1
         if child.active and child.unreadable is not None:
@@ -254,15 +275,38 @@ class WantedState:
             node.in_sync = True
 
     def _tree_maybe_complete(self, tree: MirroredTree) -> None:
-        """Every read of the tree has settled: its picture is consistent, publish it (if it changed)."""
+        """Every read of the tree has settled: its picture is consistent, publish it (if it changed).
+
+        Only the children in ``tree.changed`` are looked at, except for a first picture (or after a resync).
+        """
         if not tree.active or not tree.complete():
             return
-        picture = {name: child.data for name, child in tree.children.items() if child.data is not None}
-        if picture == tree.wanted and not tree.dirty and tree.failure is None:
+        picture = tree.wanted
+        first = not isinstance(picture, dict)  # published even if empty: dest must show the tree is empty
+        if not isinstance(picture, dict):
+            picture = {name: child.data for name, child in tree.children.items() if child.data is not None}
+            changes: dict[str, bytes | None] = dict(picture)
+        else:
+            changes = {}
+            for name in tree.changed:
+                child = tree.children.get(name)
+                data = child.data if child is not None else None
+                if data is None:
+                    if picture.pop(name, None) is not None:
+                        changes[name] = None
+                elif picture.get(name) != data:
+                    picture[name] = changes[name] = data
+        tree.changed = set()
+        tree.staging = {}  # the publish writes what was not written ahead
+        tree.wanted = picture
+        if not changes and not first and not tree.dirty and tree.failure is None:
             if not tree.writing:  # else the publish of this picture under way vouches for it when it ends
                 tree.in_sync = True
             return
-        self._want(tree, picture)
+        if changes:
+            tree.in_sync = False
+            tree.pending.update(changes)
+        self._mark_dirty(tree)
 
     def reads_idle(self) -> None:
         self.schedule.reads_idle()
@@ -287,8 +331,12 @@ class Mirror(WantedState):
     def _publish(self, tree: MirroredTree) -> None:
         """One snapshot of a tree (in the thread pool: a big tree takes a while, pings must keep flowing)."""
         if not isinstance(tree.wanted, dict):
+            if tree.staging:  # a first picture is still being read: write what is read so far ahead
+                batch, tree.staging = tree.staging, {}
+                gevent.get_hub().threadpool.apply(tree.publisher.stage, (batch,))
             return
-        result, skipped = self._publish_tree(tree, tree.wanted)
+        changes, tree.pending = tree.pending, {}  # the publisher keeps what a failed publish did not publish
+        result, skipped = self._publish_tree(tree, changes)
         for error in skipped:
             if error.child not in tree.logged_names:
                 tree.logged_names.add(error.child)
@@ -327,9 +375,7 @@ class Mirror(WantedState):
     def _touch(self, node: MirroredNode) -> bool:
         try:
             if isinstance(node, MirroredTree) and node.tree_config.format == "directory":
-                from livedata import snapshots
-
-                touched = snapshots.touch(node.tree_config.spec)
+                touched = node.publisher.touch()
             else:
                 touched = files.touch(node.config.file.path)
         except FileWriteError as e:
@@ -352,6 +398,7 @@ class Mirror(WantedState):
                     # Forget what was published, so the next snapshot checks every file on disk again.
                     node.publisher = _new_publisher(node.tree_config)
                     node.wanted = None
+                    node.pending, node.changed = {}, set()
             self._read_everything()
 
     def out_of_sync(self) -> Iterable[MirroredNode]:
@@ -500,7 +547,9 @@ def _child_data_problem(tree: MirroredTree, data: bytes) -> str | None:
 
 
 PublishResult = tuple["Outcome | FileWriteError", "tuple[ChildNameError, ...]"]
-TreePublish = Callable[[MirroredTree, dict[str, bytes]], PublishResult]
+# Publishes a tree's picture: called with the changes since the last call ({child: bytes, or None if gone});
+# ``tree.wanted`` is the whole picture (read it in the hub only: it changes in place).
+TreePublish = Callable[[MirroredTree, dict[str, "bytes | None"]], PublishResult]
 
 
 def _new_publisher(config: TreeConfig) -> TreePublisher:
@@ -509,20 +558,37 @@ def _new_publisher(config: TreeConfig) -> TreePublisher:
     return TreePublisher(config.spec)
 
 
-def _publish_tree_in_thread(tree: MirroredTree, children: dict[str, bytes]) -> PublishResult:
-    result: PublishResult = gevent.get_hub().threadpool.apply(_publish_tree, (tree, children))
+def _publish_tree_in_thread(tree: MirroredTree, changes: dict[str, bytes | None]) -> PublishResult:
+    if tree.tree_config.format == "json":  # the whole picture, rendered: copied here, in the hub
+        assert isinstance(tree.wanted, dict)
+        result: PublishResult = gevent.get_hub().threadpool.apply(_publish_json, (tree, dict(tree.wanted)))
+        return result
+    result = gevent.get_hub().threadpool.apply(_publish_tree, (tree, changes))
     return result
 
 
-def _publish_tree(tree: MirroredTree, children: dict[str, bytes]) -> PublishResult:
-    """Publish one picture of a tree; runs in a thread, so it only touches the file system and its arguments."""
+def _publish_json(tree: MirroredTree, children: dict[str, bytes]) -> PublishResult:
     from livedata import snapshots
 
     config = tree.tree_config
     try:
-        if config.format == "json":
-            return snapshots.publish_json(config.spec, children), ()
-        outcome = tree.publisher.publish(children)
+        return snapshots.publish_json(config.spec, children), ()
+    except snapshots.TreeRenderError as e:
+        return FileWriteError(config.file.path, str(e), step="rendering"), ()
+    except FileWriteError as e:
+        return e, ()
+    except OSError as e:
+        return FileWriteError(config.file.path, e.strerror or str(e), code=e.errno), ()
+
+
+def _publish_tree(tree: MirroredTree, changes: dict[str, bytes | None]) -> PublishResult:
+    """Publish the changes of a tree's picture; runs in a thread, so it only touches the file system, its
+    arguments and the tree's publisher (which keeps the whole picture, and what a failed publish left)."""
+    from livedata import snapshots
+
+    config = tree.tree_config
+    try:
+        outcome = tree.publisher.publish_changes(changes)
     except snapshots.TreeRenderError as e:
         return FileWriteError(config.file.path, str(e), step="rendering"), ()
     except FileWriteError as e:

@@ -12,7 +12,10 @@ It must also stay cheap when 10,000 children hold one change:
 * The hot path is one ``readlink`` of ``..data`` and a string comparison (none within ``check_interval``):
   snapshot names are unique and a snapshot is never modified under its name, so the same name means the
   same data.
-* On a switch, children are listed with their (device, inode, size, mtime). The writer carries an unchanged
+* On a switch, ``dest/..changes`` names the children that changed since the snapshot before (see
+  livedata.tree_layout): when that is the snapshot last loaded, only those children are read, and the mapping
+  served is a copy of the last one with their values replaced, so a reload costs the change, not the tree.
+* Otherwise children are listed with their (device, inode, size, mtime). The writer carries an unchanged
   child over by hard link, which keeps all four, so its parsed value is reused without reading it. Any other
   child is read, and parsed only if its bytes differ from the last good load. The ctime is not used: every
   hard link moves it, which would re-read the whole tree on every switch.
@@ -44,6 +47,7 @@ from livedata.file_watcher import (
     _is_racy,
     wait_for_first_load,
 )
+from livedata.tree_layout import CHANGES_LINK, DATA_LINK, parse_changes
 
 __all__ = ["TreeWatcher"]
 
@@ -51,7 +55,6 @@ T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
-DATA_LINK = "..data"  # the same name as livedata.snapshots.DATA_LINK, without importing the writer
 # Attempts to read one snapshot before giving up for this call (the writer switched under us every time).
 _ATTEMPTS = 5
 
@@ -63,6 +66,9 @@ _Key = Tuple[int, int, int, int]
 # The lock-free read path: (fresh until (monotonic), snapshot name as readlink returns it, value, content
 # mtime); a name of b"" never matches a readlink, which sends the call to the slow path.
 _Fast = Tuple[float, bytes, Mapping[str, T], float]
+
+
+_ReadChild = Callable[[int, str, "_Child[T] | None", int], "_Child[T]"]
 
 
 class _Moved(Exception):
@@ -80,16 +86,22 @@ class _Child(Generic[T]):
 
 
 class _Loaded(Generic[T]):
-    """One snapshot fully parsed: the mapping served, when its content last changed, and per-child records."""
+    """One snapshot fully parsed: its name, the mapping served (and the dict behind it), when its content last
+    changed, and per-child records."""
 
-    __slots__ = ("children", "mtime", "value")
+    __slots__ = ("children", "mtime", "plain", "snapshot", "value")
 
-    def __init__(self, children: dict[str, _Child[T]], mtime: float, value: Mapping[str, T] | None = None) -> None:
+    def __init__(
+        self, snapshot: str, children: dict[str, _Child[T]], mtime: float, plain: dict[str, T] | None = None,
+        value: Mapping[str, T] | None = None,
+    ) -> None:
+        self.snapshot = snapshot
         self.children = children
         self.mtime = mtime
-        if value is None:
-            value = MappingProxyType({name: children[name].value for name in sorted(children)})
-        self.value = value
+        if plain is None:
+            plain = {name: children[name].value for name in sorted(children)}
+        self.plain = plain
+        self.value = MappingProxyType(plain) if value is None else value
 
 
 class _State(Generic[T]):
@@ -131,6 +143,7 @@ class TreeWatcher(Generic[T]):
         )
         self._dest = dest
         self._link = os.fsencode(os.path.join(dest, DATA_LINK))  # pre-encoded for the hot path
+        self._changes = os.path.join(dest, CHANGES_LINK)
         self._parser = parser
         self._interval = check_interval
         self._lock = threading.Lock()
@@ -257,6 +270,10 @@ class TreeWatcher(Generic[T]):
         except FileNotFoundError:
             raise _Moved() from None
         try:
+            if previous is not None:
+                loaded = _load_changes(self._changes, self._read_child, fd, snapshot, previous, now_ns)
+                if loaded is not None:
+                    return loaded
             changed = updated = False
             children: dict[str, _Child[T]] = {}
             for entry in os.scandir(fd):
@@ -282,8 +299,8 @@ class TreeWatcher(Generic[T]):
             os.close(fd)
         if previous is not None and not changed:
             # Same values: keep the very mapping served so far (callers may cache on its identity).
-            return previous if not updated else _Loaded(children, previous.mtime, previous.value)
-        return _Loaded(children, mtime)
+            return _Loaded(snapshot, children if updated else old, previous.mtime, previous.plain, previous.value)
+        return _Loaded(snapshot, children, mtime)
 
     def _read_child(self, dir_fd: int, name: str, old: _Child[T] | None, now_ns: int) -> _Child[T]:
         try:
@@ -324,6 +341,76 @@ class TreeWatcher(Generic[T]):
         else:
             logger.debug("%s: not available yet: %s", where, error)
         return _State(seen, state.loaded, error)
+
+
+def _load_changes(
+    changes_link: str, read_child: _ReadChild[T], fd: int, snapshot: str, previous: _Loaded[T], now_ns: int
+) -> _Loaded[T] | None:
+    """Read only the children ``..changes`` names, if it describes the switch from ``previous``; None to
+    list the snapshot instead. The caller checks that ``..data`` still names ``snapshot`` afterwards."""
+    try:
+        told = parse_changes(os.readlink(changes_link), snapshot, previous.snapshot)
+    except OSError:
+        return None
+    if told is None:
+        return None
+    count, names = told
+    # The records are updated in place (a copy would cost the tree), and put back if this load fails.
+    children = previous.children
+    undo = {name: children.get(name) for name in names}
+    try:
+        loaded = _apply_changes(read_child, fd, snapshot, previous, names, count, now_ns)
+    except BaseException:
+        loaded = None
+        raise
+    finally:
+        if loaded is None:
+            for name, child in undo.items():
+                if child is None:
+                    children.pop(name, None)
+                else:
+                    children[name] = child
+    return loaded
+
+
+def _apply_changes(
+    read_child: _ReadChild[T], fd: int, snapshot: str, previous: _Loaded[T], names: list[str], count: int,
+    now_ns: int,
+) -> _Loaded[T] | None:
+    """Read ``names`` into ``previous``'s records (in place); the new load, or None to list the snapshot."""
+    children = previous.children
+    updated: dict[str, T | None] = {}  # the values that changed (None: the child is gone)
+    added = False
+    for name in names:
+        known = children.get(name)
+        try:
+            child = read_child(fd, name, known, now_ns)
+        except _Moved:  # no such file: the child is gone (or the snapshot moved: the caller finds out)
+            if known is not None:
+                del children[name]
+                updated[name] = None
+            continue
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+                return None  # not a regular file: what a listing would skip
+            raise
+        children[name] = child
+        if known is None or child.value is not known.value:
+            added |= known is None
+            updated[name] = child.value
+    if len(children) != count:
+        return None  # something we did not expect is (or was) in a snapshot: look at all of it
+    if not updated:
+        return _Loaded(snapshot, children, previous.mtime, previous.plain, previous.value)
+    plain = previous.plain.copy()  # the mapping served so far stays as it is: callers may hold it
+    for name, value in updated.items():
+        if name in children:
+            plain[name] = value  # type: ignore[assignment]
+        else:
+            del plain[name]
+    if added:
+        plain = {name: plain[name] for name in sorted(plain)}
+    return _Loaded(snapshot, children, os.fstat(fd).st_mtime, plain)
 
 
 class _ParseError(Exception):

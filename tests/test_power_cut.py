@@ -139,16 +139,17 @@ def test_a_tree_switch_survives_a_power_cut_at_the_data_link(ext4: LoopExt4, mon
     names a snapshot holding the old or the new complete children, never zeros. The snapshot is the reused
     spare (the publisher's hot path); one child changed (fsync each) or twelve (one syncfs) alternately."""
     from livedata import snapshots
+    from livedata.tree_apply import TreeDir
 
-    swap = snapshots._Run._swap
+    switch = TreeDir.switch
     cutting = [False]
 
-    def swap_then_cut(run: snapshots._Run, snapshot: str) -> None:
-        swap(run, snapshot)
+    def switch_then_cut(tree: TreeDir, snapshot: str, changes: str) -> None:
+        switch(tree, snapshot, changes)
         if cutting[0]:
             ext4_shutdown(ext4.mountpoint)
 
-    monkeypatch.setattr(snapshots._Run, "_swap", swap_then_cut)
+    monkeypatch.setattr(TreeDir, "switch", switch_then_cut)
     for cut in range(6):
         with ext4.fresh() as mountpoint:
             dest = os.path.join(mountpoint, "tree")

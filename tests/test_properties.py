@@ -19,6 +19,7 @@ from livedata.config import ConfigError, read_config
 from livedata.payload import CHUNK_PREFIX, MAGIC, Envelope, PayloadError, chunk_name, decode_node, parse
 from livedata.snapshots import DATA_LINK, TreePublisher, TreeSpec, child_name_problem
 from livedata.snapshots import cleanup as tree_cleanup
+from livedata.tree_layout import CHANGES_LINK
 
 LIMIT = 1 << 20
 
@@ -241,6 +242,8 @@ def test_a_tree_dest_always_holds_exactly_one_published_snapshot(script) -> None
                 publisher = TreePublisher(spec)
                 assert visible(spec.dest) == model
                 current = os.readlink(os.path.join(spec.dest, DATA_LINK))
-                assert sorted(os.listdir(spec.dest)) == sorted([DATA_LINK, current, *model]), "cleanup left debris"
+                layout = [DATA_LINK, current, *model] + ([CHANGES_LINK] if os.path.lexists(
+                    os.path.join(spec.dest, CHANGES_LINK)) else [])  # what the last publish changed, for readers
+                assert sorted(os.listdir(spec.dest)) == sorted(layout), "cleanup left debris"
             if model is not None and kind != "foreign":
                 assert visible(spec.dest) == model

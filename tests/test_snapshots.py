@@ -16,10 +16,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
-from livedata import files
+from livedata import files, snapshots
 from livedata.files import FileWriteError, Outcome, is_temp_name
 from livedata.snapshots import (
     DATA_LINK,
@@ -37,6 +38,7 @@ from livedata.snapshots import (
     touch,
 )
 from livedata.testing.zookeeper import wait_for
+from livedata.tree_layout import CHANGES_LINK
 from livedata.tree_watcher import TreeWatcher
 from tests.tree_publisher_process import consistency_problem, generation
 
@@ -78,13 +80,14 @@ def spares(dest: str) -> list[str]:
 
 
 def assert_clean(dest: str, children: dict[str, bytes]) -> None:
-    """dest holds exactly ..data, the snapshot it names, at most one spare snapshot, and one correct visible
+    """dest holds exactly ..data, ..changes, the snapshot it names, at most one spare snapshot, and one correct visible
     symlink per child."""
     snapshot = os.readlink(os.path.join(dest, DATA_LINK))
     assert is_snapshot_name(snapshot)
     spare = spares(dest)
     assert len(spare) <= 1, spare
-    assert sorted(os.listdir(dest)) == sorted([DATA_LINK, snapshot, *spare, *children])
+    assert sorted(os.listdir(dest)) == sorted([DATA_LINK, CHANGES_LINK, snapshot, *spare, *children])
+    assert os.readlink(os.path.join(dest, CHANGES_LINK)).startswith(f"{snapshot}/"), "..changes describes ..data"
     for name, data in children.items():
         visible = os.path.join(dest, name)
         assert os.readlink(visible) == f"{DATA_LINK}/{name}"
@@ -97,6 +100,15 @@ def assert_clean(dest: str, children: dict[str, bytes]) -> None:
 @pytest.fixture
 def spec(tmp_path: Path) -> TreeSpec:
     return TreeSpec(os.path.join(tmp_path, "tree"), 0o444)
+
+
+@pytest.fixture(params=["fine", "coarse"])
+def timestamps(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways a publisher knows its directories hold what it left: their ctime alone (file systems whose
+    timestamps tell every change apart), or listings after each switch (coarse timestamps)."""
+    if request.param == "coarse":
+        monkeypatch.setattr(snapshots, "_probe", lambda tree: False)
+    return str(request.param)
 
 
 # ---------------------------------------------------------------------------------------------- content
@@ -168,6 +180,7 @@ def test_ten_thousand_children_then_one_change_writes_one_file(spec: TreeSpec) -
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.usefixtures("timestamps")
 def test_random_changes_through_the_spare_read_back_exactly_and_keep_unchanged_inodes(spec: TreeSpec) -> None:
     """Model check of the spare's reuse: changes, additions, removals and changes undone, 300 publishes."""
     rng = random.Random(2026)
@@ -198,6 +211,69 @@ def test_random_changes_through_the_spare_read_back_exactly_and_keep_unchanged_i
             assert os.stat(os.path.join(spec.dest, DATA_LINK)).st_ino == spare, "the spare was reused"
 
 
+@pytest.mark.timeout(90)
+@pytest.mark.usefixtures("timestamps")
+def test_three_thousand_children_follow_changes_handed_over_alone_and_readers_parse_only_those(spec: TreeSpec) -> None:
+    """The daemon's path: publish_changes gets only what changed; TreeWatcher, told by ..changes, reads and
+    parses only those children, and still serves exactly the tree, sorted; a file planted in the current
+    snapshot is in neither the next snapshot nor what the reader serves."""
+    rng = random.Random(23)
+    publisher = TreePublisher(spec)
+    children = {f"c{i:05d}": f"v0-{i}".encode() for i in range(3000)}
+    publisher.publish(children)
+    parsed: list[bytes] = []
+
+    def parse(f: IO[bytes]) -> bytes:
+        parsed.append(f.read())
+        return parsed[-1]
+
+    watcher = TreeWatcher(spec.dest, parse, binary=True)
+    for turn in range(1, 16):
+        changes: dict[str, bytes | None] = {name: f"v{turn}".encode() for name in rng.sample(sorted(children), 4)}
+        changes.update(dict.fromkeys(rng.sample(sorted(children.keys() - changes.keys()), 2)))
+        changes[f"new{turn:02d}"] = b"new"
+        for name, data in changes.items():
+            if data is None:
+                del children[name]
+            else:
+                children[name] = data
+        parsed.clear()
+        outcome = publisher.publish_changes(changes)
+        assert outcome.switched and len(outcome.written) == 5 and len(outcome.removed) == 2
+        data = watcher.get_data()
+        assert dict(data) == children and list(data) == sorted(children)
+        assert len(parsed) == 5, "only the children written were read and parsed"
+    current = os.path.join(spec.dest, os.readlink(os.path.join(spec.dest, DATA_LINK)))
+    with open(os.path.join(current, "planted"), "wb") as f:
+        f.write(b"x")
+    publisher.publish_changes({"c00000": b"last"})
+    children["c00000"] = b"last"
+    assert dict(watcher.get_data()) == children
+    assert read_tree(spec.dest) == children
+    assert_clean(spec.dest, children)
+
+
+@pytest.mark.timeout(60)
+def test_a_first_tree_written_ahead_switches_with_exactly_the_children_asked_for(spec: TreeSpec) -> None:
+    """stage() writes children while the rest of a first tree is read: the first publish switches to that
+    directory, keeping staged files whose bytes still hold, rewriting changed ones, dropping children gone."""
+    publisher = TreePublisher(spec)
+    publisher.stage({f"c{i:04d}": b"early" for i in range(2500)})
+    publisher.stage({"c0001": b"changed early", "..bad": b"x", "late": b"1"})
+    staged = [name for name in os.listdir(spec.dest) if is_snapshot_name(name)]
+    assert len(staged) == 1 and not os.path.lexists(os.path.join(spec.dest, DATA_LINK)), "nothing visible yet"
+    kept_inode = os.stat(os.path.join(spec.dest, staged[0], "c0002")).st_ino
+    children = {f"c{i:04d}": b"early" for i in range(2, 2500)}
+    children.update({"c0001": b"final", "late": b"1", "fresh": b"2"})
+    outcome = publisher.publish(children)
+    assert outcome.snapshot == staged[0] and outcome.switched
+    assert read_tree(spec.dest) == children
+    assert os.stat(os.path.join(spec.dest, "c0002")).st_ino == kept_inode, "a staged file is not rewritten"
+    assert_clean(spec.dest, children)
+    publisher.stage({"c0002": b"too late"})  # once a snapshot is published, staging does nothing
+    assert read_tree(spec.dest) == children and len(spares(spec.dest)) == 1
+
+
 @pytest.mark.timeout(60)
 def test_a_one_child_change_touches_only_that_child(spec: TreeSpec) -> None:
     """Unchanged children keep inode and ctime: no link count moves, so a FileWatcher does not even re-read."""
@@ -215,6 +291,7 @@ def test_a_one_child_change_touches_only_that_child(spec: TreeSpec) -> None:
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.usefixtures("timestamps")
 def test_entries_planted_in_the_spare_never_become_visible(tmp_path: Path, spec: TreeSpec) -> None:
     outside = os.path.join(tmp_path, "outside")
     os.mkdir(outside)
@@ -240,6 +317,7 @@ def test_entries_planted_in_the_spare_never_become_visible(tmp_path: Path, spec:
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.usefixtures("timestamps")
 def test_a_spare_checked_after_the_switch_still_notices_what_is_planted_later(spec: TreeSpec) -> None:
     """The spare is listed after the switch that made it the spare; the next publish only compares its
     directory's ctime, which any entry planted since moves."""
@@ -249,7 +327,8 @@ def test_a_spare_checked_after_the_switch_still_notices_what_is_planted_later(sp
     # The listing counts only a timestamp tick (20 ms) after the directory's last change.
     wait_for(lambda: time.time_ns() - os.stat(first).st_ctime_ns > 30_000_000, 5, "the snapshot to age a tick")
     publisher.publish({"a": b"1", "b": b"2"})
-    assert publisher._spare is not None and publisher._spare.verified is not None, "the spare was listed"
+    spare = publisher.state.spare
+    assert spare is not None and spare.seen is not None, "the spare is known as left"
     with open(os.path.join(first, "intruder"), "w") as f:
         f.write("x")
     os.unlink(os.path.join(first, "a"))
@@ -260,6 +339,7 @@ def test_a_spare_checked_after_the_switch_still_notices_what_is_planted_later(sp
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.usefixtures("timestamps")
 def test_a_file_replaced_in_the_current_snapshot_is_not_linked_into_the_next(spec: TreeSpec) -> None:
     publisher = TreePublisher(spec)
     publisher.publish({"a": b"1", "b": b"1"})
@@ -444,6 +524,7 @@ def test_a_symlink_at_dest_is_replaced_by_a_directory(tmp_path: Path, spec: Tree
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.usefixtures("timestamps")
 def test_foreign_entries_are_removed_at_the_next_snapshot(spec: TreeSpec) -> None:
     publisher = TreePublisher(spec)
     publisher.publish({"a": b"1"})
@@ -527,8 +608,8 @@ def test_cleanup_removes_debris_of_dead_writers_and_repairs_names(spec: TreeSpec
     assert sorted(removed) == sorted(
         os.path.join(spec.dest, name) for name in [unfinished, f"...data.livedata-tmp.{pid}.{tag}{'cd' * 4}"]
     )
-    assert sorted(os.listdir(spec.dest)) == sorted([DATA_LINK, os.readlink(os.path.join(spec.dest, DATA_LINK)),
-                                                   alive, "a", "b"])
+    assert sorted(os.listdir(spec.dest)) == sorted([DATA_LINK, CHANGES_LINK,
+                                                    os.readlink(os.path.join(spec.dest, DATA_LINK)), alive, "a", "b"])
     os.rmdir(os.path.join(spec.dest, alive))
     assert_clean(spec.dest, {"a": b"1", "b": b"2"})
     assert cleanup(TreeSpec(os.path.join(spec.dest + "-missing"))) == []

@@ -13,12 +13,15 @@ the same conditions, and both columns are printed: before and after a change to 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
+import io
 import os
+import re
 import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
@@ -92,7 +95,11 @@ def _timed_publish(
     """Publish in a thread while this one sleeps on inotify, to time the ``..data`` rename (when readers see
     the change) apart from the whole publish (which then tidies dest)."""
     result: list[Any] = []
-    thread = threading.Thread(target=lambda: result.append(publisher.publish(children)))
+    # What the daemon does: hand over only the child that changed, where the publisher takes changes.
+    changes = getattr(publisher, "publish_changes", None)
+    work = (lambda: changes({"child000000": children["child000000"]})) if changes else (
+        lambda: publisher.publish(children))
+    thread = threading.Thread(target=lambda: result.append(work()))
     start = time.perf_counter()
     thread.start()
     switched = None
@@ -108,20 +115,34 @@ def _timed_publish(
 
 
 def load_revision(revision: str, workdir: str) -> ModuleType:
-    """``livedata/snapshots.py`` as it was at git ``revision``, imported under a name of its own."""
+    """``livedata.snapshots`` as it was at git ``revision``, with the modules it uses (the tree writer spans
+    several), imported as a package of its own (``baseline_livedata``) beside the current one."""
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    shown = subprocess.run(["git", "-C", repo, "show", f"{revision}:livedata/snapshots.py"], capture_output=True)
-    if shown.returncode != 0:
-        sys.exit(f"tree_publish: cannot read livedata/snapshots.py at {revision!r}: {shown.stderr.decode().strip()}")
-    path = os.path.join(workdir, "baseline_snapshots.py")
-    with open(path, "wb") as f:
-        f.write(shown.stdout)
-    spec = importlib.util.spec_from_file_location("baseline_snapshots", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is being made
-    spec.loader.exec_module(module)
-    return module
+    archive = subprocess.run(["git", "-C", repo, "archive", revision, "livedata"], capture_output=True)
+    if archive.returncode != 0:
+        sys.exit(f"tree_publish: cannot read livedata/ at {revision!r}: {archive.stderr.decode().strip()}")
+    root = os.path.join(workdir, "baseline")
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(root, filter="data")
+        else:  # Python before 3.9.17: our own repository's files
+            tar.extractall(root)
+    package = os.path.join(root, "baseline_livedata")
+    os.rename(os.path.join(root, "livedata"), package)
+    for directory, _dirs, names in os.walk(package):
+        for name in names:
+            if name.endswith(".py"):
+                path = os.path.join(directory, name)
+                with open(path) as f:
+                    text = f.read()
+                text = re.sub(r"\b(from|import) livedata\b", r"\1 baseline_livedata", text)
+                with open(path, "w") as f:
+                    f.write(text)
+    sys.path.insert(0, root)
+    try:
+        return importlib.import_module("baseline_livedata.snapshots")
+    finally:
+        sys.path.remove(root)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
