@@ -17,6 +17,7 @@ from livedata.payload import encode
 from livedata.testing.chaos import FEATURES, Intensity, run_schedule
 from livedata.testing.chaos import envelope as oracle
 from livedata.testing.chaos.layout import make_layout
+from livedata.testing.chaos.observer import Observer
 from livedata.testing.chaos.schedule import generate
 from livedata.testing.chaos.settings import NEEDS_ROOT
 
@@ -54,3 +55,20 @@ def test_the_observers_decoder_agrees_with_the_writers_encoder(mode: str, size: 
 def test_a_short_schedule_keeps_every_invariant(seed: int) -> None:
     outcome = run_schedule(seed, SHORT)
     assert outcome.violation is None, outcome.report()
+
+
+def test_the_observer_tells_zookeeper_losing_writes_from_a_watcher_going_back() -> None:
+    """ZooKeeper 3.8.0 can lose acknowledged writes (seed 11: a server still syncing won the next election):
+    the node's own version going back is the ensemble's fault, which the checker must not pin on the watcher."""
+    observer = Observer("127.0.0.1:1", "admin:secret")  # never started: only its bookkeeping is exercised
+    observer._note_stamp("c0", (0x100000013, 1, 0x100000018))
+    observer._note_stamp("c0", (0x100000013, 2, 0x200000005))
+    observer._note_stamp("c0", (0x100000013, 2, 0x200000005))  # read again: no news
+    observer._note_stamp("c0", (0x300000001, 0, 0x300000001))  # deleted and created again: a new history
+    observer._note_stamp("c0", (0x300000001, 1, 0x300000004))
+    assert observer.rolled_back("c0") is None
+    observer._note_stamp("c0", (0x300000001, 1, 0x400000002))  # version 1 again, another write: one was lost
+    assert observer.rolled_back("c0") == "version 1 at mzxid 0x300000004, then version 1 at mzxid 0x400000002"
+    observer._note_stamp("p0", (0x100000006, 2, 0x20000000D))
+    observer._note_stamp("p0", (0x100000006, 1, 0x100000006))  # an older version back
+    assert observer.rolled_back("p0") is not None

@@ -154,9 +154,15 @@ class Checker:
         key = (generation, node.name)
         last = self._order.get(key)
         if last is not None and mzxid < last:
-            self.violations.report("a dest never moves to an older version while a watcher runs",
-                                   f"nodes.{node.name} went back from mzxid {last:#x} to {mzxid:#x} "
-                                   f"({describe(data)})")  # fmt: skip
+            self.observer.record_node(node)  # ZooKeeper itself may have gone back: its history tells
+            lost = self.observer.rolled_back(node.name)
+            if lost is not None:
+                self.violations.report("ZooKeeper keeps every acknowledged write (not the watcher: the ensemble)",
+                                       f"{node.path} went back: {lost}; see the servers' logs")  # fmt: skip
+            else:
+                self.violations.report("a dest never moves to an older version while a watcher runs",
+                                       f"nodes.{node.name} went back from mzxid {last:#x} to {mzxid:#x} "
+                                       f"({describe(data)})")  # fmt: skip
         self._order[key] = max(mzxid, last or mzxid)
 
     def check_tree(self, tree: TreeSpec, generation: int, ordered: bool = True) -> None:

@@ -58,6 +58,8 @@ class Observer:
         self._mzxid: dict[str, dict[bytes, int]] = {}  # node -> content -> mzxid it was seen at
         self._current: dict[str, bytes | Unreadable | None] = {}
         self._trees: dict[str, list[TreeState]] = {}
+        self._newest: dict[str, tuple[int, int, int]] = {}  # node -> (czxid, version, mzxid) of its newest read
+        self.rollbacks: dict[str, str] = {}  # node -> how ZooKeeper's own history of it went back
         self.records = 0
 
     def start(self) -> None:
@@ -75,9 +77,10 @@ class Observer:
 
     def record_node(self, spec: NodeSpec, deadline: float = 60.0) -> bytes | Unreadable | None:
         """Read ``spec`` now (retrying while ZooKeeper is unreachable) and remember its version."""
-        content, mzxid = self._retry(lambda: self._read_node(spec.path), deadline)
+        content, mzxid, stamp = self._retry(lambda: self._read_node(spec.path), deadline)
         with self._lock:
             self.records += 1
+            self._note_stamp(spec.name, stamp)
             self._current[spec.name] = content
             if isinstance(content, bytes):
                 self._attempted.setdefault(spec.name, set()).add(content)
@@ -100,6 +103,24 @@ class Observer:
             if not states or states[-1] != state:
                 states.append(state)
         return state
+
+    def _note_stamp(self, node: str, stamp: tuple[int, int, int] | None) -> None:
+        """ZooKeeper's own history of one node incarnation (same czxid) only moves forward: a version seen again
+        with another mzxid, or a lower version, means the ensemble lost acknowledged writes (a ZooKeeper bug)."""
+        newest = self._newest.get(node)
+        if stamp is None or (newest is not None and stamp[0] != newest[0]):
+            if stamp is not None and (newest is None or stamp[2] > newest[2]):
+                self._newest[node] = stamp
+            return
+        if newest is not None and (stamp[1] < newest[1] or (stamp[1] == newest[1] and stamp[2] != newest[2])):
+            self.rollbacks.setdefault(node, f"version {newest[1]} at mzxid {newest[2]:#x}, then version {stamp[1]} at "
+                                            f"mzxid {stamp[2]:#x}")  # fmt: skip
+        if newest is None or stamp[2] > newest[2]:
+            self._newest[node] = stamp
+
+    def rolled_back(self, node: str) -> str | None:
+        with self._lock:
+            return self.rollbacks.get(node)
 
     # --- questions the checker asks ----------------------------------------------------------------------
 
@@ -136,13 +157,14 @@ class Observer:
                     raise
                 time.sleep(0.05)
 
-    def _read_node(self, path: str) -> tuple[bytes | Unreadable | None, int]:
+    def _read_node(self, path: str) -> tuple[bytes | Unreadable | None, int, tuple[int, int, int] | None]:
         self.client.sync(path)  # the server this session uses may lag behind the one the change went through
         try:
             data, stat = self.client.get(path)
         except NoNodeError:
-            return None, -1
+            return None, -1, None
         data = data or b""
+        stamp = (int(stat.czxid), int(stat.version), int(stat.mzxid))
 
         def chunk(name: str) -> bytes | None:
             try:
@@ -151,9 +173,9 @@ class Observer:
                 return None
 
         try:
-            return envelope.decode(data, chunk, MAX_PAYLOAD), int(stat.mzxid)
+            return envelope.decode(data, chunk, MAX_PAYLOAD), int(stat.mzxid), stamp
         except envelope.Undecodable as e:
-            return Unreadable(str(e)), int(stat.mzxid)
+            return Unreadable(str(e)), int(stat.mzxid), stamp
 
     def _read_tree(self, path: str) -> TreeState:
         self.client.sync(path)
