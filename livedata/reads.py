@@ -515,17 +515,24 @@ class ReadQueue:
         for index in range(len(assembly.names)):
             self._enqueue_part(item, SIZE, assembly, index)
 
+    def _step_wanted(self, item: Any, assembly: _Assembly, index: int, result: Any) -> bool:
+        """Whether a chunk step's reply still matters and succeeded: an item no longer followed is dropped, a
+        read given up meanwhile (disconnection, newer envelope) ignored, and a failed step fails the read."""
+        if not item.active:
+            self._drop(item)
+            return False
+        if self._assembling.get(id(item)) is not assembly:
+            return False
+        if not result.successful():
+            self._chunk_failed(item, assembly, index, result.exception)
+            return False
+        return True
+
     def _size_arrived(self, request: _Request, result: Any) -> None:
         """A chunk's stat: once all are in and add up to the declared stored size, the chunks are read."""
         item, assembly = request.item, request.assembly
         assert assembly is not None
-        if not item.active:
-            self._drop(item)
-            return
-        if self._assembling.get(id(item)) is not assembly:
-            return  # given up meanwhile (disconnection, newer envelope)
-        if not result.successful():
-            self._chunk_failed(item, assembly, request.index, result.exception)
+        if not self._step_wanted(item, assembly, request.index, result):
             return
         if result.value is None:
             self._chunk_failed(item, assembly, request.index, NoNodeError())
@@ -546,13 +553,7 @@ class ReadQueue:
     def _chunk_arrived(self, request: _Request, result: Any) -> None:
         item, assembly = request.item, request.assembly
         assert assembly is not None
-        if not item.active:
-            self._drop(item)
-            return
-        if self._assembling.get(id(item)) is not assembly:
-            return  # given up meanwhile (disconnection, newer envelope)
-        if not result.successful():
-            self._chunk_failed(item, assembly, request.index, result.exception)
+        if not self._step_wanted(item, assembly, request.index, result):
             return
         name = assembly.names[request.index]
         chunk = result.value[0] or b""
